@@ -1,0 +1,69 @@
+"""The exception hierarchy: one base, each subclass also a builtin people already catch."""
+
+from __future__ import annotations
+
+import errno
+
+__all__ = [
+    "InvalidSettingError",
+    "LockDirError",
+    "NoFreePortError",
+    "PortsafeError",
+]
+
+
+class PortsafeError(Exception):
+    """Base class of every error portsafe raises on purpose.
+
+    Catch this to handle any portsafe failure; each subclass also derives from the
+    builtin exception that code already catches for the same situation (``OSError``,
+    ``ValueError``, ``TimeoutError``).
+    """
+
+
+class NoFreePortError(PortsafeError, OSError):
+    """Raised when no candidate port could be reserved.
+
+    Every candidate was tried once (so the number of attempts is bounded by the number
+    of candidates), and each was either held by another portsafe user or in use by a
+    socket on this machine. ``errno`` is ``EADDRINUSE``; ``attempts`` says how many
+    candidates were tried and ``candidates`` how many there were.
+
+    Example:
+        >>> import portsafe
+        >>> try:
+        ...     portsafe.reserve_ports(3, ports=range(20000, 20002))
+        ... except portsafe.NoFreePortError as exc:
+        ...     print(exc.candidates)
+        2
+    """
+
+    def __init__(self, message: str, *, attempts: int = 0, candidates: int = 0) -> None:
+        super().__init__(errno.EADDRINUSE, message)
+        self.attempts = attempts
+        self.candidates = candidates
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_no_free_port, (self.strerror, self.attempts, self.candidates))
+
+
+def _rebuild_no_free_port(message: str, attempts: int, candidates: int) -> NoFreePortError:
+    return NoFreePortError(message, attempts=attempts, candidates=candidates)
+
+
+class LockDirError(PortsafeError, OSError):
+    """Raised when the shared lock directory cannot be used safely.
+
+    The directory (``PORTSAFE_LOCK_DIR``, default ``/tmp/portsafe-locks``) must be a real
+    directory (not a symlink) that is either owned by you or world-writable with the
+    sticky bit, like ``/tmp``. The message says what was found and how to fix it.
+    """
+
+
+class InvalidSettingError(PortsafeError, ValueError):
+    """Raised when an argument or an environment setting has a value portsafe cannot use.
+
+    Covers ``PORTSAFE_RANGE``, ``PORTSAFE_EXCLUDE`` and ``PORTSAFE_LOCK_DIR`` as well as
+    arguments such as an empty ``ports=`` range or a port outside 1..65535. The message
+    names the value given and what is allowed. (Wrong *types* raise ``TypeError``.)
+    """

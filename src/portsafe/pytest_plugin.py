@@ -1,0 +1,1 @@
+"""pytest plugin: reserved ports as fixtures (work in progress)."""
