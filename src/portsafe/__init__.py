@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from portsafe._errors import (
+        AddressNotAvailableError,
         InvalidSettingError,
         LockDirError,
         NoFreePortError,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AddressInUseError",
+    "AddressNotAvailableError",
     "Holder",
     "InvalidSettingError",
     "LockDirError",
@@ -60,6 +62,7 @@ __all__ = [
 # Which private module defines each public name; loaded on first attribute access so
 # that ``import portsafe`` in every test process stays cheap.
 _LAZY = {
+    "AddressNotAvailableError": "portsafe._errors",
     "InvalidSettingError": "portsafe._errors",
     "LockDirError": "portsafe._errors",
     "NoFreePortError": "portsafe._errors",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 __all__ = [
+    "AddressNotAvailableError",
     "InvalidSettingError",
     "LockDirError",
     "NoFreePortError",
@@ -66,4 +67,13 @@ class InvalidSettingError(PortsafeError, ValueError):
     Covers ``PORTSAFE_RANGE``, ``PORTSAFE_EXCLUDE`` and ``PORTSAFE_LOCK_DIR`` as well as
     arguments such as an empty ``ports=`` range or a port outside 1..65535. The message
     names the value given and what is allowed. (Wrong *types* raise ``TypeError``.)
+    """
+
+
+class AddressNotAvailableError(PortsafeError, OSError):
+    """Raised when the address to reserve for cannot be bound at all on this machine.
+
+    For example ``family=socket.AF_INET6`` on a host without IPv6, or a ``host`` that is
+    not an address of this machine. No port would help, so portsafe stops at once
+    instead of trying every candidate; ``errno`` is the one the OS gave.
     """

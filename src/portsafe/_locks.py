@@ -1,0 +1,402 @@
+"""The cross-process lock behind a reservation: one byte per port in sharded lock files.
+
+Port ``p`` is locked by a one-byte record lock at offset ``p`` of the lock file of its
+shard (``p >> 8``: 256 ports a file) in a shared lock directory. Why this shape:
+
+* POSIX record locks (``lockf``/``F_SETLK``) belong to the process: the kernel drops
+  them when it dies, even by SIGKILL (G4); a ``fork()`` child does not inherit them
+  (so it never silently shares its parent's ports), and ``F_GETLK`` reports the
+  holder's pid (``portsafe list``).
+* One file descriptor holds any number of ports, so 10,000 reservations cost a few
+  dozen fds, not 10,000 (abstract unix sockets would cost one fd each).
+* The kernel keeps a file's locks in a linear list; sharding caps that list at 256
+  entries, so the cost of one more lock does not grow with the number held.
+* The catch of POSIX locks: closing *any* descriptor of a file drops *all* of this
+  process's locks on it. So each shard file is opened once per process, and closed
+  only when this process holds nothing in it.
+* Threads of one process share the owner, so the kernel would let two threads lock the
+  same byte: an in-process set of held ports, under a mutex, arbitrates between them.
+
+Windows uses ``msvcrt.locking`` on the same byte layout (per-handle locks, released
+when the process exits); it cannot name holders, so :func:`holders` reports pid 0.
+
+The directory must not follow ``TMPDIR`` (test runners give each worker its own), so it
+is fixed: ``PORTSAFE_LOCK_DIR``, else ``/tmp/portsafe-locks`` (``%ProgramData%`` on
+Windows). Because ``/tmp`` is shared by all users, the directory is created
+world-writable with the sticky bit, must not be a symlink, and files are opened with
+``O_NOFOLLOW`` and checked to be plain, singly linked files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import struct
+import sys
+import threading
+
+from portsafe._errors import LockDirError
+from portsafe._ranges import SHARD_BITS
+
+__all__ = ["LockTable", "holders", "lock_dir", "table"]
+
+_SHARD_SIZE = 1 << SHARD_BITS
+_WINDOWS = sys.platform == "win32"
+_BUSY = frozenset({errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK)})
+
+
+def lock_dir() -> str:
+    """The lock directory in use: ``PORTSAFE_LOCK_DIR`` or the per-OS default.
+
+    Example:
+        >>> lock_dir().endswith("portsafe-locks") or "PORTSAFE_LOCK_DIR" in os.environ
+        True
+    """
+    configured = os.environ.get("PORTSAFE_LOCK_DIR")
+    if configured:
+        return configured
+    if _WINDOWS:
+        base = os.environ.get("PROGRAMDATA") or os.environ.get("ALLUSERSPROFILE") or "C:\\"
+        return os.path.join(base, "portsafe-locks")
+    return "/tmp/portsafe-locks"  # noqa: S108 - fixed on purpose: must not follow TMPDIR
+
+
+def shard_name(shard: int) -> str:
+    """The file name of a shard, naming the ports it covers (``ports-20224-20479``)."""
+    start = shard << SHARD_BITS
+    return f"ports-{start:05d}-{start + _SHARD_SIZE - 1:05d}"
+
+
+def _ensure_dir(path: str) -> None:
+    """Create the lock directory if needed and check it is safe to share."""
+    explicit = bool(os.environ.get("PORTSAFE_LOCK_DIR"))
+    try:
+        os.mkdir(path, 0o700 if explicit else 0o1777)
+        if not explicit and not _WINDOWS:
+            # mkdir's mode is masked by umask; every user's tests must share the directory
+            os.chmod(path, 0o1777)  # noqa: S103 - sticky, like /tmp: no one deletes others' files
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise LockDirError(exc.errno, f"cannot create the portsafe lock directory {path}: "
+                           f"{exc.strerror}; set PORTSAFE_LOCK_DIR to a writable "
+                           f"directory shared by every test process") from exc
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise LockDirError(exc.errno, f"cannot stat lock directory {path}: {exc.strerror}"
+                           ) from exc
+    if explicit:
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            raise LockDirError(errno.ENOTDIR, f"PORTSAFE_LOCK_DIR={path} is not a directory")
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise LockDirError(errno.ENOTDIR, f"{path} is not a directory (a symlink or file "
+                           f"there could redirect portsafe's locks); remove it, or set "
+                           f"PORTSAFE_LOCK_DIR")
+    if _WINDOWS:
+        return
+    shared = info.st_mode & 0o1777 == 0o1777
+    if not shared and info.st_uid != os.getuid():
+        raise LockDirError(errno.EACCES, f"{path} belongs to uid {info.st_uid} with mode "
+                           f"{stat.S_IMODE(info.st_mode):o}, so it cannot be shared safely "
+                           f"(expected mode 1777, like /tmp); remove it, or set "
+                           f"PORTSAFE_LOCK_DIR")
+
+
+def _open_shard_file(directory: str, shard: int) -> int:
+    """Open (creating if needed) a shard's lock file, refusing links and odd files."""
+    path = os.path.join(directory, shard_name(shard))
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | \
+        getattr(os, "O_BINARY", 0)
+    for _ in range(3):
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            # O_EXCL, not a plain O_CREAT: with fs.protected_regular, O_CREAT on another
+            # user's existing file in a sticky directory fails even when it may be opened.
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            if not _WINDOWS:
+                os.fchmod(fd, 0o666)  # every user's tests must be able to lock it
+        except OSError as exc:
+            raise LockDirError(exc.errno, f"cannot open lock file {path}: {exc.strerror}; "
+                               f"remove it, or set PORTSAFE_LOCK_DIR") from exc
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise LockDirError(errno.EPERM, f"lock file {path} is not a plain file with one "
+                               f"link; remove it, or set PORTSAFE_LOCK_DIR")
+        return fd
+    raise LockDirError(errno.EAGAIN, f"lock file {path} keeps appearing and vanishing")
+
+
+# -- the per-OS primitive ---------------------------------------------------------------
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(fd: int, port: int) -> bool:
+        os.lseek(fd, port, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _unlock(fd: int, port: int) -> None:
+        os.lseek(fd, port, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int, port: int) -> bool:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+        except OSError as exc:
+            if exc.errno in _BUSY:
+                return False
+            raise
+        return True
+
+    def _unlock(fd: int, port: int) -> None:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, port)
+
+
+def flock_layout(platform: str) -> tuple[str, int, int, int]:
+    """``struct flock`` as (format, index of l_type, l_start, l_pid) for F_GETLK."""
+    if platform.startswith("linux"):
+        return "hhqqi4x", 0, 2, 4
+    if platform.startswith("freebsd"):
+        return "qqihhi", 3, 0, 2
+    return "qqihh", 3, 0, 2  # macOS and the other BSDs
+
+
+class LockTable:
+    """This process's locks: shard fds, the set of held ports, and the home shard.
+
+    One instance per process (:func:`table`); it resets itself in a ``fork()`` child,
+    which holds none of its parent's locks.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held: set[int] = set()
+        self._fds: dict[int, int] = {}
+        self._counts: dict[int, int] = {}
+        self._dir: str | None = None
+        self.home: int | None = None
+        self.pid = os.getpid()
+
+    def holds(self, port: int) -> bool:
+        """Whether this process holds *port*."""
+        return port in self._held
+
+    @property
+    def held_count(self) -> int:
+        """How many ports this process holds."""
+        return len(self._held)
+
+    @property
+    def open_fds(self) -> int:
+        """How many lock files this process has open."""
+        return len(self._fds)
+
+    def try_acquire(self, port: int) -> bool:
+        """Lock *port* for this process; False if any process (this one too) holds it."""
+        with self._mutex:
+            if port in self._held:
+                return False
+            shard = port >> SHARD_BITS
+            fd = self._fds.get(shard)
+            if fd is None:
+                fd = self._fds[shard] = self._open(shard)
+                self._counts[shard] = 0
+            if not _try_lock(fd, port):
+                self._close_if_idle(shard)
+                return False
+            self._held.add(port)
+            self._counts[shard] += 1
+            if self.home != shard:
+                previous, self.home = self.home, shard
+                if previous is not None:
+                    self._close_if_idle(previous)
+            return True
+
+    def release(self, port: int) -> None:
+        """Unlock *port* if this process holds it (idempotent)."""
+        with self._mutex:
+            if port not in self._held:
+                return
+            shard = port >> SHARD_BITS
+            _unlock(self._fds[shard], port)
+            self._held.discard(port)
+            self._counts[shard] -= 1
+            self._close_if_idle(shard)
+
+    def release_nowait(self, port: int) -> bool:
+        """Release without blocking (for garbage-collection finalizers).
+
+        A finalizer can run while this very thread holds the mutex; blocking would
+        deadlock, so it reports False and the caller defers the release.
+        """
+        if not self._mutex.acquire(blocking=False):
+            return False
+        try:
+            if port in self._held:
+                shard = port >> SHARD_BITS
+                _unlock(self._fds[shard], port)
+                self._held.discard(port)
+                self._counts[shard] -= 1
+                self._close_if_idle(shard)
+        finally:
+            self._mutex.release()
+        return True
+
+    def _open(self, shard: int) -> int:
+        if self._dir is None:
+            directory = lock_dir()
+            _ensure_dir(directory)
+            self._dir = directory
+        return _open_shard_file(self._dir, shard)
+
+    def _close_if_idle(self, shard: int) -> None:
+        # Closing drops every lock this process has on the file: only when it holds none.
+        if self._counts.get(shard) == 0 and shard != self.home:
+            os.close(self._fds.pop(shard))
+            del self._counts[shard]
+
+    def holders(self) -> list[tuple[int, int]]:
+        """Every (port, pid) locked on this machine, this process's own included."""
+        with self._mutex:
+            found = [(port, self.pid) for port in self._held]
+            directory = lock_dir()
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                return sorted(found)
+            for name in names:
+                shard = _shard_of(name)
+                if shard is None:
+                    continue
+                cached = self._fds.get(shard)
+                if cached is not None:
+                    found.extend(_query_shard(cached, shard))
+                    continue
+                # Safe to close afterwards: this process holds nothing in this shard.
+                try:
+                    fd = _open_shard_file(directory, shard)
+                except LockDirError:
+                    continue
+                try:
+                    found.extend(_query_shard(fd, shard))
+                finally:
+                    os.close(fd)
+            return sorted(found)
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's locks: the kernel did not give them to this process."""
+        self._mutex = threading.Lock()
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)  # drops this process's locks only, and it has none
+        self._fds.clear()
+        self._counts.clear()
+        self._held.clear()
+        self.home = None
+        self.pid = os.getpid()
+
+    def before_fork(self) -> None:
+        """Take the mutex so that no thread is half-way through a change at fork."""
+        self._mutex.acquire()
+
+    def after_fork_in_parent(self) -> None:
+        """Give back the mutex taken in :meth:`before_fork`."""
+        self._mutex.release()
+
+
+def _shard_of(name: str) -> int | None:
+    parts = name.split("-")
+    if len(parts) != 3 or parts[0] != "ports" or not parts[1].isdigit():
+        return None
+    start = int(parts[1])
+    return start >> SHARD_BITS if start % _SHARD_SIZE == 0 else None
+
+
+def _query_shard(fd: int, shard: int) -> list[tuple[int, int]]:
+    """The (port, pid) locks other processes hold in one shard file."""
+    if _WINDOWS:
+        return _query_shard_windows(fd, shard)
+    layout, type_at, start_at, pid_at = flock_layout(sys.platform)
+    field_count = len(layout.replace("4x", ""))
+    found: list[tuple[int, int]] = []
+    # F_GETLK answers with *a* conflicting lock, not the lowest: split around each answer.
+    pending = [(shard << SHARD_BITS, (shard + 1) << SHARD_BITS)]
+    while pending:
+        start, end = pending.pop()
+        fields = [0] * field_count
+        fields[type_at] = fcntl.F_WRLCK
+        fields[start_at] = start
+        fields[start_at + 1] = end - start  # l_len follows l_start in every layout
+        answer = struct.unpack(layout, fcntl.fcntl(fd, fcntl.F_GETLK,
+                                                   struct.pack(layout, *fields)))
+        if answer[type_at] == fcntl.F_UNLCK:
+            continue
+        lock_start, lock_len = answer[start_at], answer[start_at + 1]
+        lock_start = max(start, lock_start)
+        lock_end = end if lock_len == 0 else min(end, answer[start_at] + lock_len)
+        found.extend((port, answer[pid_at]) for port in range(lock_start, lock_end))
+        if start < lock_start:
+            pending.append((start, lock_start))
+        if lock_end < end:
+            pending.append((lock_end, end))
+    return found
+
+
+def _query_shard_windows(fd: int, shard: int) -> list[tuple[int, int]]:
+    found: list[tuple[int, int]] = []
+    for port in range(max(shard << SHARD_BITS, 1), (shard + 1) << SHARD_BITS):
+        if _try_lock(fd, port):
+            _unlock(fd, port)
+        else:
+            found.append((port, 0))  # Windows cannot say who holds a byte-range lock
+    return found
+
+
+_table: LockTable | None = None
+_table_mutex = threading.Lock()
+
+
+def table() -> LockTable:
+    """This process's :class:`LockTable`, made on first use."""
+    global _table
+    if _table is None:
+        with _table_mutex:
+            if _table is None:
+                made = LockTable()
+                if hasattr(os, "register_at_fork"):
+                    os.register_at_fork(before=made.before_fork,
+                                        after_in_parent=made.after_fork_in_parent,
+                                        after_in_child=made.after_fork_in_child)
+                _table = made
+    return _table
+
+
+def holders() -> list[tuple[int, int]]:
+    """Every (port, pid) reserved through portsafe on this machine, sorted by port.
+
+    The pid is as the kernel reports it: 0 where the holder lives in another pid
+    namespace (a container) or the OS cannot tell (Windows).
+
+    Example:
+        >>> import portsafe
+        >>> with portsafe.reserve_port() as r:
+        ...     (r.port, os.getpid()) in holders()
+        True
+    """
+    return table().holders()

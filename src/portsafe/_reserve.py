@@ -1,0 +1,405 @@
+"""Reservations: a port number that no other portsafe user gets while it is held.
+
+Theory of operation
+===================
+
+A *reservation* is a claim on a port number, made so that a program which only takes
+a number (``--port N``) can be given one without a race. It is not a bound socket: the
+port itself stays free for the caller's server to bind, with or without SO_REUSEADDR.
+(When you can hand over a socket instead, :func:`portsafe.listen` has no window at all.)
+
+The invariants, each tested in ``tests/test_reserve.py`` and ``tests/stress/``:
+
+1. **The lock is the claim (G1).** Port ``p`` is reserved exactly while some process
+   holds the one-byte record lock at offset ``p`` of its shard file in the shared lock
+   directory (``_locks``). Taking it is atomic (``F_SETLK``); nobody else gets it until
+   it is unlocked. Threads of one process are kept apart by the in-process held set.
+2. **Candidates avoid the kernel (G2).** Ports come from outside the ephemeral range
+   and ``ip_local_reserved_ports``, so neither ``bind(0)`` nor an outgoing
+   ``connect()`` anywhere on the machine picks a reserved port behind our back. The
+   order is random (shard by shard), never first-fit.
+3. **Verified at hand-out (G3).** After the lock is taken, the port is bound for each
+   requested (family, type, address) and closed at once (``_probe``). A port some
+   non-portsafe program is using is unlocked again and skipped.
+4. **The kernel releases (G4).** ``release()``, context exit and garbage collection
+   (with a ResourceWarning) unlock; process death, even SIGKILL, unlocks too, because
+   record locks die with their process. There is no daemon and no state to clean up.
+5. **Bounded (G5).** Each candidate is tried at most once per call, so a call makes at
+   most as many attempts as there are candidates, then raises NoFreePortError naming
+   the range and what was found.
+6. **fork and exec.** A fork child holds none of its parent's reservations (record
+   locks are not inherited); its copies of Reservation objects are inert. ``exec()``
+   closes the lock files (O_CLOEXEC), which releases the reservations: a port outlives
+   its process only through a holder that stays alive (``portsafe run``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import warnings
+from collections.abc import Sequence
+
+from portsafe import _locks, _probe
+from portsafe._errors import InvalidSettingError, NoFreePortError
+from portsafe._ranges import CandidateSet, default_candidates, explicit_candidates
+
+TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from types import TracebackType
+    from typing import overload
+
+    from typing_extensions import Self
+
+__all__ = ["Reservation", "ReservationGroup", "reserve_port", "reserve_ports"]
+
+_rng = random.Random()  # noqa: S311 - spreading picks, not secrecy
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_rng.seed)  # siblings must not pick in lockstep
+
+# Releases that a garbage-collection finalizer could not do on the spot (see __del__).
+_deferred: list[int] = []
+
+
+class Reservation:
+    """A port number held for this process until :meth:`release`.
+
+    Returned by :func:`reserve_port`. The port is *not* bound: bind it yourself (or pass
+    it to a server) with or without ``SO_REUSEADDR``. Use it as a context manager to
+    release on exit; one that is garbage-collected unreleased is released with a
+    ``ResourceWarning``, as files are.
+
+    Attributes:
+        port: the reserved port number.
+        host: the address it was checked free on (``"127.0.0.1"`` by default).
+        family: the family asked for (``AF_UNSPEC`` means both).
+        socktype: the socket type asked for (``0`` means both).
+
+    Example:
+        >>> import portsafe, socket
+        >>> with portsafe.reserve_port() as r:
+        ...     with socket.create_server(r.address) as server:
+        ...         server.getsockname()[1] == r.port
+        True
+    """
+
+    __slots__ = ("_pid", "_released", "family", "host", "port", "socktype")
+
+    def __init__(self, port: int, host: str, family: int, socktype: int) -> None:
+        self.port = port
+        self.host = host
+        self.family = family
+        self.socktype = socktype
+        self._pid = os.getpid()
+        self._released = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``, ready for ``bind`` or ``connect``."""
+        return (self.host, self.port)
+
+    @property
+    def released(self) -> bool:
+        """Whether this reservation no longer holds its port (in this process)."""
+        return self._released or self._pid != os.getpid()
+
+    def release(self) -> None:
+        """Give the port back. Idempotent; a no-op in a fork child (it never held it).
+
+        Example:
+            >>> import portsafe
+            >>> r = portsafe.reserve_port()
+            >>> r.release(); r.release(); r.released
+            True
+        """
+        if not self._released:
+            self._released = True
+            if self._pid == os.getpid():
+                _locks.table().release(self.port)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "held"
+        return f"<Reservation port={self.port} host={self.host!r} {state}>"
+
+    def __del__(self) -> None:
+        if self._released or self._pid != os.getpid():
+            return
+        self._released = True
+        with contextlib.suppress(Exception):  # at interpreter shutdown: the kernel releases
+            warnings.warn(f"unreleased {self!r}; use 'with reserve_port() as r:' or call "
+                          f"r.release()", ResourceWarning, stacklevel=2, source=self)
+        # This thread may be inside the lock table (GC runs anywhere): never block here.
+        table = _locks.table()
+        if not table.release_nowait(self.port):
+            _deferred.append(self.port)
+
+
+class ReservationGroup(Sequence[Reservation]):
+    """Several reservations taken together (all or nothing), released together.
+
+    Returned by :func:`reserve_ports`; a sequence of :class:`Reservation`.
+
+    Example:
+        >>> import portsafe
+        >>> with portsafe.reserve_ports(2, contiguous=True) as group:
+        ...     group.ports[1] - group.ports[0]
+        1
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[Reservation]) -> None:
+        self._items = tuple(items)
+
+    @property
+    def ports(self) -> list[int]:
+        """The reserved port numbers, in order."""
+        return [item.port for item in self._items]
+
+    def release(self) -> None:
+        """Release every reservation in the group (idempotent)."""
+        for item in self._items:
+            item.release()
+
+    if TYPE_CHECKING:
+        @overload
+        def __getitem__(self, index: int) -> Reservation: ...
+        @overload
+        def __getitem__(self, index: slice) -> Sequence[Reservation]: ...
+
+    def __getitem__(self, index: int | slice) -> Reservation | Sequence[Reservation]:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<ReservationGroup ports={self.ports}>"
+
+
+def _drain_deferred() -> None:
+    table = _locks.table()
+    while _deferred:
+        table.release(_deferred.pop())
+
+
+def _excluded(exclude: Iterable[int]) -> frozenset[int]:
+    if not exclude:
+        return frozenset()
+    if isinstance(exclude, (str, bytes)) or not hasattr(exclude, "__iter__"):
+        raise TypeError(f"exclude must be an iterable of ints, not {exclude!r}")
+    ports = frozenset(exclude)
+    for port in ports:
+        if not isinstance(port, int) or isinstance(port, bool):
+            raise TypeError(f"exclude must contain ints, not {port!r}")
+    return ports
+
+
+class _Search:
+    """One call's walk over the candidates, counting why each one was passed over."""
+
+    __slots__ = ("attempts", "candidates", "excluded", "held", "in_use", "probes", "table")
+
+    def __init__(self, candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
+                 excluded: frozenset[int]) -> None:
+        self.candidates = candidates
+        self.probes = probes
+        self.excluded = excluded
+        self.table = _locks.table()
+        self.attempts = self.held = self.in_use = 0
+
+    def order(self) -> Iterator[int]:
+        excluded = self.excluded
+        for port in self.candidates.order(_rng, self.table.home):
+            if port not in excluded:
+                self.attempts += 1
+                yield port
+
+    def take(self, port: int) -> bool:
+        """Lock and verify *port*; on failure leave nothing held."""
+        table = self.table
+        if not table.try_acquire(port):
+            self.held += 1
+            return False
+        try:
+            busy = _probe.is_free(port, self.probes)
+        except BaseException:
+            table.release(port)
+            raise
+        if busy:
+            table.release(port)
+            self.in_use += 1
+            return False
+        return True
+
+    def failure(self, wanted: str, found: int = 0) -> NoFreePortError:
+        candidates = self.candidates
+        partial = f", found only {found}" if found else ""
+        excluded = len(self.excluded)
+        where = ", ".join(sorted({f"{host}" for _, _, host, _ in self.probes}))
+        return NoFreePortError(
+            f"no {wanted} among {candidates.count} candidate ports ({candidates.description}"
+            f"{f', {excluded} excluded by exclude=' if excluded else ''}): tried "
+            f"{self.attempts}{partial}, {self.held} held by other portsafe users, "
+            f"{self.in_use} in use on {where}. Release reservations you no longer need, "
+            f"or widen the range (ports=..., PORTSAFE_RANGE)",
+            attempts=self.attempts, candidates=candidates.count)
+
+
+def _search(host: str | None, family: int, socktype: int, ports: Iterable[int] | None,
+            exclude: Iterable[int]) -> _Search:
+    if _deferred:
+        _drain_deferred()
+    probes = _probe.targets(host, family, socktype)
+    candidates = default_candidates() if ports is None else explicit_candidates(ports)
+    if candidates.fallback:
+        _warn_fallback(candidates.fallback)
+    return _Search(candidates, probes, _excluded(exclude))
+
+
+_warned: set[str] = set()
+
+
+def _warn_fallback(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
+                 socktype: int = socket.SOCK_STREAM, ports: Iterable[int] | None = None,
+                 exclude: Iterable[int] = ()) -> Reservation:
+    """Reserve a port that no other portsafe user on this machine gets until released.
+
+    The port is chosen at random from outside the OS's ephemeral range (so the kernel
+    never hands it to ``bind(0)`` or an outgoing connection), skipping reserved ports,
+    the services database and common development-server ports, ``PORTSAFE_EXCLUDE`` and
+    *exclude*. It is checked free at hand-out by binding it on every requested family,
+    socket type and address (without SO_REUSEADDR) and closing at once.
+
+    Args:
+        host: where it must be free: ``None`` (default) or ``"localhost"`` for the
+            loopback address of each family, ``""`` for the wildcard address, or an
+            address of this machine.
+        family: ``socket.AF_INET`` (default), ``AF_INET6``, or ``AF_UNSPEC`` for the same
+            number free on both (IPv6 only where the host has it).
+        socktype: ``socket.SOCK_STREAM`` (TCP, default), ``SOCK_DGRAM`` (UDP), or ``0``
+            for the same number free for both.
+        ports: candidate ports to choose from instead of the default set (asking
+            explicitly, so these may be in the ephemeral range); ``PORTSAFE_EXCLUDE``
+            still applies. ``PORTSAFE_RANGE`` replaces the default range otherwise.
+        exclude: ports never to return.
+
+    Returns:
+        A :class:`Reservation`; release it with ``release()`` or a ``with`` block.
+
+    Raises:
+        NoFreePortError: every candidate was tried once and none was free.
+        AddressNotAvailableError: the host/family cannot be bound here at all.
+        InvalidSettingError: an unknown family/socktype, an empty or out-of-range
+            ``ports``, or a bad ``PORTSAFE_RANGE``/``PORTSAFE_EXCLUDE``.
+        TypeError: an argument of the wrong type.
+        LockDirError: the shared lock directory is unusable (the message says why).
+
+    Example:
+        >>> import portsafe, socket
+        >>> with portsafe.reserve_port(family=socket.AF_UNSPEC, socktype=0) as r:
+        ...     print(r.port)  # free on 127.0.0.1 and ::1, for TCP and UDP  # doctest: +SKIP
+        21734
+    """
+    search = _search(host, family, socktype, ports, exclude)
+    for port in search.order():
+        if search.take(port):
+            return Reservation(port, search.probes[0][2] if host is None else host,
+                               family, socktype)
+    raise search.failure("free port")
+
+
+def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
+                  family: int = socket.AF_INET, socktype: int = socket.SOCK_STREAM,
+                  ports: Iterable[int] | None = None,
+                  exclude: Iterable[int] = ()) -> ReservationGroup:
+    """Reserve *n* distinct ports at once: all of them, or none.
+
+    Args:
+        n: how many ports (at least 1).
+        contiguous: if true, the ports are ``p, p+1, ..., p+n-1`` (FTP data ports,
+            cluster buses).
+        host, family, socktype, ports, exclude: as for :func:`reserve_port`.
+
+    Returns:
+        A :class:`ReservationGroup`, in ascending order when *contiguous*.
+
+    Raises:
+        NoFreePortError: fewer than *n* (contiguous) ports could be reserved; nothing is
+            left held.
+        InvalidSettingError, TypeError: as for :func:`reserve_port`, or *n* < 1.
+
+    Example:
+        >>> import portsafe
+        >>> with portsafe.reserve_ports(3) as group:
+        ...     len(set(group.ports))
+        3
+    """
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"n must be an int, not {n!r}")
+    if n < 1:
+        raise InvalidSettingError(f"n must be at least 1, not {n}")
+    search = _search(host, family, socktype, ports, exclude)
+    chosen_host = search.probes[0][2] if host is None else host
+    taken: list[int] = []
+    try:
+        if contiguous:
+            taken = _take_run(search, n)
+        else:
+            for port in search.order():
+                if search.take(port):
+                    taken.append(port)
+                    if len(taken) == n:
+                        break
+    except BaseException:
+        for port in taken:
+            search.table.release(port)
+        raise
+    if len(taken) < n:
+        for port in taken:
+            search.table.release(port)
+        raise search.failure(f"{n} {'contiguous ' if contiguous else ''}free ports", len(taken))
+    return ReservationGroup(Reservation(port, chosen_host, family, socktype)
+                            for port in taken)
+
+
+def _take_run(search: _Search, n: int) -> list[int]:
+    members = {port for shard in search.candidates.shards.values() for port in shard}
+    members -= search.excluded
+    for start in search.order():
+        run = range(start, start + n)
+        if not all(port in members for port in run):
+            continue
+        taken: list[int] = []
+        for port in run:
+            if not search.take(port):
+                break
+            taken.append(port)
+        if len(taken) == n:
+            return taken
+        for port in taken:
+            search.table.release(port)
+    return []
