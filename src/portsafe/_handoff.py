@@ -12,17 +12,17 @@ process can take it: there is no race to lose.
 from __future__ import annotations
 
 import errno
-import fcntl
 import functools
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from portsafe._errors import InvalidSettingError
 from portsafe._who import explain_address_in_use
+
+TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -356,6 +356,8 @@ def _check_popen_kwargs(popen_kwargs: dict[str, Any], count: int) -> None:
 def _launch(
     fds: list[int], argv: list[Any], env: dict[Any, Any], popen_kwargs: dict[str, Any]
 ) -> subprocess.Popen[Any]:
+    import fcntl  # POSIX only: listen() must stay importable on Windows
+
     executable = popen_kwargs.pop("executable", None)
     extra = tuple(popen_kwargs.pop("pass_fds", ()))
     lc_ctype = env.get("LC_CTYPE")

@@ -16,9 +16,10 @@ import errno
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING
 
 from portsafe._errors import InvalidSettingError, PortsafeError
+
+TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
