@@ -29,6 +29,7 @@ The module is deliberately self-contained (no portsafe import until
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
@@ -168,6 +169,7 @@ def _print_warning(msg: str) -> None:
 _held: list[tuple[float, Reservation]] = []
 _held_pid = os.getpid()
 _held_lock = threading.Lock()
+_atexit_registered = False
 
 # What reserve_port() accepts; AF_UNSPEC and 0 mean "both" (portsafe extensions).
 _FAMILIES: dict[int, str] = {
@@ -193,8 +195,21 @@ def _check_choice(what: str, value: object, allowed: dict[int, str]) -> int:
     return value
 
 
+def _release_all_held() -> None:
+    # The kernel would drop the locks at exit anyway; releasing here keeps the core's
+    # "garbage-collected unreleased" ResourceWarning out of interpreter shutdown.
+    with _held_lock:
+        if _held_pid == os.getpid():
+            for _, reservation in _held:
+                reservation.release()
+        _held.clear()
+
+
 def _expire_held(now: float) -> None:
-    global _held_pid
+    global _held_pid, _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_release_all_held)
+        _atexit_registered = True
     if _held_pid != os.getpid():
         # A fork child inherited the list but not the locks: forget, never release,
         # since releasing an inherited lock could drop the parent's.
@@ -246,8 +261,8 @@ def find_unused_port(family: int = socket.AF_INET, socktype: int = socket.SOCK_S
     """
     family = _check_choice("family", family, _FAMILIES)
     socktype = _check_choice("socktype", socktype, _SOCKTYPES)
-    from portsafe._errors import NoFreePortError  # noqa: PLC0415 - keep import cheap
-    from portsafe._reserve import reserve_port  # noqa: PLC0415 - keep import cheap
+    from portsafe._errors import NoFreePortError
+    from portsafe._reserve import reserve_port
 
     with _held_lock:
         now = time.monotonic()
@@ -473,7 +488,7 @@ _URLERROR_MARKERS = ("ConnectionRefusedError", "TimeoutError", "EOFError")
 
 
 def _unwrap(err: BaseException) -> BaseException:
-    import urllib.error  # noqa: PLC0415 - only needed once an error happened
+    import urllib.error
 
     # urllib can wrap the socket error several times: as args[0], as args[1]
     # (OSError('socket error', msg)), or as __cause__ of a URLError (3.14).
@@ -493,7 +508,7 @@ def _unwrap(err: BaseException) -> BaseException:
 
 
 def _is_transient(err: BaseException, errnos: Container[int], gai_errnos: Container[int]) -> bool:
-    import urllib.error  # noqa: PLC0415 - only needed once an error happened
+    import urllib.error
 
     n = getattr(err, "errno", None)
     if isinstance(err, TimeoutError):
