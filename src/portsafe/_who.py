@@ -215,9 +215,11 @@ def _listening(port: int, host: str | None = None) -> bool:
     for entry in _entries(port, (socket.SOCK_STREAM,)):
         if entry.state != "LISTEN":
             continue
-        if host is None or entry.host == host or entry.host in ("0.0.0.0", "::"):
+        if host is None or entry.host in (host, f"::ffff:{host}"):
             return True
-        if entry.host == f"::ffff:{host}":
+        # A wildcard listener serves every address of its family; "::" usually serves
+        # IPv4 too (IPV6_V6ONLY is off by default, and /proc does not show it).
+        if entry.host == "::" or (entry.host == "0.0.0.0" and ":" not in host):
             return True
     return False
 
