@@ -69,9 +69,13 @@ def shard_name(shard: int) -> str:
     return f"ports-{start:05d}-{start + _SHARD_SIZE - 1:05d}"
 
 
-def _ensure_dir(path: str) -> None:
-    """Create the lock directory if needed and check it is safe to share."""
-    explicit = bool(os.environ.get("PORTSAFE_LOCK_DIR"))
+def ensure_dir(path: str, *, explicit: bool) -> None:
+    """Create the lock directory if needed and check it is safe to share.
+
+    An *explicit* directory (``PORTSAFE_LOCK_DIR``) is trusted to be shared as its owner
+    intends; the default one, in world-writable ``/tmp``, must be a real directory that
+    is ours or has mode 1777.
+    """
     try:
         os.mkdir(path, 0o700 if explicit else 0o1777)
         if not explicit and not _WINDOWS:
@@ -106,7 +110,7 @@ def _ensure_dir(path: str) -> None:
                            f"PORTSAFE_LOCK_DIR")
 
 
-def _open_shard_file(directory: str, shard: int) -> int:
+def open_shard_file(directory: str, shard: int) -> int:
     """Open (creating if needed) a shard's lock file, refusing links and odd files."""
     path = os.path.join(directory, shard_name(shard))
     flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | \
@@ -261,9 +265,9 @@ class LockTable:
     def _open(self, shard: int) -> int:
         if self._dir is None:
             directory = lock_dir()
-            _ensure_dir(directory)
+            ensure_dir(directory, explicit=bool(os.environ.get("PORTSAFE_LOCK_DIR")))
             self._dir = directory
-        return _open_shard_file(self._dir, shard)
+        return open_shard_file(self._dir, shard)
 
     def _close_if_idle(self, shard: int) -> None:
         # Closing drops every lock this process has on the file: only when it holds none.
@@ -290,7 +294,7 @@ class LockTable:
                     continue
                 # Safe to close afterwards: this process holds nothing in this shard.
                 try:
-                    fd = _open_shard_file(directory, shard)
+                    fd = open_shard_file(directory, shard)
                 except LockDirError:
                     continue
                 try:

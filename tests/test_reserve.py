@@ -1,0 +1,495 @@
+"""The reservation API and the guarantees G1-G5 within one machine."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+import portsafe
+from portsafe import _locks, _probe, _ranges
+
+HOLDER = str(Path(__file__).with_name("_holder.py"))
+needs_ipv6 = pytest.mark.skipif(not _probe.ipv6_available(), reason="no IPv6 on this host")
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX record locks")
+
+
+class Holder:
+    """A child process holding reservations until closed."""
+
+    def __init__(self, **options: object) -> None:
+        self.proc = subprocess.Popen([sys.executable, HOLDER, json.dumps(options)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "holder died before reserving"
+        self.ports: list[int] = json.loads(line)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            assert stream is not None
+            stream.close()
+
+
+def free_block(size: int) -> range:
+    """A block of ports nobody holds right now (reserved, then released)."""
+    with portsafe.reserve_ports(size, contiguous=True) as group:
+        return range(group.ports[0], group.ports[-1] + 1)
+
+
+def bind(port: int, *, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
+         reuse: bool = False) -> socket.socket:
+    sock = socket.socket(family, kind)
+    if reuse:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    sock.bind((host, port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen()
+    return sock
+
+
+class TestReservePort:
+    def test_returns_held_reservation_outside_ephemeral_range(self):
+        """The default port is held, and outside the ephemeral and dev-server ports."""
+        low, high = portsafe.ephemeral_port_range()
+        with portsafe.reserve_port() as r:
+            assert isinstance(r.port, int)
+            assert not low <= r.port <= high
+            assert r.port not in _ranges.COMMON_DEV_PORTS
+            assert r.port >= 1024
+            assert r.address == ("127.0.0.1", r.port)
+            assert _locks.table().holds(r.port)
+            assert "held" in repr(r)
+        assert r.released
+        assert not _locks.table().holds(r.port)
+
+    @pytest.mark.parametrize("reuse", [False, True])
+    @pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+    def test_own_server_can_bind(self, reuse, kind):
+        """The reservation does not stop the caller's server, with or without SO_REUSEADDR."""
+        with portsafe.reserve_port(socktype=kind) as r, bind(r.port, kind=kind, reuse=reuse):
+            pass
+
+    def test_release_is_idempotent(self):
+        """release() twice is harmless and the port can be reserved again."""
+        r = portsafe.reserve_port()
+        r.release()
+        r.release()
+        with portsafe.reserve_port(ports=[r.port]) as again:
+            assert again.port == r.port
+
+    def test_distinct_within_process(self):
+        """Two live reservations in one process never share a port (G1)."""
+        with portsafe.reserve_ports(50) as group:
+            assert len(set(group.ports)) == 50
+
+    def test_explicit_ports_may_be_ephemeral(self):
+        """An explicit ports= counts as asking, so ephemeral ports are allowed."""
+        low, _ = portsafe.ephemeral_port_range()
+        candidates = range(low + 100, low + 200)
+        with portsafe.reserve_port(ports=candidates) as r:
+            assert r.port in candidates
+
+    def test_exclude(self):
+        """exclude= is never returned."""
+        block = free_block(4)
+        with portsafe.reserve_port(ports=block, exclude=block[:3]) as r:
+            assert r.port == block[3]
+
+    def test_skips_port_in_use(self):
+        """A port some non-portsafe socket is bound to is skipped (G3)."""
+        block = free_block(2)
+        with bind(block[0]), portsafe.reserve_port(ports=block) as r:
+            assert r.port == block[1]
+
+    def test_skips_port_bound_for_udp_when_both_asked(self):
+        """socktype=0 needs the number free for TCP and UDP alike."""
+        block = free_block(2)
+        with bind(block[0], kind=socket.SOCK_DGRAM), \
+                portsafe.reserve_port(ports=block, socktype=0) as r:
+            assert r.port == block[1]
+        with bind(block[0], kind=socket.SOCK_DGRAM), portsafe.reserve_port(
+                ports=block[:1], socktype=socket.SOCK_STREAM) as r:
+            assert r.port == block[0]  # TCP only: the UDP socket does not matter
+
+    @needs_ipv6
+    def test_ipv6_and_both_families(self):
+        """AF_INET6 checks ::1; AF_UNSPEC the same number on 127.0.0.1 and ::1."""
+        with portsafe.reserve_port(family=socket.AF_INET6) as r:
+            assert r.host == "::1"
+            bind(r.port, family=socket.AF_INET6).close()
+        block = free_block(2)
+        with bind(block[0], family=socket.AF_INET6), \
+                portsafe.reserve_port(ports=block, family=socket.AF_UNSPEC) as r:
+            assert r.port == block[1]
+
+    def test_wildcard_host(self):
+        """host='' probes the wildcard address, seeing a socket on any address."""
+        block = free_block(2)
+        with bind(block[0]), portsafe.reserve_port(ports=block, host="") as r:
+            assert r.port == block[1]
+            assert r.host == ""
+
+    def test_environment_range_and_exclude(self, monkeypatch):
+        """PORTSAFE_RANGE and PORTSAFE_EXCLUDE are honoured."""
+        block = free_block(3)
+        monkeypatch.setenv("PORTSAFE_RANGE", f"{block[0]}-{block[-1]}")
+        monkeypatch.setenv("PORTSAFE_EXCLUDE", f"{block[0]},{block[1]}")
+        with portsafe.reserve_port() as r:
+            assert r.port == block[2]
+        with pytest.raises(portsafe.NoFreePortError):
+            portsafe.reserve_port(ports=block[:2])  # PORTSAFE_EXCLUDE applies to ports= too
+
+    def test_garbage_collected_reservation_warns_and_releases(self):
+        """An unreleased Reservation that is collected warns and frees its port."""
+        r = portsafe.reserve_port()
+        port = r.port
+        del r
+        with pytest.warns(ResourceWarning, match="unreleased"):
+            gc.collect()
+        assert not _locks.table().holds(port)
+
+
+class TestReservePorts:
+    def test_contiguous(self):
+        """contiguous=True gives p, p+1, ..., p+n-1."""
+        with portsafe.reserve_ports(4, contiguous=True) as group:
+            assert group.ports == list(range(group.ports[0], group.ports[0] + 4))
+            assert len(group) == 4
+            assert group[0].port == group.ports[0]
+
+    def test_contiguous_skips_broken_runs(self):
+        """A run with one port in use is not returned."""
+        block = free_block(5)
+        with bind(block[2]), portsafe.reserve_ports(2, contiguous=True, ports=block) as g:
+            assert block[2] not in g.ports
+
+    def test_all_or_nothing(self):
+        """When not all n fit, nothing is left held."""
+        block = free_block(3)
+        before = _locks.table().held_count
+        with pytest.raises(portsafe.NoFreePortError, match="found only 3"):
+            portsafe.reserve_ports(4, ports=block)
+        with pytest.raises(portsafe.NoFreePortError):
+            portsafe.reserve_ports(4, ports=block, contiguous=True)
+        assert _locks.table().held_count == before
+
+
+class TestExhaustion:
+    def test_bounded_attempts_and_message(self):
+        """G5: every candidate is tried once, then an error naming the range."""
+        block = free_block(5)
+        with portsafe.reserve_ports(5, ports=block), \
+                pytest.raises(portsafe.NoFreePortError) as info:
+            portsafe.reserve_port(ports=block)
+        error = info.value
+        assert error.attempts == error.candidates == 5
+        assert f"ports={block[0]}-{block[-1]}" in str(error)
+        assert isinstance(error, OSError)
+        assert isinstance(error, portsafe.PortsafeError)
+
+    def test_held_by_other_process(self):
+        """Ports another process holds are counted as such in the error."""
+        block = free_block(3)
+        holder = Holder(n=3, ports=[block[0], block[-1] + 1])
+        try:
+            with pytest.raises(portsafe.NoFreePortError, match="3 held by other"):
+                portsafe.reserve_port(ports=block)
+        finally:
+            holder.close()
+        with portsafe.reserve_ports(3, ports=block):
+            pass  # released when the holder exited normally
+
+    def test_ephemeral_fallback_warns(self, monkeypatch):
+        """An ephemeral range covering almost everything falls back, with a warning."""
+        monkeypatch.setitem(_ranges._cache, "ephemeral", ((1024, 65000), "test"))
+        monkeypatch.setattr("portsafe._reserve._warned", set())
+        for key in [k for k in _ranges._cache if k.startswith("candidates:")]:
+            monkeypatch.delitem(_ranges._cache, key)
+        try:
+            with pytest.warns(RuntimeWarning, match="ephemeral range 1024-65000"), \
+                    portsafe.reserve_port() as r:
+                assert 1024 <= r.port <= 65535
+        finally:
+            for key in [k for k in _ranges._cache if k.startswith("candidates:")]:
+                del _ranges._cache[key]
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(("kwargs", "error", "match"), [
+        ({"family": socket.AF_UNIX}, portsafe.InvalidSettingError, "family must be"),
+        ({"family": "inet"}, TypeError, "family must be an int"),
+        ({"socktype": socket.SOCK_RAW}, portsafe.InvalidSettingError, "socktype must be"),
+        ({"ports": []}, portsafe.InvalidSettingError, "ports is empty"),
+        ({"ports": [0]}, portsafe.InvalidSettingError, "outside 1..65535"),
+        ({"ports": [70000]}, portsafe.InvalidSettingError, "outside 1..65535"),
+        ({"ports": "8080"}, TypeError, "iterable of ints"),
+        ({"ports": [8080.0]}, TypeError, "must contain ints"),
+        ({"exclude": 5}, TypeError, "exclude must be"),
+        ({"host": 127}, TypeError, "host must be"),
+        ({"host": "192.0.2.1"}, portsafe.AddressNotAvailableError, "not an address"),
+    ])
+    def test_rejected_with_clear_error(self, kwargs, error, match):
+        """Bad arguments raise TypeError/ValueError naming the value; nothing is held."""
+        before = _locks.table().held_count
+        with pytest.raises(error, match=match):
+            portsafe.reserve_port(**kwargs)
+        assert _locks.table().held_count == before
+
+    @pytest.mark.parametrize(("n", "error"), [(0, ValueError), (-1, ValueError),
+                                              ("2", TypeError), (True, TypeError)])
+    def test_bad_count(self, n, error):
+        """reserve_ports needs a positive int."""
+        with pytest.raises(error):
+            portsafe.reserve_ports(n)
+
+    @pytest.mark.parametrize("value", ["abc", "20000-10000", "0-5", "1-70000"])
+    def test_bad_environment(self, monkeypatch, value):
+        """A malformed PORTSAFE_RANGE names the variable."""
+        monkeypatch.setenv("PORTSAFE_RANGE", value)
+        with pytest.raises(portsafe.InvalidSettingError, match="PORTSAFE_RANGE"):
+            portsafe.reserve_port()
+
+
+class TestThreads:
+    def test_threads_never_share(self):
+        """G1 across threads: 8 threads x 100 live reservations, all distinct."""
+        results: list[list[portsafe.Reservation]] = []
+        barrier = threading.Barrier(8)
+
+        def work():
+            barrier.wait()
+            results.append([portsafe.reserve_port() for _ in range(100)])
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ports = [r.port for batch in results for r in batch]
+        try:
+            assert len(ports) == 800
+            assert len(set(ports)) == 800
+        finally:
+            for batch in results:
+                for r in batch:
+                    r.release()
+
+
+@posix_only
+class TestProcessLifetime:
+    def test_sigkill_releases_at_once(self):
+        """G4: a holder killed with SIGKILL frees its ports, with nothing stale."""
+        holder = Holder(n=3)
+        ports = holder.ports
+        with pytest.raises(portsafe.NoFreePortError):
+            portsafe.reserve_port(ports=ports)
+        holder.kill9()
+        with portsafe.reserve_ports(3, ports=ports) as group:
+            assert sorted(group.ports) == sorted(ports)
+
+    def test_fork_child_does_not_hold_parents_ports(self):
+        """A fork child holds none of its parent's reservations and cannot free them."""
+        with portsafe.reserve_port() as r:
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child
+                code = 0
+                try:
+                    if not r.released:
+                        code |= 1  # the child must see the reservation as not its own
+                    r.release()  # must not free the parent's port
+                    try:
+                        portsafe.reserve_port(ports=[r.port]).release()
+                        code |= 2  # the parent's lock must stop the child
+                    except portsafe.NoFreePortError:
+                        pass
+                finally:
+                    os.write(write, bytes([code]))
+                    os._exit(0)
+            os.close(write)
+            answer = os.read(read, 1)
+            os.close(read)
+            os.waitpid(pid, 0)
+            assert answer == b"\x00"
+            assert not r.released
+            holder_check = subprocess.run(
+                [sys.executable, "-c", textwrap.dedent(f"""
+                    import portsafe
+                    try:
+                        portsafe.reserve_port(ports=[{r.port}])
+                    except portsafe.NoFreePortError:
+                        print("held")
+                """)], capture_output=True, text=True, check=True)
+            assert holder_check.stdout.strip() == "held"
+
+    def test_exec_releases(self, tmp_path):
+        """exec() closes the lock files, releasing the ports (documented)."""
+        marker = tmp_path / "port"
+        script = textwrap.dedent(f"""
+            import os, sys, portsafe
+            r = portsafe.reserve_port()
+            open({str(marker)!r}, "w").write(str(r.port))
+            os.execv(sys.executable, [sys.executable, "-c", "import sys; sys.stdin.read()"])
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
+        try:
+            for _ in range(500):
+                if marker.exists() and marker.read_text():
+                    break
+                proc.wait(0.01) if proc.poll() is not None else None
+                threading.Event().wait(0.01)
+            port = int(marker.read_text())
+            for _ in range(500):  # until the exec has happened and the lock is gone
+                try:
+                    portsafe.reserve_port(ports=[port]).release()
+                    break
+                except portsafe.NoFreePortError:
+                    threading.Event().wait(0.01)
+            else:
+                pytest.fail("the port stayed held after exec")
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=30)
+
+    def test_many_reservations_with_low_fd_limit(self):
+        """10,000 live reservations in one process with RLIMIT_NOFILE at 1024."""
+        script = textwrap.dedent("""
+            import os, resource, portsafe
+            from portsafe import _locks
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+            before = len(os.listdir("/proc/self/fd"))
+            held = [portsafe.reserve_port() for _ in range(10000)]
+            assert len({r.port for r in held}) == 10000
+            print(len(os.listdir("/proc/self/fd")) - before, _locks.table().open_fds)
+            for r in held:
+                r.release()
+        """)
+        if not os.path.isdir("/proc/self/fd"):
+            pytest.skip("needs /proc")
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, check=True)
+        extra_fds, lock_files = map(int, result.stdout.split())
+        assert lock_files <= 256  # one per shard at most
+        assert extra_fds <= lock_files + 1
+
+
+class TestHolders:
+    def test_lists_other_process_with_pid(self):
+        """holders() names the pid holding each port (portsafe list)."""
+        holder = Holder(n=2)
+        try:
+            found = dict(_locks.holders())
+            for port in holder.ports:
+                assert found[port] == holder.proc.pid
+        finally:
+            holder.close()
+
+    def test_lists_own_reservations(self):
+        """This process's own reservations are listed too."""
+        with portsafe.reserve_port() as r:
+            assert (r.port, os.getpid()) in _locks.holders()
+
+
+class TestLockDir:
+    def test_does_not_follow_tmpdir(self, tmp_path):
+        """The lock directory is the same whatever TMPDIR says."""
+        env = {**os.environ, "TMPDIR": str(tmp_path)}
+        env.pop("PORTSAFE_LOCK_DIR", None)
+        out = subprocess.run([sys.executable, "-c",
+                              "from portsafe._locks import lock_dir; print(lock_dir())"],
+                             env=env, capture_output=True, text=True, check=True).stdout
+        assert str(tmp_path) not in out
+        assert out.strip() == _locks.lock_dir() or "PORTSAFE_LOCK_DIR" in os.environ
+
+    def test_explicit_dir_is_used(self, tmp_path):
+        """PORTSAFE_LOCK_DIR moves the lock files."""
+        directory = tmp_path / "locks"
+        env = {**os.environ, "PORTSAFE_LOCK_DIR": str(directory)}
+        subprocess.run([sys.executable, "-c", "import portsafe; portsafe.reserve_port()"],
+                       env=env, check=True)
+        assert any(name.startswith("ports-") for name in os.listdir(directory))
+
+    @posix_only
+    def test_symlinked_dir_refused(self, tmp_path):
+        """A symlink where the shared directory should be is refused."""
+        target = tmp_path / "elsewhere"
+        target.mkdir()
+        link = tmp_path / "portsafe-locks"
+        link.symlink_to(target)
+        with pytest.raises(portsafe.LockDirError, match="not a directory"):
+            _locks.ensure_dir(str(link), explicit=False)
+
+    @posix_only
+    def test_foreign_private_dir_refused(self, tmp_path):
+        """A directory of another user that is not mode 1777 is refused."""
+        directory = tmp_path / "portsafe-locks"
+        directory.mkdir(mode=0o700)
+        if os.getuid() == 0:
+            os.chown(directory, 12345, 12345)
+        else:
+            pytest.skip("needs root to make a directory owned by someone else")
+        with pytest.raises(portsafe.LockDirError, match="cannot be shared safely"):
+            _locks.ensure_dir(str(directory), explicit=False)
+
+    @posix_only
+    def test_created_shared_with_sticky_bit(self, tmp_path):
+        """A new default directory is made 1777 despite the umask."""
+        directory = tmp_path / "portsafe-locks"
+        old = os.umask(0o077)
+        try:
+            _locks.ensure_dir(str(directory), explicit=False)
+        finally:
+            os.umask(old)
+        assert directory.stat().st_mode & 0o7777 == 0o1777
+
+    @posix_only
+    def test_symlinked_lock_file_refused(self, tmp_path):
+        """A symlink planted as a shard file is not followed."""
+        victim = tmp_path / "victim"
+        victim.write_text("do not touch")
+        (tmp_path / _locks.shard_name(80)).symlink_to(victim)
+        with pytest.raises(portsafe.LockDirError, match="cannot open lock file"):
+            _locks.open_shard_file(str(tmp_path), 80)
+        assert victim.read_text() == "do not touch"
+
+    @posix_only
+    def test_hard_linked_lock_file_refused(self, tmp_path):
+        """A shard file with a second hard link is refused."""
+        path = tmp_path / _locks.shard_name(81)
+        path.write_text("")
+        os.link(path, tmp_path / "second-name")
+        with pytest.raises(portsafe.LockDirError, match="one link"):
+            _locks.open_shard_file(str(tmp_path), 81)
+
+    @posix_only
+    def test_shard_files_writable_by_everyone(self, tmp_path):
+        """New shard files are mode 666 so other users' tests can lock them."""
+        old = os.umask(0o077)
+        try:
+            fd = _locks.open_shard_file(str(tmp_path), 82)
+        finally:
+            os.umask(old)
+        os.close(fd)
+        assert (tmp_path / _locks.shard_name(82)).stat().st_mode & 0o777 == 0o666
