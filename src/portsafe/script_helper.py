@@ -135,7 +135,7 @@ def _require_subprocess() -> None:
     # CPython decorates these functions with @support.requires_subprocess(), which
     # raises SkipTest when called on a platform without subprocesses.
     if not _has_subprocess_support():
-        import unittest  # noqa: PLC0415 -- only needed on the rare platform that skips
+        import unittest
 
         raise unittest.SkipTest("requires subprocess support")
 
@@ -150,7 +150,7 @@ def _cleanup_zombies() -> None:
 
 def _signal_name(exitcode: int) -> str | None:
     """Name what an exit code means, as ``test.support.get_signal_name`` (3.14) does."""
-    import signal  # noqa: PLC0415 -- only a failure report needs it
+    import signal
 
     if exitcode < 0:
         try:
@@ -793,7 +793,7 @@ def make_zip_script(
         ...     script_helper.assert_python_ok(zip_name).out
         b'zipped\\n'
     """
-    import zipfile  # noqa: PLC0415 -- zipfile pulls in compression modules; load on use
+    import zipfile
 
     script_name = os.fspath(script_name)
     zip_name = os.path.join(zip_dir, zip_basename + os.extsep + "zip")
@@ -872,7 +872,7 @@ def make_zip_pkg(  # noqa: PLR0917 -- CPython's positional signature
         ...     script_helper.assert_python_ok("-m", "pkg", PYTHONPATH=zip_name).out
         b'1\\n'
     """
-    import zipfile  # noqa: PLC0415 -- zipfile pulls in compression modules; load on use
+    import zipfile
 
     unlink: list[str] = []
     init_name = make_script(zip_dir, "__init__", "")
@@ -880,13 +880,19 @@ def make_zip_pkg(  # noqa: PLR0917 -- CPython's positional signature
     init_basename = os.path.basename(init_name)
     script_name = make_script(zip_dir, script_basename, source)
     unlink.append(script_name)
+    script_basename_in_zip = os.path.basename(script_name)
     if compiled:
         # doraise=True: these return the pyc path or raise, never None.
         init_name = str(py_compile.compile(init_name, doraise=True))
         script_name = str(py_compile.compile(script_name, doraise=True))
         unlink.extend((init_name, script_name))
+        # Store legacy names (``__init__.pyc``): zipimport never looks in __pycache__.
+        # CPython's helper kept the ``.py`` / ``.cpython-3X.pyc`` names here, which
+        # made an archive that cannot be imported (no CPython test uses compiled=True).
+        init_basename += "c"
+        script_basename_in_zip += "c"
     pkg_names = [os.sep.join([pkg_name] * i) for i in range(1, depth + 1)]
-    script_name_in_zip = os.path.join(pkg_names[-1], os.path.basename(script_name))
+    script_name_in_zip = os.path.join(pkg_names[-1], script_basename_in_zip)
     zip_name = os.path.join(zip_dir, zip_basename + os.extsep + "zip")
     with zipfile.ZipFile(zip_name, "w") as zip_file:
         for name in pkg_names:
