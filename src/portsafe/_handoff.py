@@ -114,7 +114,7 @@ def listen(
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {host!r}")
     if family is None:
-        family = socket.AF_INET6 if ":" in host or dual_stack else socket.AF_INET
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if dual_stack:
         if family != socket.AF_INET6:
             raise InvalidSettingError(
