@@ -1,0 +1,371 @@
+"""The portpicker-protocol port server (``portsafe serve``) and its client, request_port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import portsafe
+from portsafe import _locks, _server
+from portsafe._server import PortServer, process_identity, request_port, resolve_owner
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX")
+LINUX = sys.platform.startswith("linux")
+
+
+def _name() -> str:
+    return f"@portsafe-test-{uuid.uuid4().hex[:12]}"
+
+
+def _wait_listening(address: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts connections on *address* (without sending a pid)."""
+    target = _server.unix_address(address)
+    for _ in range(400):
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(target)
+            except OSError:
+                time.sleep(0.025)
+                continue
+        return
+    raise AssertionError(f"nothing listens on {address!r}")
+
+
+def _raw_request(address: str, payload: bytes, *, shut: bool = True) -> bytes:
+    """Send raw bytes; return everything the server sent before closing."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(_server.unix_address(address))
+        with contextlib.suppress(OSError):  # the server may close while we still write
+            sock.sendall(payload)
+            if shut:
+                sock.shutdown(socket.SHUT_WR)
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(4096):
+                data += chunk
+        return data
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def lock_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A private lock directory, so the assertions see only this test's reservations."""
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
+    return dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
+
+
+@pytest.fixture
+def served(lock_env: dict[str, str]):
+    """``portsafe serve --verbose`` on a fresh abstract address, ports 23000-23015."""
+    address = _name()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portsafe", "serve", "--address", address,
+         "--range", "23000-23015", "--verbose"],
+        env=lock_env, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_listening(address, proc)
+        yield address, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+class TestRequestPort:
+    def test_no_server_gives_none(self) -> None:
+        """With nothing listening, request_port returns None instead of raising."""
+        assert request_port(_name(), timeout=1.0) is None
+
+    def test_path_without_socket_gives_none(self, tmp_path: Path) -> None:
+        """A path that does not exist is 'no server', not an error."""
+        assert request_port(str(tmp_path / "nothing.sock"), timeout=1.0) is None
+
+    @pytest.mark.parametrize("reply", [b"", b"abc\n", b"0\n", b"70000\n", b"-5\n"])
+    def test_bad_answers_give_none(self, reply: bytes) -> None:
+        """Closed-without-answer, garbage, 0 and out-of-range answers all mean 'none'."""
+        address = _name()
+        listener = _server.bind_unix(address)
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(64)
+                conn.sendall(reply)
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        try:
+            assert request_port(address, timeout=5.0) is None
+        finally:
+            thread.join()
+            listener.close()
+
+    def test_sends_own_pid(self) -> None:
+        """The request is this process's pid in decimal and a newline."""
+        address = _name()
+        listener = _server.bind_unix(address)
+        seen: list[bytes] = []
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                seen.append(conn.recv(64))
+                conn.sendall(b"12345\n")
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        try:
+            assert request_port(address) == 12345
+        finally:
+            thread.join()
+            listener.close()
+        assert seen == [b"%d\n" % os.getpid()]
+
+    def test_argument_checks(self) -> None:
+        """Wrong types raise TypeError; empty addresses and bad timeouts are refused."""
+        with pytest.raises(TypeError, match="address"):
+            request_port(b"@x")  # type: ignore[arg-type]
+        with pytest.raises(portsafe.InvalidSettingError):
+            request_port("@")
+        with pytest.raises(portsafe.InvalidSettingError, match="timeout"):
+            request_port("@x", timeout=0)
+
+    def test_against_portpickers_own_portserver(self) -> None:
+        """portsafe's client gets a port from Google's portserver.py."""
+        script = Path(sys.executable).parent / "portserver.py"
+        if not script.exists():
+            script = Path(shutil.which("portserver.py") or "/nonexistent")
+        if not script.exists():
+            pytest.skip("portpicker's portserver.py is not installed")
+        pytest.importorskip("psutil", reason="portserver.py needs psutil")
+        address = _name()
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--portserver_address", address,
+             "--portserver_static_pool", "23100-23119"],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_listening(address, proc)
+            first = request_port(address)
+            second = request_port(address)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        assert first is not None
+        assert 23100 <= first <= 23119
+        assert second is not None
+        assert second != first
+
+
+class TestResolveOwner:
+    def test_sender_is_the_claim(self) -> None:
+        """A client claiming its own pid gets it."""
+        assert resolve_owner(os.getpid(), os.getpid()) == os.getpid()
+
+    def test_claim_for_another_live_process(self) -> None:
+        """`python -m portpicker $$` asks for its shell: a live pid other than the sender."""
+        assert resolve_owner(os.getppid(), os.getpid()) == os.getppid()
+
+    @pytest.mark.parametrize("peer", [None, "self"])
+    def test_refusals(self, peer: str | None) -> None:
+        """Zero, negative, pid 1 (an orphan's claim) and dead pids are refused."""
+        peer_pid = os.getpid() if peer else None
+        for claim in (0, -1, 1, _dead_pid()):
+            assert resolve_owner(claim, peer_pid) is None
+
+    def test_process_identity_changes_with_the_process(self) -> None:
+        """A live process has an identity; an exited one (even a zombie) has none."""
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        ident = process_identity(child.pid)
+        for _ in range(400):
+            if process_identity(child.pid) is None:
+                break
+            time.sleep(0.025)
+        assert process_identity(child.pid) is None  # a zombie until waited for
+        child.wait()
+        assert ident is None or ident[0] == child.pid
+
+
+class TestPortServerBook:
+    def test_grant_is_held_through_the_core(self, lock_env: dict[str, str]) -> None:
+        """A granted port is locked by the server, so local reservations avoid it."""
+        server = PortServer(ports=range(23200, 23201))
+        try:
+            reply = server.handle(b"%d\n" % os.getpid(), os.getpid())
+            assert reply == b"23200\n"
+            assert (23200, os.getpid()) in _locks.holders()
+            with pytest.raises(portsafe.NoFreePortError):
+                portsafe.reserve_port(ports=[23200])
+            assert server.handle(b"%d\n" % os.getpid(), os.getpid()) is None  # none left
+        finally:
+            server.close()
+        assert (23200, os.getpid()) not in _locks.holders()
+
+    def test_reclaim_after_exit(self, lock_env: dict[str, str]) -> None:
+        """A grant comes back once its process is gone, and is handed out again."""
+        lines: list[str] = []
+        server = PortServer(ports=range(23210, 23211), log=lines.append)
+        child = _sleeper()
+        try:
+            assert server.handle(b"%d" % child.pid, None) == b"23210\n"
+            assert server.handle(b"%d" % os.getpid(), os.getpid()) is None
+            child.kill()
+            child.wait()
+            assert server.handle(b"%d" % os.getpid(), os.getpid()) == b"23210\n"
+        finally:
+            child.kill()
+            child.wait()
+            server.close()
+        assert any(line.startswith("grant port 23210 to pid") for line in lines)
+        assert f"reclaim port 23210 from pid {child.pid} (exited)" in lines
+
+    def test_recycled_pid_does_not_keep_the_grant(self, lock_env: dict[str, str]) -> None:
+        """Same pid, other start time (a recycled pid): the grant is reclaimed."""
+        server = PortServer(ports=range(23220, 23221))
+        try:
+            assert server.handle(b"%d" % os.getpid(), os.getpid()) == b"23220\n"
+            ident, reservation = server._grants[23220]
+            server._grants[23220] = ((ident[0], ident[1] - 1), reservation)
+            assert server.reclaim() == [23220]
+        finally:
+            server.close()
+
+    @pytest.mark.parametrize("request_", [b"", b"abc", b"-5", b"1", b"9" * 30, b"\xff\xfe"])
+    def test_bad_requests_get_nothing(self, request_: bytes, lock_env: dict[str, str]) -> None:
+        """Garbage, negative, pid 1 and absurd pids are refused and counted."""
+        server = PortServer(ports=range(23230, 23232))
+        assert server.handle(request_, os.getpid()) is None
+        assert server.refused == 1
+        assert server.grants() == {}
+
+
+@pytest.mark.timeout(120)
+class TestServe:
+    def test_portpicker_clients_get_distinct_ports_and_reclaim(self, served) -> None:
+        """portpicker.pick_unused_port from several processes: distinct while alive,
+        reclaimed after they exit (the range is small enough to need reclaiming)."""
+        pytest.importorskip("portpicker")
+        address, _proc = served
+        code = ("import os, sys, portpicker; "
+                "print(portpicker.pick_unused_port(), flush=True); sys.stdin.read()")
+        env = dict(os.environ, PORTSERVER_ADDRESS=address)
+        for _wave in range(2):
+            clients = [subprocess.Popen([sys.executable, "-c", code], env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                       for _ in range(16)]
+            try:
+                ports = [int(c.stdout.readline()) for c in clients]  # type: ignore[union-attr]
+                assert len(set(ports)) == 16
+                assert set(ports) == set(range(23000, 23016))
+                assert request_port(address) is None  # all 16 held by live pids
+            finally:
+                for c in clients:
+                    c.communicate(b"")
+
+    def test_bad_requests_cost_nothing(self, served) -> None:
+        """Garbage, negative, pid 1, unknown pid, 1 MB, and a silent client get nothing,
+        and the server keeps serving others meanwhile."""
+        address, proc = served
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            silent.connect(_server.unix_address(address))
+            for payload in (b"hello\n", b"-42\n", b"1\n", b"%d\n" % _dead_pid(),
+                            b"7" * (1 << 20), b"\n"):
+                assert _raw_request(address, payload) == b""
+            assert request_port(address) is not None
+        finally:
+            silent.close()
+        assert proc.poll() is None
+
+    def test_sigterm_stops_cleanly(self, lock_env: dict[str, str], tmp_path: Path) -> None:
+        """SIGTERM: exit 0, grants released, the path socket removed."""
+        path = str(tmp_path / "ps.sock")
+        proc = subprocess.Popen([sys.executable, "-m", "portsafe", "serve", "--address", path,
+                                 "--range", "23300-23309"], env=lock_env)
+        try:
+            _wait_listening(path, proc)
+            port = request_port(path)
+            assert port is not None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        assert not os.path.exists(path)
+        assert all(pid != proc.pid for _port, pid in _locks.holders())
+
+    def test_address_taken_is_a_clear_error(self, served, lock_env: dict[str, str]) -> None:
+        """A second server on the same address exits 4 and says what to do."""
+        address, _proc = served
+        done = subprocess.run([sys.executable, "-m", "portsafe", "serve", "--address", address],
+                              env=lock_env, capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert done.returncode == 4
+        assert "already in use" in done.stderr
+        assert "--address" in done.stderr
+
+    def test_stale_path_socket_is_replaced(self, lock_env: dict[str, str],
+                                           tmp_path: Path) -> None:
+        """A socket file left by a killed server does not block a new one."""
+        path = str(tmp_path / "stale.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+            dead.bind(path)  # closed without unlinking, as after kill -9
+        assert os.path.exists(path)
+        listener = _server.bind_unix(path)
+        listener.close()
+
+    def test_verbose_logs_grant_and_reclaim(self, served) -> None:
+        """--verbose writes one line per grant and per reclaim."""
+        address, proc = served
+        client = subprocess.run(
+            [sys.executable, "-c",
+             ("import sys; from portsafe._server import request_port; "
+             f"print(request_port({address!r}))")],
+            capture_output=True, text=True, timeout=60, check=True)
+        port = int(client.stdout)
+        assert request_port(address) is not None  # triggers the reclaim of the first
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        log = proc.stderr.read().decode()
+        assert f"grant port {port} to pid" in log
+        assert f"reclaim port {port} from pid" in log
+
+    @pytest.mark.skipif(not LINUX or shutil.which("unshare") is None, reason="needs unshare")
+    def test_container_init_gets_a_port(self, served) -> None:
+        """A client that is pid 1 in its own pid namespace sends "1" and still gets one."""
+        address, _proc = served
+        code = ("import os; from portsafe._server import request_port; "
+                f"print(os.getpid(), request_port({address!r}))")
+        done = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a pid namespace here: {done.stderr.strip()[-200:]}")
+        pid, port = done.stdout.split()
+        assert pid == "1"
+        assert 23000 <= int(port) <= 23015
