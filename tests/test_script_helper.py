@@ -656,3 +656,15 @@ class TestRunTestScript:
         assert "===== script v.py ======" in out
         assert "===== script v.py completed: exit code 0 ======" in out
         assert "test_ok" in err
+
+
+class TestDocs:
+    def test_pytest_cli_example_passes(self, pytester):
+        """The pytest example in docs/script_helper.md runs and all its tests pass."""
+        docs = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "script_helper.md")
+        with open(docs, encoding="utf-8") as f:
+            blocks = f.read().split("```python\n")
+        example = next(b.split("```")[0] for b in blocks if "# test_wordcount_cli.py" in b)
+        pytester.makepyfile(test_wordcount_cli=example)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=4)
