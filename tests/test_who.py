@@ -1,0 +1,241 @@
+"""who_holds() and explain_address_in_use(): name the process behind a port."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+import portsafe
+from portsafe import _who
+from portsafe._handoff import listen, spawn
+from portsafe._who import AddressInUseError, Holder, explain_address_in_use, who_holds
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+needs_proc_net = pytest.mark.skipif(
+    not os.path.exists("/proc/net/tcp"), reason="who_holds reads Linux's /proc/net"
+)
+
+# A child that listens on a port of its own and reports it, then waits for stdin to close.
+CHILD_LISTENER = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _hex_address(address: str) -> str:
+    """Encode an address the way /proc/net/tcp prints it (host-order 32-bit words)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    raw = socket.inet_pton(family, address)
+    words = struct.unpack(f"={len(raw) // 4}I", raw)
+    return "".join(f"{word:08X}" for word in words)
+
+
+def _table_line(address: str, port: int, state: int, inode: int) -> str:
+    return (
+        f"   0: {_hex_address(address)}:{port:04X} {_hex_address(address)}:0000 {state:02X} "
+        f"00000000:00000000 00:00000000 00000000  1000        0 {inode} 1 0000 100 0 0 10 0"
+    )
+
+
+@needs_proc_net
+class TestWhoHolds:
+    def test_finds_own_listener(self) -> None:
+        """This process's listener is found with its pid, command, state and address."""
+        with listen() as sock:
+            port = sock.getsockname()[1]
+            holders = who_holds(port)
+        mine = [h for h in holders if h.pid == os.getpid()]
+        assert mine
+        holder = mine[0]
+        assert holder.state == "LISTEN"
+        assert (holder.host, holder.port) == ("127.0.0.1", port)
+        assert holder.family == socket.AF_INET
+        assert holder.socktype == socket.SOCK_STREAM
+        assert holder.command is not None
+        assert "python" in holder.command.lower() or "pytest" in holder.command
+
+    def test_finds_subprocess_listener_by_pid(self) -> None:
+        """A child's own listener is found under the child's pid and command line."""
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD_LISTENER],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            port = int(proc.stdout.readline())
+            holders = who_holds(port)
+        finally:
+            proc.communicate(timeout=60)
+        assert [h.pid for h in holders if h.state == "LISTEN"] == [proc.pid]
+        assert holders[0].command is not None
+        assert "create_server" in holders[0].command
+
+    def test_inherited_socket_listed_per_process(self) -> None:
+        """A socket passed with spawn() shows up under both the parent and the child."""
+        with listen() as sock:
+            port = sock.getsockname()[1]
+            proc = spawn([sys.executable, "-c", "import sys; sys.stdin.read()"], [sock],
+                         stdin=subprocess.PIPE)
+            try:
+                pids = {h.pid for h in who_holds(port)}
+            finally:
+                proc.communicate(timeout=60)
+        assert {os.getpid(), proc.pid} <= pids
+
+    def test_accepted_connection_listed_after_listener(self) -> None:
+        """Connections on the port are listed too, after the listeners."""
+        with listen() as server:
+            port = server.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                conn, _ = server.accept()
+                with conn:
+                    states = [h.state for h in who_holds(port) if h.pid == os.getpid()]
+        assert states == ["LISTEN", "ESTABLISHED"]
+
+    @pytest.mark.skipif(not _ipv6(), reason="no IPv6 loopback on this machine")
+    def test_ipv6_listener(self) -> None:
+        """An IPv6 listener is decoded from /proc/net/tcp6."""
+        with listen("::1") as sock:
+            port = sock.getsockname()[1]
+            holders = [h for h in who_holds(port) if h.pid == os.getpid()]
+        assert [(h.host, h.family) for h in holders] == [("::1", socket.AF_INET6)]
+
+    def test_udp(self) -> None:
+        """UDP sockets are found with socktype=SOCK_DGRAM and state UNCONN."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            assert not [h for h in who_holds(port) if h.pid == os.getpid()]
+            udp = [h for h in who_holds(port, socktype=socket.SOCK_DGRAM)
+                   if h.pid == os.getpid()]
+            both = [h for h in who_holds(port, socktype=0) if h.pid == os.getpid()]
+        assert [(h.state, h.socktype) for h in udp] == [("UNCONN", socket.SOCK_DGRAM)]
+        assert both == udp
+
+    def test_free_port_has_no_holders(self) -> None:
+        """A port nobody uses gives an empty list."""
+        with listen() as sock:
+            port = sock.getsockname()[1]
+        assert who_holds(port) == []
+
+
+class TestWhoHoldsWithoutProc:
+    def test_no_proc_means_empty(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """Without /proc (macOS, Windows) the answer is empty, never an error."""
+        monkeypatch.setattr(_who, "_PROC", str(tmp_path / "nowhere"))
+        assert who_holds(8080) == []
+
+    def test_uninspectable_process_has_no_pid(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """A socket whose process cannot be seen is listed with pid None; junk is skipped."""
+        (tmp_path / "net").mkdir()
+        lines = [
+            "  sl  local_address rem_address   st tx_queue ...",
+            _table_line("127.0.0.1", 8080, 0x0A, 4242),
+            "   1: garbage",
+            _table_line("10.1.2.3", 8081, 0x0A, 4243),
+        ]
+        (tmp_path / "net" / "tcp").write_text("\n".join(lines) + "\n")
+        (tmp_path / "net" / "tcp6").write_text(
+            "header\n" + _table_line("::ffff:127.0.0.1", 8080, 0x06, 0) + "\n"
+        )
+        monkeypatch.setattr(_who, "_PROC", str(tmp_path))
+        holders = who_holds(8080)
+        assert holders == [
+            Holder(None, None, "LISTEN", "127.0.0.1", 8080, socket.AF_INET, socket.SOCK_STREAM),
+            Holder(None, None, "TIME_WAIT", "::ffff:127.0.0.1", 8080, socket.AF_INET6,
+                   socket.SOCK_STREAM),
+        ]
+        message = str(explain_address_in_use(OSError(errno.EADDRINUSE, "in use"), 8080))
+        assert "cannot inspect" in message
+
+    def test_bad_arguments(self) -> None:
+        """Wrong types raise TypeError; bad values InvalidSettingError."""
+        with pytest.raises(TypeError, match="'80'"):
+            who_holds("80")  # type: ignore[arg-type]
+        with pytest.raises(portsafe.InvalidSettingError, match="70000"):
+            who_holds(70000)
+        with pytest.raises(portsafe.InvalidSettingError, match="socktype"):
+            who_holds(80, socktype=socket.SOCK_RAW)
+
+
+class TestExplainAddressInUse:
+    def test_other_errors_pass_through(self) -> None:
+        """An error that is not EADDRINUSE is returned unchanged."""
+        exc = OSError(errno.EACCES, "Permission denied")
+        assert explain_address_in_use(exc, 80) is exc
+
+    def test_type_checked(self) -> None:
+        """A non-OSError is a TypeError."""
+        with pytest.raises(TypeError, match="OSError"):
+            explain_address_in_use(ValueError("x"), 80)  # type: ignore[arg-type]
+
+    def test_real_bind_failure_names_this_process(self) -> None:
+        """A real EADDRINUSE becomes an AddressInUseError naming the holder and advice."""
+        with listen() as held, socket.socket() as sock:
+            port = held.getsockname()[1]
+            with pytest.raises(OSError) as info:
+                sock.bind(("127.0.0.1", port))
+            explained = explain_address_in_use(info.value, port)
+        assert isinstance(explained, AddressInUseError)
+        assert isinstance(explained, portsafe.PortsafeError)
+        assert explained.errno == errno.EADDRINUSE
+        assert explained.port == port
+        assert "reserve_port" in str(explained)
+        if os.path.exists("/proc/net/tcp"):
+            assert f"pid {os.getpid()} (" in str(explained)
+            assert f"kill {os.getpid()}" in str(explained)
+            assert any(h.pid == os.getpid() for h in explained.holders)
+
+    @needs_proc_net
+    def test_time_wait_only(self) -> None:
+        """A port held only by TIME_WAIT connections says so and suggests SO_REUSEADDR."""
+        server = listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn, _ = server.accept()
+        conn.close()  # the side that closes first keeps TIME_WAIT, on the server's port
+        client.close()
+        server.close()
+        deadline = time.monotonic() + 30
+        while {h.state for h in who_holds(port)} != {"TIME_WAIT"}:
+            if time.monotonic() > deadline:
+                pytest.skip(f"no TIME_WAIT appeared: {who_holds(port)}")
+            time.sleep(0.01)
+        with socket.socket() as sock, pytest.raises(OSError) as info:
+            sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR
+        message = str(explain_address_in_use(info.value, port))
+        assert "TIME_WAIT" in message
+        assert "SO_REUSEADDR" in message
+
+    def test_pickles(self) -> None:
+        """AddressInUseError survives pickling with its holders."""
+        holder = Holder(1, "x", "LISTEN", "127.0.0.1", 80, socket.AF_INET, socket.SOCK_STREAM)
+        exc = AddressInUseError("port 80 is held", port=80, holders=[holder])
+        copy = pickle.loads(pickle.dumps(exc))
+        assert (str(copy), copy.port, copy.holders, copy.errno) == (
+            "port 80 is held", 80, [holder], errno.EADDRINUSE
+        )
