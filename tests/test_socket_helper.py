@@ -620,3 +620,73 @@ class TestTransientInternet:
         """))
         result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
         result.assert_outcomes(skipped=2)
+
+
+def load_runner() -> types.ModuleType:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "cpython_suite.py"
+    spec = importlib.util.spec_from_file_location("cpython_suite", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cpython_suite"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestCpythonSuiteRunner:
+    """The parts of tools/cpython_suite.py that decide the verdict."""
+
+    def test_parse_junit_counts_per_module(self, tmp_path):
+        """Counts come per module from regrtest's XML, incl. errors outside test cases."""
+        runner = load_runner()
+        xml = tmp_path / "r.xml"
+        xml.write_text(textwrap.dedent("""\
+            <testsuites>
+              <testsuite tests="4" errors="2" failures="1">
+                <testcase name="test.test_a.T.test_ok" status="run" />
+                <testcase name="test.test_a.T.test_skip"><skipped>no</skipped></testcase>
+                <testcase name="test.test_a.T.test_err"><error type="X" /></testcase>
+                <testcase name="test.test_a.T.test_fail"><failure type="Y" /></testcase>
+                <testcase />
+              </testsuite>
+              <testsuite tests="1" errors="0" failures="0">
+                <testcase name="test.test_pkg.test_sub.T.test_ok" />
+              </testsuite>
+              <testsuite tests="0" errors="0" failures="0" />
+            </testsuites>
+        """))
+        counts = runner.parse_junit(xml, ["test_a", "test_pkg.test_sub", "test_pkg"])
+        assert counts["test_a"].row() == (4, 1, 1, 1, 2)
+        assert counts["test_pkg.test_sub"].row() == (1, 1, 0, 0, 0)
+        assert "test_pkg" not in counts
+
+    def test_status_lines(self):
+        """Durations are dropped from regrtest's per-module status; env changed is kept."""
+        runner = load_runner()
+        line = "0:00:30 load avg: 1.37 [7/8] test_socket passed (30.5 sec)"
+        m = runner.STATUS_RE.search(line)
+        assert m.group("name") == "test_socket"
+        assert runner.normalise_status(m.group("status")) == "passed"
+        assert runner.normalise_status("failed (env changed)") == "failed (env changed)"
+
+    def test_interpreter_without_test_package_is_skipped(self, tmp_path, capsys):
+        """An interpreter without `test` is reported plainly and the exit status is 0."""
+        runner = load_runner()
+        fake = tmp_path / "python"
+        fake.write_text("#!/bin/sh\necho 3.12\necho NO No module named test\n")
+        fake.chmod(0o755)
+        assert runner.main(["--python", str(fake), "--smoke"]) == 0
+        out = capsys.readouterr().out
+        assert "has no `test` package" in out
+        assert "nothing to compare" in out
+
+    def test_network_resource_is_refused(self):
+        """Enabling regrtest's network resource is a usage error."""
+        runner = load_runner()
+        for value in ("network", "all", "cpu,network"):
+            with pytest.raises(SystemExit) as info:
+                runner.main(["--resources", value])
+            assert info.value.code == 2

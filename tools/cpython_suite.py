@@ -109,30 +109,35 @@ class RunResult:
     log: Path | None = None
 
 
-def probe(python: str) -> tuple[bool, str]:
-    """Return (usable, explanation) for running the suite with ``python``."""
+def probe(python: str, modules: list[str]) -> tuple[bool, str, list[str]]:
+    """Return (usable, version or explanation, missing test modules) for ``python``."""
     code = (
-        "import sys; print('%d.%d' % sys.version_info[:2])\n"
+        "import sys, importlib.util as u; print('%d.%d' % sys.version_info[:2])\n"
         "try:\n import test.libregrtest, test.support\nexcept ImportError as e: print('NO', e)\n"
-        "else: print('OK')\n"
+        "else:\n print('OK')\n"
+        " for m in sys.argv[1:]:\n"
+        "  try: found = u.find_spec('test.' + m)\n"
+        "  except ImportError: found = None\n"
+        "  if found is None: print(m)\n"
     )
     try:
-        proc = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
-                              timeout=60, check=False)
+        proc = subprocess.run([python, "-I", "-c", code, *modules], capture_output=True,
+                              text=True, timeout=60, check=False)
     except OSError as exc:
-        return False, f"cannot run {python}: {exc}"
+        return False, f"cannot run {python}: {exc}", []
     lines = proc.stdout.split()
     if proc.returncode or len(lines) < 2:
-        return False, f"{python} failed to start: {proc.stderr.strip()[-300:]}"
+        return False, f"{python} failed to start: {proc.stderr.strip()[-300:]}", []
     version = lines[0]
     major, minor = (int(x) for x in version.split("."))
-    if lines[1] != "OK":
-        return False, (f"{python} (Python {version}) has no `test` package installed, so there"
-                       " is nothing to compare (Debian/Ubuntu ship it as python3-test or"
-                       " libpython3.X-testsuite)")
     if (major, minor) < (3, 10):
-        return False, f"{python} is Python {version}; portsafe needs 3.10 or newer"
-    return True, version
+        return False, f"{python} is Python {version}; portsafe needs 3.10 or newer", []
+    missing = lines[2:] if lines[1] == "OK" else list(modules)
+    if len(missing) == len(modules):
+        return False, (f"{python} (Python {version}) has no `test` package (or none of the"
+                       " requested test modules) installed, so there is nothing to compare"
+                       " (Debian/Ubuntu ship them as libpython3.X-testsuite)"), missing
+    return True, version, missing
 
 
 def base_env(replace: list[str]) -> dict[str, str]:
@@ -283,6 +288,7 @@ def print_table(version: str, modules: list[str], stock: RunResult, ours: RunRes
     tb = [sum(x) for x in zip(*(c.row() for c in ours.counts.values()), strict=False)] or [0] * 5
     print(f"{'':<12} {'TOTAL':<31} {'/'.join(map(str, ta)):>29}  {'/'.join(map(str, tb)):>32}"
           f"  {'yes' if identical else 'NO'}")
+    identical &= stock.returncode == ours.returncode
     print(f"{'':<12} {'regrtest exit / seconds':<31} "
           f"{f'{stock.returncode} / {stock.seconds:.0f}s':>29}  "
           f"{f'{ours.returncode} / {ours.seconds:.0f}s':>32}")
@@ -324,23 +330,26 @@ def main(argv: list[str] | None = None) -> int:
     exit_code = compared = 0
     try:
         for n, python in enumerate(args.pythons or [sys.executable]):
-            usable, version = probe(python)
+            usable, version, missing = probe(python, modules)
             if not usable:
                 print(f"SKIPPED: {version}")
                 continue
+            if missing:
+                print(f"NOT INSTALLED in {python}, so not compared: {' '.join(missing)}")
+            present = [m for m in modules if m not in missing]
             print(f"== {python} (Python {version}): replacing {', '.join(replace)}; "
-                  f"modules: {' '.join(modules)}", flush=True)
+                  f"modules: {' '.join(present)}", flush=True)
             compared += 1
             here = workdir / f"py{n}-{version}"
             here.mkdir(exist_ok=True)
             env = base_env(replace)
-            stock = run_suite(python, "stock", modules, env, here, args)
+            stock = run_suite(python, "stock", present, env, here, args)
             calls_file = here / "portsafe-calls.jsonl"
             calls_file.unlink(missing_ok=True)
             env_ours = dict(env, PORTSAFE_CPYTHON_REPLACE=",".join(replace),
                             PORTSAFE_CPYTHON_CALLS_FILE=str(calls_file))
-            ours = run_suite(python, "portsafe", modules, env_ours, here, args)
-            identical = print_table(version, modules, stock, ours)
+            ours = run_suite(python, "portsafe", present, env_ours, here, args)
+            identical = print_table(version, present, stock, ours)
             problems = check_proof(replace, calls_file)
             for problem in problems:
                 print(f"  NOT PROVEN: {problem}")
