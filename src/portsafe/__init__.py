@@ -19,8 +19,7 @@ Importing this package is cheap: the submodules load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # not typing: importing it would cost more than all of portsafe
 
 if TYPE_CHECKING:
     from portsafe._errors import (
@@ -90,7 +89,9 @@ def __getattr__(name: str) -> object:
 
         value: object = version("portsafe")
     elif name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name]), name)
     else:
         raise AttributeError(f"module 'portsafe' has no attribute {name!r}")
     globals()[name] = value

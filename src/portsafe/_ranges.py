@@ -17,7 +17,7 @@ from portsafe._errors import InvalidSettingError
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
     import random
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator
 
 __all__ = [
     "COMMON_DEV_PORTS",
@@ -179,6 +179,8 @@ def _platform() -> str:
 
 
 _cache: dict[str, object] = {}
+# Default candidate sets by (PORTSAFE_RANGE, PORTSAFE_EXCLUDE) as found in the environment.
+_candidates: dict[tuple[object, object], CandidateSet] = {}
 
 
 def _ephemeral_with_source() -> tuple[tuple[int, int], str]:
@@ -255,6 +257,7 @@ def _services_ports() -> frozenset[int]:
 def clear_caches() -> None:
     """Forget what was read from the OS and the environment (for tests)."""
     _cache.clear()
+    _candidates.clear()
 
 
 # -- the candidate set -----------------------------------------------------------------
@@ -266,7 +269,7 @@ class CandidateSet:
     ``shards`` maps ``port >> SHARD_BITS`` to that shard's candidate ports.
     """
 
-    __slots__ = ("count", "description", "fallback", "shards")
+    __slots__ = ("_keys", "_strides", "count", "description", "fallback", "shards")
 
     def __init__(self, ports: Iterable[int], description: str, fallback: str = "") -> None:
         shards: dict[int, list[int]] = {}
@@ -275,43 +278,83 @@ class CandidateSet:
             shards.setdefault(port >> SHARD_BITS, []).append(port)
             count += 1
         self.shards = shards
+        self._keys = list(shards)
+        self._strides: dict[int, list[int]] = {}
         self.count = count
         self.description = description
         self.fallback = fallback
 
-    def order(self, rng: random.Random, home: int | None) -> Iterator[int]:
-        """Every candidate once, in random order, starting in shard *home* if present.
+    def order(self, rng: random.Random, home: int | None,
+              excluded: frozenset[int] = frozenset()) -> Iterator[int]:
+        """Every candidate not *excluded* once, in random order, shard *home* first.
 
         Random (two processes scanning from the same start would collide), but shard by
-        shard, so a process keeps using the lock file it already has open.
+        shard, so a process keeps using the lock file it already has open. Each shard is
+        walked from a random start with a random stride coprime to its size: a full,
+        repetition-free permutation that costs two random numbers. (One flat generator:
+        this is the hot path of every reservation.)
         """
-        keys = list(self.shards)
-        if home in self.shards:
-            keys.remove(home)
-            yield from _permute(self.shards[home], rng)
-        for key in _permute(keys, rng):
-            yield from _permute(self.shards[key], rng)
+        random_ = rng.random
+        shards = self.shards
+        if home in shards:
+            items = shards[home]
+            count = len(items)
+            strides = self._strides.get(count) or self._coprimes(count)
+            index = int(random_() * count)
+            stride = strides[int(random_() * len(strides))]
+            for _ in range(count):
+                port = items[index]
+                if port not in excluded:
+                    yield port
+                index = (index + stride) % count
+        keys = self._keys
+        total = len(keys)
+        strides = self._strides.get(total) or self._coprimes(total)
+        key_index = int(random_() * total)
+        key_stride = strides[int(random_() * len(strides))]
+        for _ in range(total):
+            key = keys[key_index]
+            key_index = (key_index + key_stride) % total
+            if key == home:
+                continue
+            items = shards[key]
+            count = len(items)
+            strides = self._strides.get(count) or self._coprimes(count)
+            index = int(random_() * count)
+            stride = strides[int(random_() * len(strides))]
+            for _ in range(count):
+                port = items[index]
+                if port not in excluded:
+                    yield port
+                index = (index + stride) % count
 
-
-def _permute(items: Sequence[int], rng: random.Random) -> Iterator[int]:
-    """Each item once, in an order fixed by a random start and a random coprime stride."""
-    count = len(items)
-    if count == 0:
-        return
-    start = rng.randrange(count)
-    stride = rng.randrange(1, count) if count > 2 else 1
-    while math.gcd(stride, count) != 1:
-        stride = rng.randrange(1, count)
-    for step in range(count):
-        yield items[(start + step * stride) % count]
+    def _coprimes(self, count: int) -> list[int]:
+        made = self._strides[count] = [s for s in range(1, max(count, 2))
+                                       if math.gcd(s, count) == 1]
+        return made
 
 
 def _describe(ranges: list[tuple[int, int]]) -> str:
     return ",".join(f"{low}-{high}" if low != high else str(low) for low, high in ranges)
 
 
+def _getenv(name: str) -> str:
+    """``os.environ.get(name, "")``, in a tenth of the time where the OS allows.
+
+    Read on every reservation; ``os.environ.get`` re-encodes the key each time.
+    """
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict and os.name == "posix":
+        value = data.get(_ENCODED.get(name) or os.fsencode(name))
+        return "" if value is None else os.fsdecode(value)
+    return os.environ.get(name, "")
+
+
+_ENCODED = {name: name.encode() for name in ("PORTSAFE_RANGE", "PORTSAFE_EXCLUDE")}
+
+
 def _env_ranges(name: str) -> list[tuple[int, int]] | None:
-    text = os.environ.get(name, "").strip()
+    text = _getenv(name).strip()
     return parse_port_list(text, what=name) if text else None
 
 
@@ -324,7 +367,7 @@ def _expand(ranges: Iterable[tuple[int, int]]) -> set[int]:
 
 def env_excluded() -> frozenset[int]:
     """Ports excluded by ``PORTSAFE_EXCLUDE`` (cached per value of the variable)."""
-    text = os.environ.get("PORTSAFE_EXCLUDE", "")
+    text = _getenv("PORTSAFE_EXCLUDE")
     key = "exclude:" + text
     cached = _cache.get(key)
     if cached is None:
@@ -341,12 +384,15 @@ def default_candidates() -> CandidateSet:
     :data:`MIN_CANDIDATES` remain because the ephemeral range covers nearly everything,
     the ephemeral range is used too and ``fallback`` says so (G5).
     """
-    key = "candidates:" + os.environ.get("PORTSAFE_RANGE", "") + "|" + \
-        os.environ.get("PORTSAFE_EXCLUDE", "")
-    cached = _cache.get(key)
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict and os.name == "posix":  # the fast path of _getenv, inlined
+        key = (data.get(b"PORTSAFE_RANGE"), data.get(b"PORTSAFE_EXCLUDE"))
+    else:
+        key = (_getenv("PORTSAFE_RANGE"), _getenv("PORTSAFE_EXCLUDE"))
+    cached = _candidates.get(key)
     if cached is None:
-        cached = _cache[key] = _build_default_candidates()
-    return cached  # type: ignore[return-value]
+        cached = _candidates[key] = _build_default_candidates()
+    return cached
 
 
 def _build_default_candidates() -> CandidateSet:

@@ -226,14 +226,11 @@ class _Search:
         self.attempts = self.held = self.in_use = 0
 
     def order(self) -> Iterator[int]:
-        excluded = self.excluded
-        for port in self.candidates.order(_rng, self.table.home):
-            if port not in excluded:
-                self.attempts += 1
-                yield port
+        return self.candidates.order(_rng, self.table.home, self.excluded)
 
     def take(self, port: int) -> bool:
         """Lock and verify *port*; on failure leave nothing held."""
+        self.attempts += 1
         table = self.table
         if not table.try_acquire(port):
             self.held += 1
@@ -324,11 +321,25 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         ...     print(r.port)  # free on 127.0.0.1 and ::1, for TCP and UDP  # doctest: +SKIP
         21734
     """
+    # The hot path of every test that needs a port: _Search.take, inlined.
     search = _search(host, family, socktype, ports, exclude)
-    for port in search.order():
-        if search.take(port):
-            return Reservation(port, search.probes[0][2] if host is None else host,
-                               family, socktype)
+    table, probes, is_free = search.table, search.probes, _probe.is_free
+    attempts = 0
+    for port in search.candidates.order(_rng, table.home, search.excluded):
+        attempts += 1
+        if not table.try_acquire(port):
+            search.held += 1
+            continue
+        try:
+            busy = is_free(port, probes)
+        except BaseException:
+            table.release(port)
+            raise
+        if not busy:
+            return Reservation(port, probes[0][2] if host is None else host, family, socktype)
+        table.release(port)
+        search.in_use += 1
+    search.attempts = attempts
     raise search.failure("free port")
 
 
