@@ -489,6 +489,12 @@ class TestSpawnAndKillPython:
         assert info.value.result.out == b"up\n"
         assert p.returncode is not None
 
+    def test_kill_python_timeout_after_caller_closed_stdin(self):
+        """kill_python(timeout=...) copes with a stdin the caller already closed."""
+        p = script_helper.spawn_python("-c", "import sys; print(sys.stdin.read() == '')")
+        p.stdin.close()
+        assert script_helper.kill_python(p, timeout=60) == b"True\n"
+
     def test_kill_python_timeout_returns_output_when_in_time(self):
         """With a generous timeout kill_python just returns the output."""
         p = script_helper.spawn_python("-c", "print('quick')")

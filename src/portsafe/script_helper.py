@@ -36,7 +36,6 @@ import importlib
 import importlib.util
 import os
 import os.path
-import py_compile
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -665,6 +664,9 @@ def kill_python(p: subprocess.Popen[bytes], *, timeout: float | None = None) -> 
         p.stdout.close()
         p.wait()
     else:
+        if p.stdin is not None and p.stdin.closed:
+            # communicate() would flush the closed pipe and raise ValueError.
+            p.stdin = None
         # communicate() closes stdin and reads all pipes, with a deadline.
         with p:
             try:
@@ -872,6 +874,8 @@ def make_zip_pkg(  # noqa: PLR0917 -- CPython's positional signature
         ...     script_helper.assert_python_ok("-m", "pkg", PYTHONPATH=zip_name).out
         b'1\\n'
     """
+    # Loaded on use: zipfile pulls in compression modules, py_compile pulls in traceback.
+    import py_compile
     import zipfile
 
     unlink: list[str] = []
