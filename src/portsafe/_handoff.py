@@ -296,7 +296,7 @@ def spawn(
         OSError: the program could not be executed (``FileNotFoundError``, ...).
 
     Example:
-        >>> import sys, portsafe
+        >>> import subprocess, sys, portsafe
         >>> with portsafe.listen() as sock:
         ...     code = "import portsafe; print(portsafe.listen_fds()[0].getsockname()[0])"
         ...     proc = portsafe.spawn([sys.executable, "-c", code], [sock], text=True,
