@@ -37,7 +37,8 @@ def _wait_gone(pid: int) -> None:
 @pytest.fixture
 def keeper_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A private lock directory (hence a private keeper) that idles out fast; the keeper
-    is stopped afterwards."""
+    is stopped afterwards. Nothing in this process may reserve meanwhile: the core keeps
+    its lock files open per process, so they would stay in the default directory."""
     lock_dir = tmp_path / "locks"
     lock_dir.mkdir(mode=0o700)
     monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
@@ -71,7 +72,9 @@ class TestAddress:
 
 
 class TestLeaseBook:
-    def test_reserve_list_release(self, keeper_env: dict[str, str]) -> None:
+    """In-process keeper book; it reserves in the default lock directory."""
+
+    def test_reserve_list_release(self) -> None:
         """reserve holds ports for the keeper; list shows them; release frees one."""
         k = _keeper.Keeper(idle=60)
         reply = _ask(k, {"op": "reserve", "n": 2, "lease": 60})
@@ -86,7 +89,7 @@ class TestLeaseBook:
         portsafe.reserve_port(ports=[ports[0]]).release()  # free again
         _ask(k, {"op": "release", "port": ports[1]})
 
-    def test_expired_leases_are_released(self, keeper_env: dict[str, str]) -> None:
+    def test_expired_leases_are_released(self) -> None:
         """Once its lease is over, the port is released on the next tick."""
         k = _keeper.Keeper(idle=60)
         (port,) = _ask(k, {"op": "reserve", "n": 1, "lease": 0.001})["ports"]  # type: ignore[misc]
@@ -98,13 +101,14 @@ class TestLeaseBook:
         assert not k.leases
         portsafe.reserve_port(ports=[port]).release()
 
-    def test_errors_come_back_as_json(self, keeper_env: dict[str, str]) -> None:
+    def test_errors_come_back_as_json(self) -> None:
         """Bad JSON, unknown ops and no free port are answered, not crashed on."""
         k = _keeper.Keeper(idle=60)
         assert k.handle(b"{nope", None, None) is not None
         assert _ask(k, {"op": "dance"})["ok"] is False
-        with portsafe.reserve_port(ports=[23400]):
-            reply = _ask(k, {"op": "reserve", "n": 1, "lease": 5, "range": [23400, 23400]})
+        with portsafe.reserve_port() as held:
+            reply = _ask(k, {"op": "reserve", "n": 1, "lease": 5,
+                             "range": [held.port, held.port]})
         assert reply["kind"] == "NoFreePortError"
 
     def test_other_users_are_ignored(self) -> None:
@@ -148,7 +152,9 @@ class TestDetachedKeeper:
         pid, port = int(reply["pid"]), reply["ports"][0]  # type: ignore[call-overload,index]
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid)
-        portsafe.reserve_port(ports=[port]).release()
+        done = subprocess.run([sys.executable, "-m", "portsafe", "--lease", "0", "--range",
+                               f"{port}-{port}"], capture_output=True, timeout=60, check=False)
+        assert done.returncode == 0  # free again: the kernel dropped the dead keeper's lock
         assert int(_keeper.call({"op": "ping"})["pid"]) != pid  # type: ignore[call-overload]
 
     @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root")

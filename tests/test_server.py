@@ -67,12 +67,18 @@ def _dead_pid() -> int:
 
 
 @pytest.fixture
-def lock_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """A private lock directory, so the assertions see only this test's reservations."""
+def lock_env(tmp_path: Path) -> dict[str, str]:
+    """A private lock directory for server subprocesses, so fixed small ranges are ours.
+    (This process keeps the default one: the core caches its lock files per process.)"""
     lock_dir = tmp_path / "locks"
     lock_dir.mkdir(mode=0o700)
-    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
     return dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
+
+
+def _free_block(n: int) -> range:
+    """n consecutive ports nobody holds right now (in the default lock directory)."""
+    with portsafe.reserve_ports(n, contiguous=True) as group:
+        return range(group.ports[0], group.ports[0] + n)
 
 
 @pytest.fixture
@@ -215,53 +221,56 @@ class TestResolveOwner:
 
 
 class TestPortServerBook:
-    def test_grant_is_held_through_the_core(self, lock_env: dict[str, str]) -> None:
+    def test_grant_is_held_through_the_core(self) -> None:
         """A granted port is locked by the server, so local reservations avoid it."""
-        server = PortServer(ports=range(23200, 23201))
+        (port,) = block = _free_block(1)
+        server = PortServer(ports=block)
         try:
             reply = server.handle(b"%d\n" % os.getpid(), os.getpid())
-            assert reply == b"23200\n"
-            assert (23200, os.getpid()) in _locks.holders()
+            assert reply == b"%d\n" % port
+            assert (port, os.getpid()) in _locks.holders()
             with pytest.raises(portsafe.NoFreePortError):
-                portsafe.reserve_port(ports=[23200])
+                portsafe.reserve_port(ports=[port])
             assert server.handle(b"%d\n" % os.getpid(), os.getpid()) is None  # none left
         finally:
             server.close()
-        assert (23200, os.getpid()) not in _locks.holders()
+        assert (port, os.getpid()) not in _locks.holders()
 
-    def test_reclaim_after_exit(self, lock_env: dict[str, str]) -> None:
+    def test_reclaim_after_exit(self) -> None:
         """A grant comes back once its process is gone, and is handed out again."""
         lines: list[str] = []
-        server = PortServer(ports=range(23210, 23211), log=lines.append)
+        (port,) = block = _free_block(1)
+        server = PortServer(ports=block, log=lines.append)
         child = _sleeper()
         try:
-            assert server.handle(b"%d" % child.pid, None) == b"23210\n"
+            assert server.handle(b"%d" % child.pid, None) == b"%d\n" % port
             assert server.handle(b"%d" % os.getpid(), os.getpid()) is None
             child.kill()
             child.wait()
-            assert server.handle(b"%d" % os.getpid(), os.getpid()) == b"23210\n"
+            assert server.handle(b"%d" % os.getpid(), os.getpid()) == b"%d\n" % port
         finally:
             child.kill()
             child.wait()
             server.close()
-        assert any(line.startswith("grant port 23210 to pid") for line in lines)
-        assert f"reclaim port 23210 from pid {child.pid} (exited)" in lines
+        assert any(line.startswith(f"grant port {port} to pid") for line in lines)
+        assert f"reclaim port {port} from pid {child.pid} (exited)" in lines
 
-    def test_recycled_pid_does_not_keep_the_grant(self, lock_env: dict[str, str]) -> None:
+    def test_recycled_pid_does_not_keep_the_grant(self) -> None:
         """Same pid, other start time (a recycled pid): the grant is reclaimed."""
-        server = PortServer(ports=range(23220, 23221))
+        (port,) = block = _free_block(1)
+        server = PortServer(ports=block)
         try:
-            assert server.handle(b"%d" % os.getpid(), os.getpid()) == b"23220\n"
-            ident, reservation = server._grants[23220]
-            server._grants[23220] = ((ident[0], ident[1] - 1), reservation)
-            assert server.reclaim() == [23220]
+            assert server.handle(b"%d" % os.getpid(), os.getpid()) == b"%d\n" % port
+            ident, reservation = server._grants[port]
+            server._grants[port] = ((ident[0], ident[1] - 1), reservation)
+            assert server.reclaim() == [port]
         finally:
             server.close()
 
     @pytest.mark.parametrize("request_", [b"", b"abc", b"-5", b"1", b"9" * 30, b"\xff\xfe"])
-    def test_bad_requests_get_nothing(self, request_: bytes, lock_env: dict[str, str]) -> None:
+    def test_bad_requests_get_nothing(self, request_: bytes) -> None:
         """Garbage, negative, pid 1 and absurd pids are refused and counted."""
-        server = PortServer(ports=range(23230, 23232))
+        server = PortServer(ports=_free_block(2))
         assert server.handle(request_, os.getpid()) is None
         assert server.refused == 1
         assert server.grants() == {}
@@ -318,7 +327,6 @@ class TestServe:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
         assert not os.path.exists(path)
-        assert all(pid != proc.pid for _port, pid in _locks.holders())
 
     def test_address_taken_is_a_clear_error(self, served, lock_env: dict[str, str]) -> None:
         """A second server on the same address exits 4 and says what to do."""

@@ -433,7 +433,7 @@ def _command_of(pid: int | None) -> str | None:
         return None
     from portsafe._server import _command_line
 
-    text = _command_line(pid)
+    text = " ".join(_command_line(pid).split())  # one line, even for `python -c "..."`
     return None if text == "?" else text
 
 

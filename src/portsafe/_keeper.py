@@ -226,7 +226,8 @@ class Keeper:
         try:
             reply = self._dispatch(_parse_request(line), pid)
         except PortsafeError as exc:
-            reply = {"ok": False, "kind": type(exc).__name__, "error": str(exc)}
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            reply = {"ok": False, "kind": type(exc).__name__, "error": message}
             if hasattr(exc, "candidates"):
                 reply["candidates"] = exc.candidates
         except (ValueError, TypeError, KeyError) as exc:

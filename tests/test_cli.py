@@ -1,0 +1,304 @@
+"""The ``portsafe`` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+import portsafe
+from portsafe import _server
+from portsafe._cli import substitute
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX command line"),
+    pytest.mark.timeout(120),
+]
+VERBS = ["reserve", "release", "run", "list", "who", "ranges", "serve"]
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    """A private lock directory (so a private keeper), stopped after the test.
+
+    Only subprocesses reserve in it: this process keeps the default lock directory, as
+    the core caches its open lock files per process.
+    """
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    private = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir), PORTSAFE_KEEPER_IDLE="1")
+    yield private
+    done = subprocess.run([sys.executable, "-c", ("from portsafe import _keeper; "
+                           "print(_keeper.call({'op': 'ping'}, start=False)['pid'])")],
+                          env=private, capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        return
+    pid = int(done.stdout)
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(800):
+        if _server.process_identity(pid) is None:
+            return
+        time.sleep(0.025)
+
+
+def portsafe_cli(*args: str, env: dict[str, str] | None = None,
+                 **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "portsafe", *args], env=env,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          **kwargs)  # type: ignore[call-overload]
+
+
+def held_ports(env: dict[str, str]) -> dict[int, int]:
+    """(port -> pid) of the reservations in *env*'s lock directory, asked of a subprocess."""
+    done = subprocess.run([sys.executable, "-c", ("import json; from portsafe import _locks; "
+                           "print(json.dumps(_locks.holders()))")], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return dict(json.loads(done.stdout))
+
+
+def can_reserve(env: dict[str, str], port: int) -> bool:
+    """Whether a fresh process could reserve *port* in *env*'s lock directory."""
+    done = portsafe_cli("--lease", "0", "--range", f"{port}-{port}", env=env)
+    return done.returncode == 0
+
+
+class TestHelp:
+    @pytest.mark.parametrize("verb", VERBS)
+    def test_every_verb_has_help_with_exit_codes(self, verb: str) -> None:
+        """`portsafe VERB --help` works and documents the exit codes."""
+        done = portsafe_cli(verb, "--help")
+        assert done.returncode == 0
+        assert "exit codes:" in done.stdout
+
+    def test_help_imports_no_machinery(self) -> None:
+        """--help loads neither the reservation core nor the server (fast, and works
+        even if they are broken)."""
+        code = ("import sys; from portsafe._cli import main; main(['--help']); "
+                "print(sorted(m for m in sys.modules if m.startswith('portsafe.')))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, check=True)
+        assert done.stdout.strip().endswith("['portsafe._cli']")
+
+    def test_usage_errors_exit_2(self) -> None:
+        """Bad arguments exit 2 with argparse's message."""
+        for args in (["--range", "9-1"], ["-n", "0"], ["who", "70000"], ["--lease", "x"]):
+            done = portsafe_cli(*args)
+            assert done.returncode == 2, args
+            assert "error" in done.stderr
+
+    def test_version(self) -> None:
+        """--version prints the installed version."""
+        assert portsafe_cli("--version").stdout.startswith("portsafe ")
+
+
+class TestReserve:
+    def test_command_substitution_returns_at_once_and_stays_held(self, env) -> None:
+        """PORT=$(portsafe) returns although the keeper lives on (it holds no pipe), and
+        the port is held by the keeper afterwards."""
+        done = subprocess.run(["sh", "-c", (f'PORT=$("{sys.executable}" -m portsafe); '
+                               'echo "$PORT"')], env=env, capture_output=True, text=True,
+                              timeout=30, check=True)
+        port = int(done.stdout)
+        holder = held_ports(env).get(port)
+        assert holder is not None
+        assert holder != os.getpid()
+        assert not can_reserve(env, port)
+
+    def test_release_ends_the_lease(self, env) -> None:
+        """`portsafe release PORT` frees it at once; a second release exits 1."""
+        port = int(portsafe_cli(env=env).stdout)
+        assert portsafe_cli("release", str(port), env=env).returncode == 0
+        assert port not in held_ports(env)
+        assert can_reserve(env, port)
+        done = portsafe_cli("release", str(port), env=env)
+        assert done.returncode == 1
+        assert "no lease" in done.stderr
+
+    def test_several_contiguous_with_json(self, env) -> None:
+        """-n 3 --contiguous --json: three consecutive ports and who holds them."""
+        done = portsafe_cli("reserve", "-n", "3", "--contiguous", "--json", env=env)
+        info = json.loads(done.stdout)
+        low = info["ports"][0]
+        assert info["ports"] == [low, low + 1, low + 2]
+        assert info["lease"] == 60
+        assert all(held_ports(env).get(p) == info["holder_pid"] for p in info["ports"])
+
+    def test_plain_output_is_one_line(self, env) -> None:
+        """Several ports print space-separated on one line (`read A B <<<"$(...)"`)."""
+        out = portsafe_cli("-n", "2", env=env).stdout
+        assert out.count("\n") == 1
+        assert len(out.split()) == 2
+
+    def test_lease_zero_holds_nothing(self, env) -> None:
+        """--lease 0 prints a verified port and holds nothing (no keeper involved)."""
+        done = portsafe_cli("--lease", "0", env=env)
+        assert int(done.stdout) not in held_ports(env)
+        assert portsafe_cli("release", done.stdout.strip(), env=env).returncode == 1
+
+    def test_no_free_port_exits_3(self, env) -> None:
+        """When every candidate is taken the exit code is 3 and the message says why."""
+        port = int(portsafe_cli("--range", "23500-23999", env=env).stdout)  # leased
+        done = portsafe_cli("--range", f"{port}-{port}", env=env)
+        assert done.returncode == 3
+        assert str(port) in done.stderr
+        assert "Errno" not in done.stderr
+
+    def test_bad_setting_exits_2(self, env) -> None:
+        """A bad PORTSAFE_RANGE is a usage error."""
+        done = portsafe_cli("--lease", "0", env=dict(env, PORTSAFE_RANGE="banana"))
+        assert done.returncode == 2
+        assert "PORTSAFE_RANGE" in done.stderr
+
+    def test_falls_back_when_no_keeper_can_start(self, env) -> None:
+        """If the keeper cannot start, the port is printed with a warning (exit 0)."""
+        done = portsafe_cli(env=dict(env, PORTSAFE_KEEPER_IDLE="not-a-number"))
+        assert done.returncode == 0
+        assert 1 <= int(done.stdout) <= 65535
+        assert "not held after this command exits" in done.stderr
+        assert "portsafe run" in done.stderr
+
+
+class TestRun:
+    def test_tokens_env_and_exit_code(self, env) -> None:
+        """{portK} tokens are swapped (JSON survives), PORTSAFE_PORT(S) are set, and the
+        exit code passes through."""
+        code = ("import json, os, sys; print(json.dumps([sys.argv[1:], "
+                "os.environ['PORTSAFE_PORT'], os.environ['PORTSAFE_PORTS']])); sys.exit(7)")
+        done = portsafe_cli("run", "-n", "2", "--", sys.executable, "-c", code,
+                            '{"a": {port0}, "b": [{port1}], "c": {}}', "--port={port}",
+                            env=env)
+        assert done.returncode == 7
+        args, first, both = json.loads(done.stdout)
+        p0, p1 = map(int, both.split())
+        assert json.loads(args[0]) == {"a": p0, "b": [p1], "c": {}}
+        assert args[1] == f"--port={p0}"
+        assert int(first) == p0
+
+    def test_holds_for_the_commands_life(self, env) -> None:
+        """While the command runs, `portsafe run` (its parent) holds the port."""
+        code = ("import os, sys; from portsafe import _locks; "
+                "print(dict(_locks.holders()).get(int(os.environ['PORTSAFE_PORT'])) "
+                "== os.getppid())")
+        done = portsafe_cli("run", "--", sys.executable, "-c", code, env=env)
+        assert done.stdout.strip() == "True"
+
+    def test_without_double_dash(self, env) -> None:
+        """`portsafe run CMD ARGS` works too when CMD does not start with a dash."""
+        done = portsafe_cli("run", sys.executable, "-c", "print('{port}')", env=env)
+        assert done.stdout.strip().isdigit()
+
+    @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP", "SIGINT", "SIGUSR1"])
+    def test_signals_are_passed_on(self, env, name: str) -> None:
+        """A signal sent to `portsafe run` reaches the command (no terminal here)."""
+        signum = getattr(signal, name)
+        code = ("import signal, sys, time\n"
+                f"signal.signal({int(signum)}, lambda *a: sys.exit(40))\n"
+                "print('ready', flush=True)\n"
+                "time.sleep(60)\n")
+        proc = subprocess.Popen([sys.executable, "-m", "portsafe", "run", "--",
+                                 sys.executable, "-c", code], env=env,
+                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 40
+        proc.stdout.close()
+
+    def test_death_by_signal_is_128_plus_n(self, env) -> None:
+        """A command killed by signal N makes `portsafe run` exit 128+N, as shells do."""
+        done = portsafe_cli("run", "--", sys.executable, "-c",
+                            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", env=env)
+        assert done.returncode == 128 + signal.SIGKILL
+
+    def test_command_not_found_is_127(self, env) -> None:
+        """A missing command exits 127 and the reservation is released."""
+        done = portsafe_cli("run", "--", "/no/such/command", env=env)
+        assert done.returncode == 127
+        assert "not found" in done.stderr
+
+    def test_unknown_token_is_a_usage_error(self, env) -> None:
+        """{port2} without -n 3 says how to fix it."""
+        done = portsafe_cli("run", "--", "echo", "{port2}", env=env)
+        assert done.returncode == 2
+        assert "-n 3" in done.stderr
+
+    def test_needs_a_command(self, env) -> None:
+        """`portsafe run` alone is a usage error."""
+        assert portsafe_cli("run", env=env).returncode == 2
+
+
+class TestSubstitute:
+    def test_only_port_tokens_change(self) -> None:
+        """Format-like text other than {port}/{portK} is left exactly as it is."""
+        assert substitute("{} {0} {name} {port} {port1}", [1, 2]) == "{} {0} {name} 1 2"
+
+
+class TestInspect:
+    def test_list_shows_holders_and_commands(self, env) -> None:
+        """list names each reserved port's pid and command line, and keeper leases."""
+        port = int(portsafe_cli(env=env).stdout)
+        done = portsafe_cli("run", "--", sys.executable, "-m", "portsafe", "list", "--json",
+                            env=env)
+        rows = {row["port"]: row for row in json.loads(done.stdout)}
+        assert rows[port]["lease_expires_in"] > 0
+        assert "portsafe._keeper" in rows[port]["command"]
+        run_rows = [r for p, r in rows.items() if p != port]
+        assert len(run_rows) == 1
+        assert "portsafe run" in run_rows[0]["command"]
+        readable = portsafe_cli("list", env=env).stdout
+        assert str(port) in readable
+        assert "PORT" in readable
+
+    def test_who_names_reservation_and_socket(self) -> None:
+        """who PORT reports the portsafe holder and the listening socket's process."""
+        with portsafe.reserve_port() as r, socket.socket() as sock:
+            sock.bind(("127.0.0.1", r.port))
+            sock.listen()
+            # This process reserves in the default lock directory: ask about that one.
+            done = portsafe_cli("who", str(r.port), "--json")
+            readable = portsafe_cli("who", str(r.port))
+        assert done.returncode == 0
+        info = json.loads(done.stdout)
+        assert info["reserved_by"][0]["pid"] == os.getpid()
+        if sys.platform.startswith("linux"):
+            assert any(s["state"] == "LISTEN" and s["pid"] == os.getpid()
+                       for s in info["sockets"])
+        assert f"reserved by pid {os.getpid()}" in readable.stdout
+
+    def test_who_nobody_exits_1(self, env) -> None:
+        """Nobody holding the port is exit code 1, like grep finding nothing."""
+        port = int(portsafe_cli("--lease", "0", env=env).stdout)
+        done = portsafe_cli("who", str(port), env=env)
+        assert done.returncode == 1
+        assert "nobody" in done.stdout
+
+    def test_ranges(self, env) -> None:
+        """ranges --json has the ephemeral range and the candidates with sources."""
+        info = json.loads(portsafe_cli("ranges", "--json", env=env).stdout)
+        assert "source" in info["ephemeral"]
+        assert info["candidates"]["count"] > 0
+        assert "candidates:" in portsafe_cli("ranges", env=env).stdout
+
+
+class TestServeVerb:
+    def test_address_in_use_exit_4(self, env) -> None:
+        """serve on a taken address exits 4 naming the address."""
+        address = f"@portsafe-cli-test-{os.getpid()}"
+        holder = _server.bind_unix(address)
+        try:
+            done = portsafe_cli("serve", "--address", address, env=env)
+        finally:
+            holder.close()
+        assert done.returncode == 4
+        assert address in done.stderr
