@@ -1,0 +1,91 @@
+"""Proof for the command line: parallel `portsafe run` servers, and portpicker fleets."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX command line"),
+    pytest.mark.timeout(180),
+]
+
+
+def _get(port: int) -> int:
+    # http.client, not urllib: no proxy settings can send this off the machine.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+class TestParallelRun:
+    def test_http_servers_each_answer_on_their_own_port(self) -> None:
+        """Eight `portsafe run -- python -m http.server {port}` at once: eight ports, each
+        answered by its own server; SIGTERM to portsafe reaches the server."""
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "portsafe", "run", "--", sys.executable, "-u", "-m",
+             "http.server", "{port}", "--bind", "127.0.0.1"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        ) for _ in range(8)]
+        try:
+            ports = []
+            for proc in procs:
+                assert proc.stdout is not None
+                line = proc.stdout.readline().decode()  # "Serving HTTP on 127.0.0.1 port N ..."
+                ports.append(int(line.split(" port ")[1].split()[0]))
+            assert len(set(ports)) == 8
+            assert all(_get(port) == 200 for port in ports)
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            codes = [proc.wait(timeout=60) for proc in procs]
+            for proc in procs:
+                assert proc.stdout is not None
+                proc.stdout.close()
+        assert codes == [128 + signal.SIGTERM] * 8
+
+
+class TestPortpickerFleet:
+    def test_distinct_while_alive_reclaimed_after(self, tmp_path) -> None:
+        """portpicker clients in 3 waves of 12 processes against `portsafe serve` with 12
+        ports: each wave gets all 12, distinct, only after the previous wave exited."""
+        pytest.importorskip("portpicker")
+        lock_dir = tmp_path / "locks"
+        lock_dir.mkdir(mode=0o700)
+        env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
+        address = f"@portsafe-stress-{uuid.uuid4().hex[:12]}"
+        server = subprocess.Popen([sys.executable, "-m", "portsafe", "serve", "--address",
+                                   address, "--range", "24000-24011"], env=env)
+        try:
+            for _ in range(400):
+                with socket.socket(socket.AF_UNIX) as probe:
+                    if probe.connect_ex("\0" + address[1:]) == 0:
+                        break
+                time.sleep(0.025)
+            code = ("import sys, portpicker; "
+                    "print(portpicker.pick_unused_port(), flush=True); sys.stdin.read()")
+            client_env = dict(env, PORTSERVER_ADDRESS=address)
+            for _wave in range(3):
+                clients = [subprocess.Popen([sys.executable, "-c", code], env=client_env,
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                           for _ in range(12)]
+                try:
+                    got = [int(c.stdout.readline()) for c in clients]  # type: ignore[union-attr]
+                finally:
+                    for c in clients:
+                        c.communicate(b"")
+                assert sorted(got) == list(range(24000, 24012))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=60) == 0
