@@ -36,6 +36,7 @@ scopes, so existing tests stop racing without being edited.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import types
 from typing import TYPE_CHECKING
@@ -274,8 +275,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         _skip_at_item(reason)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+def _runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     """Run ``requires_internet`` tests inside ``transient_internet`` (errors -> skips)."""
     mark = item.get_closest_marker("requires_internet")
     if mark is None or "requires_internet" not in item.config.stash.get(_OWNED, frozenset()):
@@ -290,6 +290,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             return (yield)
     except unittest.SkipTest as exc:  # ResourceDenied: report it as pytest's own skip
         _skip_at_item(str(exc))
+
+
+# pluggy < 1.1 has no wrapper=True. Stay importable there (this plugin loads in every
+# pytest run): requires_internet still skips unless opted in; only the conversion of
+# transient errors into skips is missing.
+with contextlib.suppress(TypeError):
+    pytest_runtest_call = pytest.hookimpl(wrapper=True)(_runtest_call)
 
 
 # -- fixtures: thin wrappers -------------------------------------------------------------
