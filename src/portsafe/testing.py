@@ -386,8 +386,9 @@ class ReservedPortsMixin:
         >>> class T(ReservedPortsMixin, unittest.TestCase):
         ...     def test_it(self) -> None:
         ...         self.assertNotEqual(self.free_tcp_port(), self.free_udp_port())
-        >>> unittest.TextTestRunner(stream=open(os.devnull, "w")).run(
-        ...     T("test_it")).wasSuccessful()
+        >>> result = unittest.TestResult()
+        >>> _ = T("test_it").run(result)
+        >>> result.wasSuccessful()
         True
     """
 
