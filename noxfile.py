@@ -1,0 +1,115 @@
+"""Test portsafe on every Python from 3.10 up that this machine has.
+
+    nox                      # lint, full suite on 3.11, smoke on the others, CPython's tests
+    nox -s tests-3.12        # the full suite on another interpreter
+    nox -s cpython_matrix    # CPython's own test modules on every interpreter (~10 min)
+    nox -s bench             # the benchmark figures
+
+Interpreters that are not installed are skipped with a message, never an error.
+pyenv installs are found even when they are not on PATH.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import nox
+
+DEFAULT = "3.11"
+OTHERS = ["3.10", "3.12", "3.13"]
+ALL = sorted([DEFAULT, *OTHERS])
+
+nox.options.sessions = ["lint", f"tests-{DEFAULT}", "smoke", "cpython_suite"]
+nox.options.error_on_missing_interpreters = False  # skip absent interpreters cleanly
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _add_pyenv_to_path() -> None:
+    """Let nox find pyenv's interpreters (python3.10, ...) without `pyenv global`."""
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    dirs = sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin")), reverse=True)
+    os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), *dirs])
+
+
+_add_pyenv_to_path()
+
+
+def _interpreter(version: str) -> str | None:
+    found = shutil.which(f"python{version}")
+    if found and "shims" in found:  # a pyenv shim for a version that is not selected
+        for directory in os.environ["PATH"].split(os.pathsep):
+            candidate = os.path.join(directory, f"python{version}")
+            if "shims" not in directory and os.access(candidate, os.X_OK):
+                return candidate
+        return None
+    return found
+
+
+TEST_DEPS = [".[test]"]
+# Fast tests that touch every module: what the non-default interpreters run.
+SMOKE = [
+    "tests/test_reserve.py", "tests/test_ranges.py", "tests/test_socket_helper.py",
+    "tests/test_script_helper.py", "tests/test_handoff.py", "tests/test_wait.py",
+    "tests/test_who.py", "tests/test_testing.py", "tests/test_cli.py",
+]
+
+
+@nox.session(python=DEFAULT)
+def lint(session: nox.Session) -> None:
+    """ruff and mypy --strict."""
+    session.install(".[lint]", ".[test]")
+    session.run("ruff", "check", ".")
+    session.run("mypy")
+
+
+@nox.session(python=ALL)
+def tests(session: nox.Session) -> None:
+    """The whole suite, stress proofs included."""
+    session.install(*TEST_DEPS)
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=OTHERS)
+def smoke(session: nox.Session) -> None:
+    """A fast subset on the non-default interpreters."""
+    session.install(*TEST_DEPS)
+    session.run("pytest", "-p", "no:cacheprovider", "-q", *SMOKE, *session.posargs)
+
+
+def _cpython_suite(session: nox.Session, *, full_on: set[str]) -> None:
+    ran = False
+    for version in ALL:
+        python = _interpreter(version)
+        if python is None:
+            session.log(f"Python {version} is not installed here: skipped")
+            continue
+        ran = True
+        for helper in ("socket_helper", "script_helper"):
+            args = ["python", "tools/cpython_suite.py", "--python", python,
+                    "--replace", helper]
+            if version not in full_on:
+                args.append("--smoke")
+            session.run(*args, external=True)
+    if not ran:
+        session.skip("no interpreter from 3.10 up is installed")
+
+
+@nox.session(python=False)
+def cpython_suite(session: nox.Session) -> None:
+    """CPython's own tests with portsafe's helpers injected: full on 3.11, smoke elsewhere."""
+    _cpython_suite(session, full_on={DEFAULT})
+
+
+@nox.session(python=False)
+def cpython_matrix(session: nox.Session) -> None:
+    """CPython's own tests, the full set on every interpreter."""
+    _cpython_suite(session, full_on=set(ALL))
+
+
+@nox.session(python=DEFAULT)
+def bench(session: nox.Session) -> None:
+    """Print the benchmark figures (side by side with the alternatives)."""
+    session.install(".", "portpicker")
+    session.run("python", "bench/bench_reserve.py", *session.posargs)
