@@ -17,7 +17,7 @@ from portsafe._errors import InvalidSettingError
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
     import random
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 __all__ = [
     "COMMON_DEV_PORTS",
@@ -296,27 +296,7 @@ class CandidateSet:
         """
         random_ = rng.random
         shards = self.shards
-        if home in shards:
-            items = shards[home]
-            count = len(items)
-            strides = self._strides.get(count) or self._coprimes(count)
-            index = int(random_() * count)
-            stride = strides[int(random_() * len(strides))]
-            for _ in range(count):
-                port = items[index]
-                if port not in excluded:
-                    yield port
-                index = (index + stride) % count
-        keys = self._keys
-        total = len(keys)
-        strides = self._strides.get(total) or self._coprimes(total)
-        key_index = int(random_() * total)
-        key_stride = strides[int(random_() * len(strides))]
-        for _ in range(total):
-            key = keys[key_index]
-            key_index = (key_index + key_stride) % total
-            if key == home:
-                continue
+        for key in self._shard_order(random_, home):
             items = shards[key]
             count = len(items)
             strides = self._strides.get(count) or self._coprimes(count)
@@ -327,6 +307,19 @@ class CandidateSet:
                 if port not in excluded:
                     yield port
                 index = (index + stride) % count
+
+    def _shard_order(self, random_: Callable[[], float], home: int | None) -> Iterator[int]:
+        if home in self.shards:
+            yield home
+        keys = self._keys
+        total = len(keys)
+        strides = self._strides.get(total) or self._coprimes(total)
+        index = int(random_() * total)
+        stride = strides[int(random_() * len(strides))]
+        for _ in range(total):
+            if keys[index] != home:
+                yield keys[index]
+            index = (index + stride) % total
 
     def _coprimes(self, count: int) -> list[int]:
         made = self._strides[count] = [s for s in range(1, max(count, 2))

@@ -64,7 +64,23 @@ if hasattr(os, "register_at_fork"):
 _deferred: list[int] = []
 
 
-class Reservation:
+class _Releasable:
+    """``with`` support for anything with an idempotent ``release()``."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+class Reservation(_Releasable):
     """A port number held for this process until :meth:`release`.
 
     Returned by :func:`reserve_port`. The port is *not* bound: bind it yourself (or pass
@@ -120,13 +136,6 @@ class Reservation:
             if self._pid == os.getpid():
                 _locks.table().release(self.port)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.release()
-
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
         return f"<Reservation port={self.port} host={self.host!r} {state}>"
@@ -144,7 +153,7 @@ class Reservation:
             _deferred.append(self.port)
 
 
-class ReservationGroup(Sequence[Reservation]):
+class ReservationGroup(_Releasable, Sequence[Reservation]):
     """Several reservations taken together (all or nothing), released together.
 
     Returned by :func:`reserve_ports`; a sequence of :class:`Reservation`.
@@ -182,13 +191,6 @@ class ReservationGroup(Sequence[Reservation]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.release()
 
     def __repr__(self) -> str:
         return f"<ReservationGroup ports={self.ports}>"
