@@ -83,22 +83,26 @@ def _free_block(n: int) -> range:
 
 @pytest.fixture
 def served(lock_env: dict[str, str]):
-    """``portsafe serve --verbose`` on a fresh abstract address, ports 23000-23015."""
+    """``portsafe serve --verbose`` on a fresh abstract address, serving 16 ports that
+    this process holds in the default lock directory (so no other portsafe user takes
+    them); the server locks its grants in a private one."""
     address = _name()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "portsafe", "serve", "--address", address,
-         "--range", "23000-23015", "--verbose"],
-        env=lock_env, stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_listening(address, proc)
-        yield address, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        assert proc.stderr is not None
-        proc.stderr.close()
+    with portsafe.reserve_ports(16, contiguous=True) as block:
+        low, high = block.ports[0], block.ports[-1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portsafe", "serve", "--address", address,
+             "--range", f"{low}-{high}", "--verbose"],
+            env=lock_env, stderr=subprocess.PIPE,
+        )
+        try:
+            _wait_listening(address, proc)
+            yield address, proc, range(low, high + 1)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            assert proc.stderr is not None
+            proc.stderr.close()
 
 
 def _sleeper() -> subprocess.Popen[bytes]:
@@ -282,7 +286,7 @@ class TestServe:
         """portpicker.pick_unused_port from several processes: distinct while alive,
         reclaimed after they exit (the range is small enough to need reclaiming)."""
         pytest.importorskip("portpicker")
-        address, _proc = served
+        address, _proc, ports_served = served
         code = ("import os, sys, portpicker; "
                 "print(portpicker.pick_unused_port(), flush=True); sys.stdin.read()")
         env = dict(os.environ, PORTSERVER_ADDRESS=address)
@@ -293,7 +297,7 @@ class TestServe:
             try:
                 ports = [int(c.stdout.readline()) for c in clients]  # type: ignore[union-attr]
                 assert len(set(ports)) == 16
-                assert set(ports) == set(range(23000, 23016))
+                assert set(ports) == set(ports_served)
                 assert request_port(address) is None  # all 16 held by live pids
             finally:
                 for c in clients:
@@ -302,7 +306,7 @@ class TestServe:
     def test_bad_requests_cost_nothing(self, served) -> None:
         """Garbage, negative, pid 1, unknown pid, 1 MB, and a silent client get nothing,
         and the server keeps serving others meanwhile."""
-        address, proc = served
+        address, proc, _ports_served = served
         silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             silent.connect(_server.unix_address(address))
@@ -330,7 +334,7 @@ class TestServe:
 
     def test_address_taken_is_a_clear_error(self, served, lock_env: dict[str, str]) -> None:
         """A second server on the same address exits 4 and says what to do."""
-        address, _proc = served
+        address, _proc, _ports_served = served
         done = subprocess.run([sys.executable, "-m", "portsafe", "serve", "--address", address],
                               env=lock_env, capture_output=True, text=True, timeout=60,
                               check=False)
@@ -350,7 +354,7 @@ class TestServe:
 
     def test_verbose_logs_grant_and_reclaim(self, served) -> None:
         """--verbose writes one line per grant and per reclaim."""
-        address, proc = served
+        address, proc, _ports_served = served
         client = subprocess.run(
             [sys.executable, "-c",
              ("import sys; from portsafe._server import request_port; "
@@ -367,7 +371,7 @@ class TestServe:
     @pytest.mark.skipif(not LINUX or shutil.which("unshare") is None, reason="needs unshare")
     def test_container_init_gets_a_port(self, served) -> None:
         """A client that is pid 1 in its own pid namespace sends "1" and still gets one."""
-        address, _proc = served
+        address, _proc, ports_served = served
         code = ("import os; from portsafe._server import request_port; "
                 f"print(os.getpid(), request_port({address!r}))")
         done = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", code],
@@ -376,4 +380,4 @@ class TestServe:
             pytest.skip(f"cannot make a pid namespace here: {done.stderr.strip()[-200:]}")
         pid, port = done.stdout.split()
         assert pid == "1"
-        assert 23000 <= int(port) <= 23015
+        assert int(port) in ports_served

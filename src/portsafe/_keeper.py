@@ -133,11 +133,16 @@ def _call_once(address: str, request: dict[str, object], timeout: float) -> dict
 
 def _launch() -> None:
     idle = os.environ.get("PORTSAFE_KEEPER_IDLE", str(DEFAULT_IDLE))
+    # The keeper runs in "/" (it must not pin the caller's directory), so a relative
+    # sys.path entry would not find this very portsafe: name its directory explicitly.
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
     try:
         done = subprocess.run(
             [sys.executable, "-m", "portsafe._keeper", "--daemon", "--idle", idle],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            cwd="/", close_fds=True, timeout=30, check=False,
+            cwd="/", close_fds=True, timeout=30, check=False, env=env,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise KeeperError(f"could not start the lease keeper: {exc}") from None

@@ -13,6 +13,8 @@ import uuid
 
 import pytest
 
+import portsafe
+
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX command line"),
     pytest.mark.timeout(180),
@@ -65,8 +67,11 @@ class TestPortpickerFleet:
         lock_dir.mkdir(mode=0o700)
         env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
         address = f"@portsafe-stress-{uuid.uuid4().hex[:12]}"
+        # Held here, in the default lock directory, so no other portsafe user takes them.
+        block = portsafe.reserve_ports(12, contiguous=True)
+        low, high = block.ports[0], block.ports[-1]
         server = subprocess.Popen([sys.executable, "-m", "portsafe", "serve", "--address",
-                                   address, "--range", "24000-24011"], env=env)
+                                   address, "--range", f"{low}-{high}"], env=env)
         try:
             for _ in range(400):
                 with socket.socket(socket.AF_UNIX) as probe:
@@ -85,7 +90,8 @@ class TestPortpickerFleet:
                 finally:
                     for c in clients:
                         c.communicate(b"")
-                assert sorted(got) == list(range(24000, 24012))
+                assert sorted(got) == list(range(low, high + 1))
         finally:
             server.send_signal(signal.SIGTERM)
             assert server.wait(timeout=60) == 0
+            block.release()
