@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -604,6 +607,61 @@ class TestAsyncioPatch:
         ).assert_outcomes(passed=1)
         for port in read_ports(pytester):
             assert_reservable(port)
+
+
+NO_IPV6_NETNS = (
+    "ip link set lo up && "
+    "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1 && "
+    'exec "$0" -m pytest -p no:cacheprovider -rs "$@"'
+)
+
+
+def no_ipv6_command() -> list[str]:
+    """A command prefix running in a new network namespace without IPv6, or skip."""
+    if not all(shutil.which(tool) for tool in ("unshare", "ip", "sysctl")):
+        pytest.skip("needs unshare, ip and sysctl to build a host without IPv6")
+    probe = subprocess.run(
+        ["unshare", "-n", "sh", "-c", NO_IPV6_NETNS.replace('exec "$0" -m pytest', "true")],
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a network namespace here: {probe.stderr!r}")
+    return ["unshare", "-n", "sh", "-c", NO_IPV6_NETNS, sys.executable]
+
+
+class TestWithoutIPv6:
+    def test_everything_ipv4_works_on_a_host_without_ipv6(
+        self, pytester: pytest.Pytester
+    ) -> None:
+        """In a network namespace with IPv6 disabled (Docker's default), IPv4 use works."""
+        command = no_ipv6_command()
+        pytester.makepyfile(
+            """
+import socket, pytest
+from portsafe import testing
+
+def test_ipv4(free_tcp_port, free_udp_port, free_port_factory, tcp_listener,
+              free_tcp_port_session, free_port_factory_session):
+    assert not testing.ipv6_available()
+    with socket.create_server(("127.0.0.1", free_tcp_port)):
+        pass
+    both = free_port_factory(socktype=0)
+    with socket.create_server(("127.0.0.1", both)):
+        pass
+    free_port_factory(family=socket.AF_UNSPEC)  # "both families" means IPv4 here
+    free_port_factory_session(socktype=socket.SOCK_DGRAM)
+    with socket.create_connection(tcp_listener.getsockname(), timeout=5):
+        tcp_listener.accept()[0].close()
+
+@pytest.mark.requires_ipv6
+def test_v6():
+    raise AssertionError("must be skipped")
+"""
+        )
+        result = pytester.run(*command, timeout=120)
+        assert result.ret == 0, result.stdout.str() + result.stderr.str()
+        result.stdout.fnmatch_lines(["*IPv6 is not available*", "*1 passed, 1 skipped*"])
 
 
 class TestPlainFunctions:
