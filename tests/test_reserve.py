@@ -426,6 +426,23 @@ class TestLockDir:
                        env=env, check=True)
         assert any(name.startswith("ports-") for name in os.listdir(directory))
 
+    def test_changing_lock_dir_mid_process(self, tmp_path, monkeypatch):
+        """A new PORTSAFE_LOCK_DIR is used at once; held ports stay in their own directory."""
+        first, second = tmp_path / "first", tmp_path / "second"
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(first))
+        held = portsafe.reserve_port()
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(second))
+        shard = held.port >> 8
+        block = range(max(shard << 8, 1024), (shard + 1) << 8)  # same shard as `held`
+        with portsafe.reserve_port(ports=block, exclude=[held.port]) as other:
+            assert (other.port, os.getpid()) in _locks.holders()  # in the second dir
+            assert (held.port, os.getpid()) not in _locks.holders()
+            assert os.listdir(second) == [_locks.shard_name(shard)]
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(first))
+        assert (held.port, os.getpid()) in _locks.holders()
+        held.release()
+        assert (held.port, os.getpid()) not in _locks.holders()
+
     @posix_only
     def test_symlinked_dir_refused(self, tmp_path):
         """A symlink where the shared directory should be is refused."""

@@ -38,7 +38,7 @@ import sys
 import threading
 
 from portsafe._errors import LockDirError
-from portsafe._ranges import SHARD_BITS
+from portsafe._ranges import SHARD_BITS, getenv
 
 __all__ = ["LockTable", "holders", "lock_dir", "table"]
 
@@ -54,7 +54,7 @@ def lock_dir() -> str:
         >>> lock_dir().endswith("portsafe-locks") or "PORTSAFE_LOCK_DIR" in os.environ
         True
     """
-    configured = os.environ.get("PORTSAFE_LOCK_DIR")
+    configured = getenv("PORTSAFE_LOCK_DIR")  # read on every reservation: the fast way
     if configured:
         return configured
     if _WINDOWS:
@@ -182,20 +182,29 @@ def flock_layout(platform: str) -> tuple[str, int, int, int]:
 
 
 class LockTable:
-    """This process's locks: shard fds, the set of held ports, and the home shard.
+    """This process's locks: open shard files, the held ports, and the home shard.
 
     One instance per process (:func:`table`); it resets itself in a ``fork()`` child,
-    which holds none of its parent's locks.
+    which holds none of its parent's locks. Files are keyed by (directory, shard), so a
+    change of ``PORTSAFE_LOCK_DIR`` mid-process takes effect for new reservations while
+    the ones already held stay locked, and are released, in the directory they were
+    made in.
     """
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        self._held: set[int] = set()
-        self._fds: dict[int, int] = {}
-        self._counts: dict[int, int] = {}
-        self._dir: str | None = None
-        self.home: int | None = None
+        self._held: dict[int, tuple[str, int]] = {}  # port -> (directory, shard)
+        self._fds: dict[tuple[str, int], int] = {}
+        self._counts: dict[tuple[str, int], int] = {}
+        self._checked: set[str] = set()  # directories found safe to use
+        self._home: tuple[str, int] | None = None
         self.pid = os.getpid()
+
+    @property
+    def home(self) -> int | None:
+        """The shard this process used last (searched first: its file is open)."""
+        home = self._home
+        return home[1] if home is not None and home[0] == lock_dir() else None
 
     def holds(self, port: int) -> bool:
         """Whether this process holds *port*."""
@@ -213,35 +222,36 @@ class LockTable:
 
     def try_acquire(self, port: int) -> bool:
         """Lock *port* for this process; False if any process (this one too) holds it."""
+        key = (lock_dir(), port >> SHARD_BITS)
         with self._mutex:
             if port in self._held:
                 return False
-            shard = port >> SHARD_BITS
-            fd = self._fds.get(shard)
+            fd = self._fds.get(key)
             if fd is None:
-                fd = self._fds[shard] = self._open(shard)
-                self._counts[shard] = 0
+                fd = self._fds[key] = self._open(*key)
+                self._counts[key] = 0
             if not _try_lock(fd, port):
-                self._close_if_idle(shard)
+                self._close_if_idle(key)
                 return False
-            self._held.add(port)
-            self._counts[shard] += 1
-            if self.home != shard:
-                previous, self.home = self.home, shard
+            self._held[port] = key
+            self._counts[key] += 1
+            if self._home != key:
+                previous, self._home = self._home, key
                 if previous is not None:
                     self._close_if_idle(previous)
             return True
 
+    def _release_locked(self, port: int) -> None:
+        key = self._held.pop(port, None)
+        if key is not None:
+            _unlock(self._fds[key], port)
+            self._counts[key] -= 1
+            self._close_if_idle(key)
+
     def release(self, port: int) -> None:
         """Unlock *port* if this process holds it (idempotent)."""
         with self._mutex:
-            if port not in self._held:
-                return
-            shard = port >> SHARD_BITS
-            _unlock(self._fds[shard], port)
-            self._held.discard(port)
-            self._counts[shard] -= 1
-            self._close_if_idle(shard)
+            self._release_locked(port)
 
     def release_nowait(self, port: int) -> bool:
         """Release without blocking (for garbage-collection finalizers).
@@ -252,34 +262,29 @@ class LockTable:
         if not self._mutex.acquire(blocking=False):
             return False
         try:
-            if port in self._held:
-                shard = port >> SHARD_BITS
-                _unlock(self._fds[shard], port)
-                self._held.discard(port)
-                self._counts[shard] -= 1
-                self._close_if_idle(shard)
+            self._release_locked(port)
         finally:
             self._mutex.release()
         return True
 
-    def _open(self, shard: int) -> int:
-        if self._dir is None:
-            directory = lock_dir()
+    def _open(self, directory: str, shard: int) -> int:
+        if directory not in self._checked:
             ensure_dir(directory, explicit=bool(os.environ.get("PORTSAFE_LOCK_DIR")))
-            self._dir = directory
-        return open_shard_file(self._dir, shard)
+            self._checked.add(directory)
+        return open_shard_file(directory, shard)
 
-    def _close_if_idle(self, shard: int) -> None:
+    def _close_if_idle(self, key: tuple[str, int]) -> None:
         # Closing drops every lock this process has on the file: only when it holds none.
-        if self._counts.get(shard) == 0 and shard != self.home:
-            os.close(self._fds.pop(shard))
-            del self._counts[shard]
+        if self._counts.get(key) == 0 and key != self._home:
+            os.close(self._fds.pop(key))
+            del self._counts[key]
 
     def holders(self) -> list[tuple[int, int]]:
-        """Every (port, pid) locked on this machine, this process's own included."""
+        """Every (port, pid) locked in the current lock directory, this process's too."""
+        directory = lock_dir()
         with self._mutex:
-            found = [(port, self.pid) for port in self._held]
-            directory = lock_dir()
+            found = [(port, self.pid) for port, key in self._held.items()
+                     if key[0] == directory]
             try:
                 names = os.listdir(directory)
             except OSError:
@@ -288,11 +293,11 @@ class LockTable:
                 shard = _shard_of(name)
                 if shard is None:
                     continue
-                cached = self._fds.get(shard)
+                cached = self._fds.get((directory, shard))
                 if cached is not None:
                     found.extend(_query_shard(cached, shard))
                     continue
-                # Safe to close afterwards: this process holds nothing in this shard.
+                # Safe to close afterwards: this process holds nothing in this file.
                 try:
                     fd = open_shard_file(directory, shard)
                 except LockDirError:
@@ -312,7 +317,7 @@ class LockTable:
         self._fds.clear()
         self._counts.clear()
         self._held.clear()
-        self.home = None
+        self._home = None
         self.pid = os.getpid()
 
     def before_fork(self) -> None:
