@@ -200,11 +200,10 @@ class LockTable:
         self._home: tuple[str, int] | None = None
         self.pid = os.getpid()
 
-    @property
-    def home(self) -> int | None:
-        """The shard this process used last (searched first: its file is open)."""
+    def home(self, directory: str) -> int | None:
+        """The shard this process used last in *directory* (its file is open)."""
         home = self._home
-        return home[1] if home is not None and home[0] == lock_dir() else None
+        return home[1] if home is not None and home[0] == directory else None
 
     def holds(self, port: int) -> bool:
         """Whether this process holds *port*."""
@@ -220,9 +219,12 @@ class LockTable:
         """How many lock files this process has open."""
         return len(self._fds)
 
-    def try_acquire(self, port: int) -> bool:
-        """Lock *port* for this process; False if any process (this one too) holds it."""
-        key = (lock_dir(), port >> SHARD_BITS)
+    def try_acquire(self, port: int, directory: str | None = None) -> bool:
+        """Lock *port* for this process; False if any process (this one too) holds it.
+
+        *directory* is :func:`lock_dir`, passed in by callers that already looked it up.
+        """
+        key = (directory or lock_dir(), port >> SHARD_BITS)
         with self._mutex:
             if port in self._held:
                 return False

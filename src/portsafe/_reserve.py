@@ -217,7 +217,8 @@ def _excluded(exclude: Iterable[int]) -> frozenset[int]:
 class _Search:
     """One call's walk over the candidates, counting why each one was passed over."""
 
-    __slots__ = ("attempts", "candidates", "excluded", "held", "in_use", "probes", "table")
+    __slots__ = ("attempts", "candidates", "directory", "excluded", "held", "in_use", "probes",
+                 "table")
 
     def __init__(self, candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
                  excluded: frozenset[int]) -> None:
@@ -225,16 +226,17 @@ class _Search:
         self.probes = probes
         self.excluded = excluded
         self.table = _locks.table()
+        self.directory = _locks.lock_dir()
         self.attempts = self.held = self.in_use = 0
 
     def order(self) -> Iterator[int]:
-        return self.candidates.order(_rng, self.table.home, self.excluded)
+        return self.candidates.order(_rng, self.table.home(self.directory), self.excluded)
 
     def take(self, port: int) -> bool:
         """Lock and verify *port*; on failure leave nothing held."""
         self.attempts += 1
         table = self.table
-        if not table.try_acquire(port):
+        if not table.try_acquire(port, self.directory):
             self.held += 1
             return False
         try:
@@ -325,11 +327,12 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
     """
     # The hot path of every test that needs a port: _Search.take, inlined.
     search = _search(host, family, socktype, ports, exclude)
-    table, probes, is_free = search.table, search.probes, _probe.is_free
+    table, probes, is_free, directory = search.table, search.probes, _probe.is_free, \
+        search.directory
     attempts = 0
-    for port in search.candidates.order(_rng, table.home, search.excluded):
+    for port in search.candidates.order(_rng, table.home(directory), search.excluded):
         attempts += 1
-        if not table.try_acquire(port):
+        if not table.try_acquire(port, directory):
             search.held += 1
             continue
         try:
