@@ -11,37 +11,17 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 import portsafe
+from _portserver import portpicker_portserver, server_name, wait_listening
 from portsafe import _locks, _server
 from portsafe._server import PortServer, process_identity, request_port, resolve_owner
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX")
 LINUX = sys.platform.startswith("linux")
-
-
-def _name() -> str:
-    return f"@portsafe-test-{uuid.uuid4().hex[:12]}"
-
-
-def _wait_listening(address: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait until something accepts connections on *address* (without sending a pid)."""
-    target = _server.unix_address(address)
-    for _ in range(400):
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(target)
-            except OSError:
-                time.sleep(0.025)
-                continue
-        return
-    raise AssertionError(f"nothing listens on {address!r}")
 
 
 def _raw_request(address: str, payload: bytes, *, shut: bool = True) -> bytes:
@@ -86,7 +66,7 @@ def served(lock_env: dict[str, str]):
     """``portsafe serve --verbose`` on a fresh abstract address, serving 16 ports that
     this process holds in the default lock directory (so no other portsafe user takes
     them); the server locks its grants in a private one."""
-    address = _name()
+    address = server_name()
     with portsafe.reserve_ports(16, contiguous=True) as block:
         low, high = block.ports[0], block.ports[-1]
         proc = subprocess.Popen(
@@ -95,7 +75,7 @@ def served(lock_env: dict[str, str]):
             env=lock_env, stderr=subprocess.PIPE,
         )
         try:
-            _wait_listening(address, proc)
+            wait_listening(address, proc)
             yield address, proc, range(low, high + 1)
         finally:
             if proc.poll() is None:
@@ -112,7 +92,7 @@ def _sleeper() -> subprocess.Popen[bytes]:
 class TestRequestPort:
     def test_no_server_gives_none(self) -> None:
         """With nothing listening, request_port returns None instead of raising."""
-        assert request_port(_name(), timeout=1.0) is None
+        assert request_port(server_name(), timeout=1.0) is None
 
     def test_path_without_socket_gives_none(self, tmp_path: Path) -> None:
         """A path that does not exist is 'no server', not an error."""
@@ -121,7 +101,7 @@ class TestRequestPort:
     @pytest.mark.parametrize("reply", [b"", b"abc\n", b"0\n", b"70000\n", b"-5\n"])
     def test_bad_answers_give_none(self, reply: bytes) -> None:
         """Closed-without-answer, garbage, 0 and out-of-range answers all mean 'none'."""
-        address = _name()
+        address = server_name()
         listener = _server.bind_unix(address)
 
         def answer() -> None:
@@ -140,7 +120,7 @@ class TestRequestPort:
 
     def test_sends_own_pid(self) -> None:
         """The request is this process's pid in decimal and a newline."""
-        address = _name()
+        address = server_name()
         listener = _server.bind_unix(address)
         seen: list[bytes] = []
 
@@ -170,20 +150,18 @@ class TestRequestPort:
 
     def test_against_portpickers_own_portserver(self) -> None:
         """portsafe's client gets a port from Google's portserver.py."""
-        script = Path(sys.executable).parent / "portserver.py"
-        if not script.exists():
-            script = Path(shutil.which("portserver.py") or "/nonexistent")
-        if not script.exists():
+        script = portpicker_portserver()
+        if script is None:
             pytest.skip("portpicker's portserver.py is not installed")
         pytest.importorskip("psutil", reason="portserver.py needs psutil")
-        address = _name()
+        address = server_name()
         proc = subprocess.Popen(
             [sys.executable, str(script), "--portserver_address", address,
              "--portserver_static_pool", "23100-23119"],
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_listening(address, proc)
+            wait_listening(address, proc)
             first = request_port(address)
             second = request_port(address)
         finally:
@@ -324,7 +302,7 @@ class TestServe:
         proc = subprocess.Popen([sys.executable, "-m", "portsafe", "serve", "--address", path,
                                  "--range", "23300-23309"], env=lock_env)
         try:
-            _wait_listening(path, proc)
+            wait_listening(path, proc)
             port = request_port(path)
             assert port is not None
         finally:

@@ -281,6 +281,26 @@ class LockTable:
             os.close(self._fds.pop(key))
             del self._counts[key]
 
+    def holder(self, port: int) -> int | None:
+        """The pid holding *port* in the current lock directory, or None if nobody does."""
+        directory, shard = lock_dir(), port >> SHARD_BITS
+        if port in self._held:
+            return self.pid
+        with self._mutex:
+            cached = self._fds.get((directory, shard))
+            if cached is not None:
+                return next((pid for p, pid in _query_shard(cached, shard, port) if p == port),
+                            None)
+            try:
+                fd = open_shard_file(directory, shard)
+            except LockDirError:
+                return None
+            try:  # safe to close: this process holds nothing in this file
+                return next((pid for p, pid in _query_shard(fd, shard, port) if p == port),
+                            None)
+            finally:
+                os.close(fd)
+
     def holders(self) -> list[tuple[int, int]]:
         """Every (port, pid) locked in the current lock directory, this process's too."""
         directory = lock_dir()
@@ -339,15 +359,16 @@ def _shard_of(name: str) -> int | None:
     return start >> SHARD_BITS if start % _SHARD_SIZE == 0 else None
 
 
-def _query_shard(fd: int, shard: int) -> list[tuple[int, int]]:
-    """The (port, pid) locks other processes hold in one shard file."""
+def _query_shard(fd: int, shard: int, only: int | None = None) -> list[tuple[int, int]]:
+    """The (port, pid) locks other processes hold in one shard file (or on port *only*)."""
     if _WINDOWS:
-        return _query_shard_windows(fd, shard)
+        return _query_shard_windows(fd, shard, only)
     layout, type_at, start_at, pid_at = flock_layout(sys.platform)
     field_count = len(layout.replace("4x", ""))
     found: list[tuple[int, int]] = []
     # F_GETLK answers with *a* conflicting lock, not the lowest: split around each answer.
-    pending = [(shard << SHARD_BITS, (shard + 1) << SHARD_BITS)]
+    pending = [(shard << SHARD_BITS, (shard + 1) << SHARD_BITS) if only is None
+               else (only, only + 1)]
     while pending:
         start, end = pending.pop()
         fields = [0] * field_count
@@ -369,9 +390,11 @@ def _query_shard(fd: int, shard: int) -> list[tuple[int, int]]:
     return found
 
 
-def _query_shard_windows(fd: int, shard: int) -> list[tuple[int, int]]:
+def _query_shard_windows(fd: int, shard: int, only: int | None) -> list[tuple[int, int]]:
     found: list[tuple[int, int]] = []
-    for port in range(max(shard << SHARD_BITS, 1), (shard + 1) << SHARD_BITS):
+    ports = range(max(shard << SHARD_BITS, 1), (shard + 1) << SHARD_BITS) if only is None \
+        else (only,)
+    for port in ports:
         if _try_lock(fd, port):
             _unlock(fd, port)
         else:

@@ -345,7 +345,8 @@ def getenv(name: str) -> str:
 
 
 _ENCODED = {name: name.encode()
-            for name in ("PORTSAFE_RANGE", "PORTSAFE_EXCLUDE", "PORTSAFE_LOCK_DIR")}
+            for name in ("PORTSAFE_RANGE", "PORTSAFE_EXCLUDE", "PORTSAFE_LOCK_DIR",
+                         "PORTSERVER_ADDRESS")}
 
 
 def _env_ranges(name: str) -> list[tuple[int, int]] | None:

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 from portsafe import _locks, _probe
 from portsafe._errors import InvalidSettingError, NoFreePortError
-from portsafe._ranges import CandidateSet, default_candidates, explicit_candidates
+from portsafe._ranges import CandidateSet, default_candidates, explicit_candidates, getenv
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
@@ -102,15 +102,17 @@ class Reservation(_Releasable):
         True
     """
 
-    __slots__ = ("_pid", "_released", "family", "host", "port", "socktype")
+    __slots__ = ("_granted", "_pid", "_released", "family", "host", "port", "socktype")
 
-    def __init__(self, port: int, host: str, family: int, socktype: int) -> None:
+    def __init__(self, port: int, host: str, family: int, socktype: int,
+                 granted: bool = False) -> None:
         self.port = port
         self.host = host
         self.family = family
         self.socktype = socktype
         self._pid = os.getpid()
         self._released = False
+        self._granted = granted  # from PORTSERVER_ADDRESS: released into the pool
 
     @property
     def address(self) -> tuple[str, int]:
@@ -133,7 +135,14 @@ class Reservation(_Releasable):
         """
         if not self._released:
             self._released = True
-            if self._pid == os.getpid():
+            if self._pid != os.getpid():
+                return
+            if self._granted:
+                from portsafe import _pool
+
+                if not _pool.give_back(self.port):
+                    _locks.table().release(self.port)
+            else:
                 _locks.table().release(self.port)
 
     def __repr__(self) -> str:
@@ -148,8 +157,13 @@ class Reservation(_Releasable):
             warnings.warn(f"unreleased {self!r}; use 'with reserve_port() as r:' or call "
                           f"r.release()", ResourceWarning, stacklevel=2, source=self)
         # This thread may be inside the lock table (GC runs anywhere): never block here.
-        table = _locks.table()
-        if not table.release_nowait(self.port):
+        if self._granted:
+            from portsafe import _pool
+
+            released = _pool.give_back(self.port)
+        else:
+            released = _locks.table().release_nowait(self.port)
+        if not released:
             _deferred.append(self.port)
 
 
@@ -329,6 +343,15 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
     search = _search(host, family, socktype, ports, exclude)
     table, probes, is_free, directory = search.table, search.probes, _probe.is_free, \
         search.directory
+    if ports is None:
+        server = getenv("PORTSERVER_ADDRESS")
+        if server:
+            from portsafe import _pool
+
+            granted = _pool.take(server, probes, search.excluded, directory)
+            if granted is not None:
+                return Reservation(granted, probes[0][2] if host is None else host, family,
+                                   socktype, granted=True)
     attempts = 0
     for port in search.candidates.order(_rng, table.home(directory), search.excluded):
         attempts += 1

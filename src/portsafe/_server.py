@@ -106,6 +106,19 @@ def unix_address(address: str) -> str:
 def request_port(address: str, *, timeout: float = 2.0) -> int | None:
     """Ask the port server at *address* for a port, speaking portpicker's protocol.
 
+    See :func:`request_grant`, which also says which process answered.
+
+    Example:
+        >>> request_port("@no-such-portserver-here", timeout=0.5) is None
+        True
+    """
+    grant = request_grant(address, timeout=timeout)
+    return None if grant is None else grant[0]
+
+
+def request_grant(address: str, *, timeout: float = 2.0) -> tuple[int, int | None] | None:
+    """Ask the port server at *address* for a port; return ``(port, server pid)``.
+
     The request is made on behalf of this process (``os.getpid()``); the server holds the
     port for it until it exits. Use the port at once: the protocol has no release, so a
     caller that no longer needs it should keep it in a pool for reuse.
@@ -120,14 +133,16 @@ def request_port(address: str, *, timeout: float = 2.0) -> int | None:
         timeout: Seconds to wait for the whole exchange.
 
     Returns:
-        The port (1..65535), or None if no server answers or it has none to give.
+        The port (1..65535) and the pid of the server process (from ``SO_PEERCRED``;
+        None where the OS does not say), or None if no server answers or it has none
+        to give.
 
     Raises:
         TypeError: *address* is not a str or *timeout* not a number.
         InvalidSettingError: *address* is empty or *timeout* is not positive.
 
     Example:
-        >>> request_port("@no-such-portserver-here", timeout=0.5) is None
+        >>> request_grant("@no-such-portserver-here", timeout=0.5) is None
         True
     """
     target = unix_address(address)
@@ -143,6 +158,7 @@ def request_port(address: str, *, timeout: float = 2.0) -> int | None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(target)
+            server_pid = peer_credentials(sock)[0]
             sock.sendall(b"%d\n" % os.getpid())
             while b"\n" not in data and len(data) < 64:
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -156,7 +172,7 @@ def request_port(address: str, *, timeout: float = 2.0) -> int | None:
         port = int(data.split(b"\n", 1)[0])
     except ValueError:
         return None
-    return port if 1 <= port <= 65535 else None
+    return (port, server_pid) if 1 <= port <= 65535 else None
 
 
 # --- who is on the other end -------------------------------------------------------------

@@ -1,0 +1,160 @@
+"""reserve_port() with PORTSERVER_ADDRESS: ask the server, lock locally, pool on release."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+import portsafe
+from _portserver import portpicker_portserver, server_name, wait_listening
+from portsafe import _server
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="abstract unix sockets and SO_PEERCRED")
+
+CLIENT = textwrap.dedent("""
+    import json, os, portsafe
+    from portsafe import _locks
+    r = portsafe.reserve_port()
+    first, holder = r.port, _locks.table().holder(r.port)
+    r.release()
+    with portsafe.reserve_port() as again:
+        second = again.port
+    print(json.dumps({"first": first, "holder": holder, "second": second,
+                      "pid": os.getpid()}))
+""")
+
+
+@pytest.fixture
+def shared_env(tmp_path):
+    """Server and client share a private lock directory, as one machine's users do."""
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir()
+    return dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
+
+
+def block_of(n: int) -> range:
+    with portsafe.reserve_ports(n, contiguous=True) as group:
+        return range(group.ports[0], group.ports[0] + n)
+
+
+def run_client(env: dict[str, str], address: str) -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-c", CLIENT], env=dict(env, PORTSERVER_ADDRESS=address),
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    return json.loads(out)
+
+
+class TestWithPortsafeServer:
+    def test_grant_is_used_and_pooled(self, shared_env):
+        """A grant held by portsafe serve is accepted; release() returns it to the pool."""
+        address, block = server_name(), block_of(8)
+        server = subprocess.Popen([sys.executable, "-m", "portsafe", "serve", "--address",
+                                   address, "--range", f"{block[0]}-{block[-1]}"],
+                                  env=shared_env)
+        try:
+            wait_listening(address, server)
+            result = run_client(shared_env, address)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        assert result["first"] in block
+        assert result["holder"] == server.pid  # the server holds the grant for the client
+        assert result["second"] == result["first"]  # taken from the pool, not asked again
+
+
+class TestWithPortpickerServer:
+    def test_grant_is_locked_locally(self, shared_env):
+        """Google's portserver.py locks nothing, so the client takes the local lock."""
+        script = portpicker_portserver()
+        if script is None:
+            pytest.skip("portpicker's portserver.py is not installed")
+        pytest.importorskip("psutil", reason="portserver.py needs psutil")
+        address, block = server_name(), block_of(8)
+        server = subprocess.Popen([sys.executable, str(script), "--portserver_address",
+                                   address, "--portserver_static_pool",
+                                   f"{block[0]}-{block[-1]}"], stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(address, server)
+            result = run_client(shared_env, address)
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=30)
+        assert result["first"] in block
+        assert result["holder"] == result["pid"]
+        assert result["second"] == result["first"]
+
+
+class FakeServer:
+    """A port server in a thread that always grants the same port."""
+
+    def __init__(self, port: int) -> None:
+        self.address = server_name()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(_server.unix_address(self.address))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.port = port
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(64)
+                conn.sendall(b"%d\n" % self.port)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+class TestFallback:
+    def test_grant_held_by_another_local_user_is_not_used(self, shared_env):
+        """A granted port that a local portsafe user holds is refused: fall back."""
+        holder = str(Path(__file__).with_name("_holder.py"))
+        held = subprocess.Popen([sys.executable, holder], env=shared_env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert held.stdout is not None
+        [port] = json.loads(held.stdout.readline())
+        fake = FakeServer(port)
+        try:
+            result = run_client(shared_env, fake.address)
+        finally:
+            fake.close()
+            assert held.stdin is not None
+            held.stdin.close()
+            held.wait(timeout=30)
+            held.stdout.close()
+        assert result["first"] != port
+        assert result["holder"] == result["pid"]  # an ordinary local reservation
+
+    def test_no_server_falls_back(self, shared_env):
+        """A PORTSERVER_ADDRESS where nothing listens costs a refused connect, no more."""
+        result = run_client(shared_env, server_name())
+        assert result["holder"] == result["pid"]
+
+    def test_explicit_ports_do_not_ask_the_server(self, monkeypatch):
+        """ports= is an explicit choice: the server is not asked."""
+        fake = FakeServer(1)  # an answer no test could use
+        monkeypatch.setenv("PORTSERVER_ADDRESS", fake.address)
+        try:
+            block = block_of(2)
+            with portsafe.reserve_port(ports=block) as r:
+                assert r.port in block
+        finally:
+            fake.close()
