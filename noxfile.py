@@ -66,9 +66,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=ALL)
 def tests(session: nox.Session) -> None:
-    """The whole suite, stress proofs included."""
+    """The whole suite, stress proofs included, then every docstring example."""
     session.install(*TEST_DEPS)
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+    if not session.posargs:  # the examples of the installed package, as users get it
+        session.run("pytest", "-p", "no:cacheprovider", "-q", "--doctest-modules",
+                    "--pyargs", "portsafe")
 
 
 @nox.session(python=OTHERS)

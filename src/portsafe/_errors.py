@@ -19,6 +19,14 @@ class PortsafeError(Exception):
     Catch this to handle any portsafe failure; each subclass also derives from the
     builtin exception that code already catches for the same situation (``OSError``,
     ``ValueError``, ``TimeoutError``).
+
+    Example:
+        >>> import portsafe
+        >>> try:
+        ...     portsafe.reserve_port(ports=[])
+        ... except portsafe.PortsafeError as exc:
+        ...     print(type(exc).__name__)
+        InvalidSettingError
     """
 
 
@@ -58,6 +66,17 @@ class LockDirError(PortsafeError, OSError):
     The directory (``PORTSAFE_LOCK_DIR``, default ``/tmp/portsafe-locks``) must be a real
     directory (not a symlink) that is either owned by you or world-writable with the
     sticky bit, like ``/tmp``. The message says what was found and how to fix it.
+
+    Example:
+        >>> import os, portsafe
+        >>> os.environ["PORTSAFE_LOCK_DIR"] = "/dev/null/locks"  # cannot be created
+        >>> try:
+        ...     portsafe.reserve_port()
+        ... except portsafe.LockDirError as exc:
+        ...     print("PORTSAFE_LOCK_DIR" in str(exc))
+        ... finally:
+        ...     del os.environ["PORTSAFE_LOCK_DIR"]
+        True
     """
 
 
@@ -67,6 +86,14 @@ class InvalidSettingError(PortsafeError, ValueError):
     Covers ``PORTSAFE_RANGE``, ``PORTSAFE_EXCLUDE`` and ``PORTSAFE_LOCK_DIR`` as well as
     arguments such as an empty ``ports=`` range or a port outside 1..65535. The message
     names the value given and what is allowed. (Wrong *types* raise ``TypeError``.)
+
+    Example:
+        >>> import portsafe
+        >>> try:
+        ...     portsafe.reserve_port(ports=[70000])
+        ... except ValueError as exc:
+        ...     print(exc)
+        ports: port 70000 is outside 1..65535
     """
 
 
@@ -76,4 +103,12 @@ class AddressNotAvailableError(PortsafeError, OSError):
     For example ``family=socket.AF_INET6`` on a host without IPv6, or a ``host`` that is
     not an address of this machine. No port would help, so portsafe stops at once
     instead of trying every candidate; ``errno`` is the one the OS gave.
+
+    Example:
+        >>> import portsafe
+        >>> try:
+        ...     portsafe.reserve_port(host="192.0.2.1")  # TEST-NET: not this machine's
+        ... except portsafe.AddressNotAvailableError as exc:
+        ...     print(exc.errno == __import__("errno").EADDRNOTAVAIL)
+        True
     """

@@ -520,7 +520,8 @@ class RequestLoop:
         Example:
             >>> import socket
             >>> a, b = socket.socketpair()
-            >>> RequestLoop(a, lambda r, p, u: None, max_request=1, timeout=1).stop()
+            >>> loop = RequestLoop(a, lambda r, p, u: None, max_request=1, timeout=1)
+            >>> loop.stop(); loop.run(handle_signals=False)  # returns at once
             >>> a.close(); b.close()
         """
         self._stopping = True
