@@ -5,10 +5,12 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from pathlib import Path
@@ -388,6 +390,57 @@ class TestProcessLifetime:
         extra_fds, lock_files = map(int, result.stdout.split())
         assert lock_files <= 256  # one per shard at most
         assert extra_fds <= lock_files + 1
+
+
+@posix_only
+class TestUsers:
+    def test_other_user_is_kept_out_and_can_reserve(self):
+        """G1 across users: another uid sees our locks and takes its own (mode 1777/666)."""
+        if os.getuid() != 0:
+            pytest.skip("needs root to run a child as another user")
+        # not under pytest's tmp_path: its parent is private to this user
+        shared = Path(tempfile.mkdtemp(prefix="portsafe-users-"))
+        shared.chmod(0o1777)
+        script = textwrap.dedent("""
+            import json, os, sys, portsafe
+            port = int(sys.argv[1])
+            portsafe.reserve_port().release()  # import everything while still root
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                portsafe.reserve_port(ports=[port]).release()
+                refused = False
+            except portsafe.NoFreePortError:
+                refused = True
+            with portsafe.reserve_port() as own:
+                print(json.dumps([refused, own.port]), flush=True)
+                sys.stdin.read()
+        """)
+        env = dict(os.environ, PORTSAFE_LOCK_DIR=str(shared))
+        mine = subprocess.Popen([sys.executable, HOLDER], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert mine.stdout is not None
+        [port] = json.loads(mine.stdout.readline())
+        other = subprocess.Popen([sys.executable, "-c", script, str(port)], env=env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout is not None
+            refused, own = json.loads(other.stdout.readline())
+            assert refused, "another user got a port we hold"
+            lister = subprocess.run(
+                [sys.executable, "-c", ("import json; from portsafe import _locks; "
+                 "print(json.dumps(_locks.holders()))")],
+                env=env, capture_output=True, text=True, check=True)
+            assert [own, other.pid] in json.loads(lister.stdout)
+        finally:
+            for proc in (mine, other):
+                assert proc.stdin is not None
+                assert proc.stdout is not None
+                proc.stdin.close()
+                proc.wait(timeout=30)
+                proc.stdout.close()
+            shutil.rmtree(shared, ignore_errors=True)
+        assert other.returncode == 0
 
 
 class TestHolders:
