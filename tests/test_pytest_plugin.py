@@ -8,7 +8,6 @@ fails while any inner reservation is still held (the core keeps an in-process se
 from __future__ import annotations
 
 import errno
-import importlib.util
 import shutil
 import socket
 import subprocess
@@ -36,15 +35,6 @@ def record(*ports):
     with open("ports.txt", "a") as f:
         f.write(" ".join(str(p) for p in ports) + "\\n")
 """
-
-
-@pytest.fixture(autouse=True)
-def quiet_pytest_asyncio(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inner runs have no ini of ours: silence pytest-asyncio's unset-loop-scope warning."""
-    if "pytester" in request.fixturenames:
-        request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS: set ours after
-    if importlib.util.find_spec("pytest_asyncio") is not None:
-        monkeypatch.setenv("PYTEST_ADDOPTS", "-o asyncio_default_fixture_loop_scope=function")
 
 
 @pytest.fixture

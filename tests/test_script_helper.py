@@ -643,8 +643,10 @@ class TestRunTestScript:
         path = script_helper.make_script(tmp_path, "p", PASSING)
         assert script_helper.run_test_script(path) is None
 
-    def test_failing_script(self, tmp_path):
+    def test_failing_script(self, tmp_path, monkeypatch):
         """A failing script raises AssertionError with the child's report (-v output)."""
+        # quiet mode, whatever an earlier test module did to test.support.verbose
+        monkeypatch.delitem(sys.modules, "test.support", raising=False)
         path = script_helper.make_script(tmp_path, "f", PASSING.replace("pass", "1/0"))
         with pytest.raises(AssertionError, match="test_ok"):
             script_helper.run_test_script(path)
