@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
 
 import nox
 
@@ -36,15 +37,23 @@ def _add_pyenv_to_path() -> None:
 _add_pyenv_to_path()
 
 
-def _interpreter(version: str) -> str | None:
-    found = shutil.which(f"python{version}")
-    if found and "shims" in found:  # a pyenv shim for a version that is not selected
-        for directory in os.environ["PATH"].split(os.pathsep):
-            candidate = os.path.join(directory, f"python{version}")
-            if "shims" not in directory and os.access(candidate, os.X_OK):
-                return candidate
-        return None
-    return found
+def _interpreter_with_test_suite(version: str) -> str | None:
+    """The first python{version} on PATH whose `test` package has CPython's test modules.
+
+    Distributions often ship a partial `test` package (Debian: libpython3.X-testsuite),
+    and pyenv shims fail for versions that are not selected, so each is asked.
+    """
+    for directory in os.environ["PATH"].split(os.pathsep):
+        candidate = os.path.join(directory, f"python{version}")
+        if "shims" in directory or not os.access(candidate, os.X_OK):
+            continue
+        probe = subprocess.run(
+            [candidate, "-c", ("import importlib.util as u, sys; "
+             "sys.exit(u.find_spec('test.test_socket') is None)")],
+            capture_output=True, check=False)
+        if probe.returncode == 0:
+            return candidate
+    return shutil.which(f"python{version}")  # the runner says plainly what it lacks
 
 
 TEST_DEPS = [".[test]"]
@@ -84,8 +93,8 @@ def smoke(session: nox.Session) -> None:
 def _cpython_suite(session: nox.Session, *, full_on: set[str]) -> None:
     ran = False
     for version in ALL:
-        python = _interpreter(version)
-        if python is None:
+        python = _interpreter_with_test_suite(version)
+        if python is None or "shims" in python:
             session.log(f"Python {version} is not installed here: skipped")
             continue
         ran = True
