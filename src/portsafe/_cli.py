@@ -15,8 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType

@@ -33,11 +33,11 @@ import stat
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from portsafe._errors import PortsafeError
 from portsafe._server import RequestLoop, bind_unix, peer_credentials, unix_address
 
+TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
     from portsafe._reserve import Reservation
 

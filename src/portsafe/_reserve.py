@@ -50,9 +50,18 @@ TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from types import TracebackType
-    from typing import overload
+    from typing import TypedDict, overload
 
     from typing_extensions import Self
+
+    class ReserveOptions(TypedDict, total=False):
+        """The keyword options of :func:`reserve_port`, for helpers that pass them on."""
+
+        host: str | None
+        family: int
+        socktype: int
+        ports: Iterable[int] | None
+        exclude: Iterable[int]
 
 __all__ = ["Reservation", "ReservationGroup", "reserve_port", "reserve_ports"]
 

@@ -33,10 +33,10 @@ import stat
 import struct
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from portsafe._errors import InvalidSettingError, NoFreePortError, PortsafeError
 
+TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 

@@ -38,10 +38,10 @@ import os
 import os.path
 import subprocess
 import sys
-from typing import TYPE_CHECKING
 
 from portsafe._errors import InvalidSettingError, PortsafeError
 
+TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from typing import Any, NamedTuple, TypeAlias

@@ -41,8 +41,8 @@ import tempfile
 import threading
 import time
 import unittest
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
     from collections.abc import Callable, Container, Iterable, Iterator
     from typing import Any, TypeVar

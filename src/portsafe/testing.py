@@ -31,17 +31,19 @@ import os
 import socket
 import tempfile
 import unittest
-from typing import TYPE_CHECKING
 
 from portsafe._errors import InvalidSettingError
 from portsafe._reserve import reserve_port
 
+TYPE_CHECKING = False  # typing is not imported at run time
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from types import TracebackType
     from typing import Any, TypeVar
 
-    from portsafe._reserve import Reservation
+    from typing_extensions import Unpack
+
+    from portsafe._reserve import Reservation, ReserveOptions
 
     _T = TypeVar("_T")
 
@@ -278,23 +280,12 @@ class PortFactory:
         self._reservations: list[Reservation] = []
         self._closed = False
 
-    def __call__(
-        self,
-        *,
-        host: str | None = None,
-        family: int = socket.AF_INET,
-        socktype: int = socket.SOCK_STREAM,
-        ports: Iterable[int] | None = None,
-        exclude: Iterable[int] = (),
-    ) -> int:
+    def __call__(self, **options: Unpack[ReserveOptions]) -> int:
         """Reserve one more port and return its number.
 
         Args:
-            host: Passed to :func:`portsafe.reserve_port` (``None``: loopback).
-            family: ``AF_INET``, ``AF_INET6`` or ``AF_UNSPEC`` (both, same number).
-            socktype: ``SOCK_STREAM``, ``SOCK_DGRAM`` or ``0`` (both).
-            ports: Candidate ports; by default portsafe's range outside the ephemeral one.
-            exclude: Ports never to return.
+            **options: :func:`portsafe.reserve_port`'s keyword options (``host``,
+                ``family``, ``socktype``, ``ports``, ``exclude``).
 
         Returns:
             The reserved port number, held until :meth:`release_all`.
@@ -315,9 +306,7 @@ class PortFactory:
                 "this port factory was already released (its fixture or test ended); "
                 "request the fixture in the test that needs the port"
             )
-        reservation = reserve_port(
-            host=host, family=family, socktype=socktype, ports=ports, exclude=exclude
-        )
+        reservation = reserve_port(**options)
         self._reservations.append(reservation)
         return reservation.port
 
@@ -392,23 +381,12 @@ class ReservedPortsMixin:
         True
     """
 
-    def free_port(
-        self,
-        *,
-        host: str | None = None,
-        family: int = socket.AF_INET,
-        socktype: int = socket.SOCK_STREAM,
-        ports: Iterable[int] | None = None,
-        exclude: Iterable[int] = (),
-    ) -> int:
+    def free_port(self, **options: Unpack[ReserveOptions]) -> int:
         """Reserve a port for this test; it is released by ``addCleanup``.
 
         Args:
-            host: Passed to :func:`portsafe.reserve_port` (``None``: loopback).
-            family: ``AF_INET``, ``AF_INET6`` or ``AF_UNSPEC`` (both, same number).
-            socktype: ``SOCK_STREAM``, ``SOCK_DGRAM`` or ``0`` (both).
-            ports: Candidate ports; by default portsafe's range outside the ephemeral one.
-            exclude: Ports never to return.
+            **options: :func:`portsafe.reserve_port`'s keyword options (``host``,
+                ``family``, ``socktype``, ``ports``, ``exclude``).
 
         Returns:
             The reserved port number.
@@ -421,9 +399,7 @@ class ReservedPortsMixin:
             >>> # inside a test method:  port = self.free_port(socktype=0)  # TCP and UDP
         """
         case = _as_test_case(self, "free_port")
-        reservation = reserve_port(
-            host=host, family=family, socktype=socktype, ports=ports, exclude=exclude
-        )
+        reservation = reserve_port(**options)
         case.addCleanup(reservation.release)
         return reservation.port
 
@@ -480,25 +456,14 @@ class ReservedPortsMixin:
         return sock
 
     @classmethod
-    def free_port_for_class(
-        cls,
-        *,
-        host: str | None = None,
-        family: int = socket.AF_INET,
-        socktype: int = socket.SOCK_STREAM,
-        ports: Iterable[int] | None = None,
-        exclude: Iterable[int] = (),
-    ) -> int:
+    def free_port_for_class(cls, **options: Unpack[ReserveOptions]) -> int:
         """Reserve a port for the whole class (call it in ``setUpClass``).
 
         The port is released by ``addClassCleanup``, after ``tearDownClass``.
 
         Args:
-            host: Passed to :func:`portsafe.reserve_port` (``None``: loopback).
-            family: ``AF_INET``, ``AF_INET6`` or ``AF_UNSPEC`` (both, same number).
-            socktype: ``SOCK_STREAM``, ``SOCK_DGRAM`` or ``0`` (both).
-            ports: Candidate ports; by default portsafe's range outside the ephemeral one.
-            exclude: Ports never to return.
+            **options: :func:`portsafe.reserve_port`'s keyword options (``host``,
+                ``family``, ``socktype``, ``ports``, ``exclude``).
 
         Returns:
             The reserved port number.
@@ -516,9 +481,7 @@ class ReservedPortsMixin:
                 "free_port_for_class() needs a unittest.TestCase: mix ReservedPortsMixin "
                 f"into a TestCase subclass (got {cls.__name__})"
             )
-        reservation = reserve_port(
-            host=host, family=family, socktype=socktype, ports=ports, exclude=exclude
-        )
+        reservation = reserve_port(**options)
         cls.addClassCleanup(reservation.release)
         return reservation.port
 
