@@ -35,7 +35,7 @@ import sys
 import time
 
 from portsafe._errors import PortsafeError
-from portsafe._server import RequestLoop, bind_unix, peer_credentials, unix_address
+from portsafe._unixserver import RequestLoop, bind_unix, peer_credentials, unix_address
 
 TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:

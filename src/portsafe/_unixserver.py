@@ -1,0 +1,337 @@
+"""Unix-socket plumbing shared by the port server and the lease keeper.
+
+Addresses in ``PORTSERVER_ADDRESS`` form (a leading ``@`` is the Linux abstract
+namespace), who is on the other end of a connection (``SO_PEERCRED``), binding a
+listening socket that refuses to steal a live one, and a small selectors loop that
+serves one request per connection with a size cap and a deadline, so that garbage,
+huge or silent clients cost one closed connection and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+
+from portsafe._errors import InvalidSettingError, PortsafeError
+
+TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+__all__ = [
+    "RequestLoop",
+    "ServerAddressInUseError",
+    "bind_unix",
+    "peer_credentials",
+    "unix_address",
+]
+
+
+class ServerAddressInUseError(PortsafeError, OSError):
+    """Raised when the port server's unix socket address is already taken.
+
+    Another server (portsafe's or portpicker's) is listening there: use it, stop it, or
+    pass another ``--address``.
+    """
+
+    def __init__(self, address: str) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"port server address {address!r} is already in use by another server; "
+            "stop it or pass --address @another-name",
+        )
+
+
+def unix_address(address: str) -> str:
+    """Return the ``AF_UNIX`` address for *address* (``@name`` -> abstract ``\\0name``).
+
+    Args:
+        address: A filesystem path, or ``@`` and a name for the abstract namespace.
+
+    Returns:
+        The address to pass to ``bind``/``connect``.
+
+    Raises:
+        TypeError: *address* is not a str.
+        InvalidSettingError: *address* is empty or ``@`` alone.
+
+    Example:
+        >>> unix_address("@unittest-portserver")
+        '\\x00unittest-portserver'
+    """
+    if not isinstance(address, str):
+        raise TypeError(f"address must be a str, not {address!r}")
+    if address in ("", "@"):
+        raise InvalidSettingError(
+            f"port server address {address!r} is empty; use @name (abstract) or a path"
+        )
+    return "\0" + address[1:] if address.startswith("@") else address
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
+    """Return ``(pid, uid)`` of the process at the other end of a unix socket.
+
+    Args:
+        sock: A connected ``AF_UNIX`` socket.
+
+    Returns:
+        The peer's pid (as seen from this process's pid namespace) and uid; either is
+        None where the OS does not say (pid: Linux ``SO_PEERCRED`` and macOS
+        ``LOCAL_PEERPID``; uid: those and ``LOCAL_PEERCRED``).
+
+    Example:
+        >>> import os, socket
+        >>> a, b = socket.socketpair()
+        >>> peer_credentials(a)[0] in (os.getpid(), None)
+        True
+        >>> a.close(); b.close()
+    """
+    so_peercred = getattr(socket, "SO_PEERCRED", None)
+    if so_peercred is not None:
+        try:
+            pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
+                                                                 so_peercred, 12))
+        except OSError:
+            return None, None
+        return (pid or None), uid
+    if sys.platform == "darwin":  # pragma: no cover - exercised on macOS CI only
+        pid_out: int | None = None
+        uid_out: int | None = None
+        with contextlib.suppress(OSError):
+            pid_out = struct.unpack("i", sock.getsockopt(0, 0x002, 4))[0]  # LOCAL_PEERPID
+        with contextlib.suppress(OSError):  # LOCAL_PEERCRED: struct xucred, uid at 4
+            uid_out = struct.unpack("Ii", sock.getsockopt(0, 0x001, 8 + 4 * 17)[:8])[1]
+        return pid_out, uid_out
+    return None, None  # pragma: no cover
+
+
+class _Conn:
+    __slots__ = ("deadline", "inbuf", "outbuf", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.inbuf = b""
+        self.outbuf: bytes | None = None  # None while still reading the request
+
+
+class RequestLoop:
+    """Serve a one-request-per-connection line protocol on a listening unix socket.
+
+    Single-threaded (selectors). Each connection gets *timeout* seconds and
+    *max_request* bytes to send one line; the handler's reply is written and the
+    connection closed. Beyond *max_connections*, the oldest connection is dropped, so
+    idle clients cannot starve the others.
+
+    Args:
+        listener: A bound, listening socket (the loop does not close it).
+        handler: ``handler(request_line, peer_pid, peer_uid) -> reply or None``.
+        max_request: Longest acceptable request, in bytes, newline included.
+        timeout: Seconds per connection, from accept to the last byte written.
+        max_connections: Connections served at once.
+        tick: Called about every *tick_interval* seconds (housekeeping).
+        tick_interval: Seconds between ticks.
+
+    Example:
+        >>> import socket
+        >>> a, b = socket.socketpair()
+        >>> loop = RequestLoop(a, lambda req, pid, uid: req, max_request=10, timeout=1.0)
+        >>> loop.stop(); loop.run(handle_signals=False)
+        >>> a.close(); b.close()
+    """
+
+    def __init__(self, listener: socket.socket,
+                 handler: Callable[[bytes, int | None, int | None], bytes | None], *,
+                 max_request: int, timeout: float, max_connections: int = 128,
+                 tick: Callable[[], object] | None = None, tick_interval: float = 1.0) -> None:
+        self._listener = listener
+        self._handler = handler
+        self._max_request = max_request
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._tick = tick
+        self._tick_interval = tick_interval
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = False
+        self._conns: dict[int, _Conn] = {}
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (safe from signal handlers and other threads).
+
+        Example:
+            >>> import socket
+            >>> a, b = socket.socketpair()
+            >>> loop = RequestLoop(a, lambda r, p, u: None, max_request=1, timeout=1)
+            >>> loop.stop(); loop.run(handle_signals=False)  # returns at once
+            >>> a.close(); b.close()
+        """
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def run(self, *, handle_signals: bool = True,
+            stop_signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Serve until :meth:`stop` is called or a stop signal arrives.
+
+        Args:
+            handle_signals: Install handlers for *stop_signals* (main thread only).
+            stop_signals: Signals that end the loop cleanly.
+
+        Example:
+            See the class docstring.
+        """
+        old: dict[int, object] = {}
+        if handle_signals:
+            for signum in stop_signals:
+                old[signum] = signal.signal(signum, lambda _s, _f: self.stop())
+        sel = selectors.DefaultSelector()
+        self._listener.setblocking(False)
+        sel.register(self._listener, selectors.EVENT_READ, "listen")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        next_tick = time.monotonic() + self._tick_interval
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                wait = next_tick - now
+                for conn in self._conns.values():
+                    wait = min(wait, conn.deadline - now)
+                for key, mask in sel.select(max(wait, 0.0)):
+                    if key.data == "listen":
+                        self._accept(sel)
+                    elif key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(64)
+                    else:
+                        self._service(sel, key.fd, mask)
+                now = time.monotonic()
+                for fd, conn in list(self._conns.items()):
+                    if conn.deadline <= now:
+                        self._drop(sel, fd)
+                if now >= next_tick:
+                    next_tick = now + self._tick_interval
+                    if self._tick is not None:
+                        self._tick()
+        finally:
+            for fd in list(self._conns):
+                self._drop(sel, fd)
+            sel.close()
+            for signum, handler in old.items():
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        for _ in range(64):  # drain the backlog a bit at a time
+            try:
+                sock, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. EMFILE: leave it in the backlog for now
+                return
+            if len(self._conns) >= self._max_connections:
+                self._drop(sel, min(self._conns, key=lambda fd: self._conns[fd].deadline))
+            sock.setblocking(False)
+            self._conns[sock.fileno()] = _Conn(sock, time.monotonic() + self._timeout)
+            sel.register(sock, selectors.EVENT_READ, "conn")
+
+    def _service(self, sel: selectors.BaseSelector, fd: int, mask: int) -> None:
+        conn = self._conns.get(fd)
+        if conn is None:
+            return
+        sock = conn.sock
+        try:
+            if conn.outbuf is None and mask & selectors.EVENT_READ:
+                chunk = sock.recv(4096)
+                conn.inbuf += chunk
+                if b"\n" in conn.inbuf or not chunk:
+                    line = conn.inbuf.split(b"\n", 1)[0]
+                    if len(line) >= self._max_request or not line:
+                        self._drop(sel, fd)
+                        return
+                    pid, uid = peer_credentials(sock)
+                    reply = self._handler(line, pid, uid)
+                    if not reply:
+                        self._drop(sel, fd)
+                        return
+                    conn.outbuf = reply
+                    sel.modify(sock, selectors.EVENT_WRITE, "conn")
+                elif len(conn.inbuf) >= self._max_request:
+                    self._drop(sel, fd)
+            elif conn.outbuf is not None and mask & selectors.EVENT_WRITE:
+                conn.outbuf = conn.outbuf[sock.send(conn.outbuf):]
+                if not conn.outbuf:
+                    self._drop(sel, fd)
+        except OSError:
+            self._drop(sel, fd)
+
+    def _drop(self, sel: selectors.BaseSelector, fd: int) -> None:
+        conn = self._conns.pop(fd, None)
+        if conn is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(conn.sock)
+        conn.sock.close()
+
+
+def bind_unix(address: str, *, mode: int | None = None) -> socket.socket:
+    """Bind and listen on a unix socket address; a stale path socket is replaced.
+
+    Args:
+        address: ``@name`` (abstract) or a filesystem path.
+        mode: chmod the path socket to this mode (path addresses only).
+
+    Returns:
+        The listening socket.
+
+    Raises:
+        ServerAddressInUseError: Something is already listening there.
+        OSError: Binding failed for another reason (the message says why).
+
+    Example:
+        >>> sock = bind_unix("@portsafe-doctest-bind-unix")
+        >>> sock.close()
+    """
+    target = unix_address(address)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.bind(target)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            if target.startswith("\0") or _is_alive_socket(target):
+                raise ServerAddressInUseError(address) from None
+            os.unlink(target)  # a stale socket file left by a server that was killed
+            sock.bind(target)
+        if mode is not None and not target.startswith("\0"):
+            os.chmod(target, mode)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_alive_socket(path: str) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return True  # not ours to delete: report it as taken
+    except FileNotFoundError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
