@@ -215,6 +215,23 @@ class TestRun:
         assert proc.wait(timeout=60) == 40
         proc.stdout.close()
 
+    @pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN])
+    def test_signal_during_spawn_is_not_lost(self, inherited) -> None:
+        """A signal that arrives while the child is being started still reaches it,
+        even when this process inherited "ignore" for it (as under some CI runners)."""
+        from portsafe import _cli
+
+        previous = signal.signal(signal.SIGHUP, inherited)
+        try:
+            def start() -> subprocess.Popen[bytes]:
+                os.kill(os.getpid(), signal.SIGHUP)  # arrives before the child exists
+                return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+            code = _cli._run_forwarding_signals(start)
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+        assert code == -signal.SIGHUP
+
     def test_death_by_signal_is_128_plus_n(self, env) -> None:
         """A command killed by signal N makes `portsafe run` exit 128+N, as shells do."""
         done = portsafe_cli("run", "--", sys.executable, "-c",

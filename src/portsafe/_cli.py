@@ -18,7 +18,7 @@ import sys
 
 TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from types import FrameType
 
 __all__ = ["main"]
@@ -390,7 +390,7 @@ def _run(args: argparse.Namespace) -> int:
         env = dict(os.environ, PORTSAFE_PORT=str(ports[0]),
                    PORTSAFE_PORTS=" ".join(map(str, ports)))
         try:
-            child = subprocess.Popen(argv, env=env)
+            code = _run_forwarding_signals(lambda: subprocess.Popen(argv, env=env))
         except FileNotFoundError:
             _error(f"command not found: {argv[0]}")
             return EXIT_COMMAND_NOT_FOUND
@@ -400,18 +400,28 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as exc:
             _error(f"cannot execute {argv[0]}: {exc}")
             return EXIT_CANNOT_EXECUTE
-        code = _wait_forwarding_signals(child)
     return code if code >= 0 else 128 - code
 
 
-def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
+def _run_forwarding_signals(start: Callable[[], subprocess.Popen[bytes]]) -> int:
+    """Start the child with *start* and wait for it, passing signals on to it.
+
+    The handlers go in *before* the child starts: a signal that arrives while it is
+    being spawned is queued and delivered once it exists, instead of meeting this
+    process's inherited disposition (often "ignore" for SIGHUP under CI runners).
+    """
+    children: list[subprocess.Popen[bytes]] = []
+    pending: list[int] = []
+
     def forward(signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if name in _KEYBOARD and _in_terminal_foreground():
             return
-        if child.returncode is None:
+        if not children:
+            pending.append(signum)
+        elif children[0].returncode is None:
             with contextlib.suppress(OSError):  # it exited meanwhile
-                child.send_signal(signum)
+                children[0].send_signal(signum)
 
     previous: dict[int, object] = {}
     for name in _FORWARDED:
@@ -419,6 +429,11 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
         if signum is not None:
             previous[signum] = signal.signal(signum, forward)
     try:
+        child = start()
+        children.append(child)
+        for signum in pending:
+            with contextlib.suppress(OSError):
+                child.send_signal(signum)
         return child.wait()
     finally:
         for signum, handler in previous.items():
