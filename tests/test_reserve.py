@@ -214,7 +214,7 @@ class TestExhaustion:
         block = free_block(3)
         holder = Holder(n=3, ports=[block[0], block[-1] + 1])
         try:
-            with pytest.raises(portsafe.NoFreePortError, match="3 held by other"):
+            with pytest.raises(portsafe.NoFreePortError, match="3 held by portsafe"):
                 portsafe.reserve_port(ports=block)
         finally:
             holder.close()

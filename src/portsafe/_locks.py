@@ -181,6 +181,18 @@ def flock_layout(platform: str) -> tuple[str, int, int, int]:
     return "qqihh", 3, 0, 2  # macOS and the other BSDs
 
 
+class _Shard:
+    """One open lock file: its fd and how many of its ports this process holds."""
+
+    __slots__ = ("count", "directory", "fd", "index")
+
+    def __init__(self, directory: str, index: int, fd: int) -> None:
+        self.directory = directory
+        self.index = index
+        self.fd = fd
+        self.count = 0
+
+
 class LockTable:
     """This process's locks: open shard files, the held ports, and the home shard.
 
@@ -193,62 +205,73 @@ class LockTable:
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        self._held: dict[int, tuple[str, int]] = {}  # port -> (directory, shard)
-        self._fds: dict[tuple[str, int], int] = {}
-        self._counts: dict[tuple[str, int], int] = {}
+        #: port -> the shard file it is locked in, for every port this process holds
+        #: (read-only outside this class)
+        self.held: dict[int, _Shard] = {}
+        self._shards: dict[tuple[str, int], _Shard] = {}
         self._checked: set[str] = set()  # directories found safe to use
-        self._home: tuple[str, int] | None = None
+        self._home: _Shard | None = None
         self.pid = os.getpid()
 
     def home(self, directory: str) -> int | None:
-        """The shard this process used last in *directory* (its file is open)."""
+        """The shard to search first: the one used last in *directory* (its file is open),
+        unless this process already holds half of it (walking past its own ports would
+        cost more than opening another file)."""
         home = self._home
-        return home[1] if home is not None and home[0] == directory else None
+        if home is None or home.directory != directory or home.count >= _SHARD_SIZE // 2:
+            return None
+        return home.index
 
     def holds(self, port: int) -> bool:
         """Whether this process holds *port*."""
-        return port in self._held
+        return port in self.held
 
     @property
     def held_count(self) -> int:
         """How many ports this process holds."""
-        return len(self._held)
+        return len(self.held)
 
     @property
     def open_fds(self) -> int:
         """How many lock files this process has open."""
-        return len(self._fds)
+        return len(self._shards)
 
     def try_acquire(self, port: int, directory: str | None = None) -> bool:
         """Lock *port* for this process; False if any process (this one too) holds it.
 
         *directory* is :func:`lock_dir`, passed in by callers that already looked it up.
         """
-        key = (directory or lock_dir(), port >> SHARD_BITS)
         with self._mutex:
-            if port in self._held:
+            if port in self.held:
                 return False
-            fd = self._fds.get(key)
-            if fd is None:
-                fd = self._fds[key] = self._open(*key)
-                self._counts[key] = 0
-            if not _try_lock(fd, port):
-                self._close_if_idle(key)
+            home = self._home
+            if home is not None and home.index == port >> SHARD_BITS and (
+                    directory is None or home.directory == directory):
+                shard = home  # the common case: no key to build, no lookup
+            else:
+                key = (directory or lock_dir(), port >> SHARD_BITS)
+                found = self._shards.get(key)
+                if found is None:
+                    found = self._shards[key] = _Shard(*key, self._open(*key))
+                shard = found
+            if not _try_lock(shard.fd, port):
+                self._close_if_idle(shard)
                 return False
-            self._held[port] = key
-            self._counts[key] += 1
-            if self._home != key:
-                previous, self._home = self._home, key
-                if previous is not None:
-                    self._close_if_idle(previous)
+            self.held[port] = shard
+            shard.count += 1
+            if home is not shard:
+                self._home = shard
+                if home is not None:
+                    self._close_if_idle(home)
             return True
 
     def _release_locked(self, port: int) -> None:
-        key = self._held.pop(port, None)
-        if key is not None:
-            _unlock(self._fds[key], port)
-            self._counts[key] -= 1
-            self._close_if_idle(key)
+        shard = self.held.pop(port, None)
+        if shard is not None:
+            _unlock(shard.fd, port)
+            shard.count -= 1
+            if shard.count == 0:
+                self._close_if_idle(shard)
 
     def release(self, port: int) -> None:
         """Unlock *port* if this process holds it (idempotent)."""
@@ -275,21 +298,21 @@ class LockTable:
             self._checked.add(directory)
         return open_shard_file(directory, shard)
 
-    def _close_if_idle(self, key: tuple[str, int]) -> None:
+    def _close_if_idle(self, shard: _Shard) -> None:
         # Closing drops every lock this process has on the file: only when it holds none.
-        if self._counts.get(key) == 0 and key != self._home:
-            os.close(self._fds.pop(key))
-            del self._counts[key]
+        if shard.count == 0 and shard is not self._home:
+            os.close(shard.fd)
+            del self._shards[(shard.directory, shard.index)]
 
     def holder(self, port: int) -> int | None:
         """The pid holding *port* in the current lock directory, or None if nobody does."""
         directory, shard = lock_dir(), port >> SHARD_BITS
-        if port in self._held:
+        if port in self.held:
             return self.pid
         with self._mutex:
-            cached = self._fds.get((directory, shard))
+            cached = self._shards.get((directory, shard))
             if cached is not None:
-                return next((pid for p, pid in _query_shard(cached, shard, port) if p == port),
+                return next((pid for p, pid in _query_shard(cached.fd, shard, port) if p == port),
                             None)
             try:
                 fd = open_shard_file(directory, shard)
@@ -305,8 +328,8 @@ class LockTable:
         """Every (port, pid) locked in the current lock directory, this process's too."""
         directory = lock_dir()
         with self._mutex:
-            found = [(port, self.pid) for port, key in self._held.items()
-                     if key[0] == directory]
+            found = [(port, self.pid) for port, shard in self.held.items()
+                     if shard.directory == directory]
             try:
                 names = os.listdir(directory)
             except OSError:
@@ -315,9 +338,9 @@ class LockTable:
                 shard = _shard_of(name)
                 if shard is None:
                     continue
-                cached = self._fds.get((directory, shard))
+                cached = self._shards.get((directory, shard))
                 if cached is not None:
-                    found.extend(_query_shard(cached, shard))
+                    found.extend(_query_shard(cached.fd, shard))
                     continue
                 # Safe to close afterwards: this process holds nothing in this file.
                 try:
@@ -333,12 +356,11 @@ class LockTable:
     def after_fork_in_child(self) -> None:
         """Forget the parent's locks: the kernel did not give them to this process."""
         self._mutex = threading.Lock()
-        for fd in self._fds.values():
+        for shard in self._shards.values():
             with contextlib.suppress(OSError):
-                os.close(fd)  # drops this process's locks only, and it has none
-        self._fds.clear()
-        self._counts.clear()
-        self._held.clear()
+                os.close(shard.fd)  # drops this process's locks only, and it has none
+        self._shards.clear()
+        self.held.clear()
         self._home = None
         self.pid = os.getpid()
 

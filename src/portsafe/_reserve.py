@@ -281,7 +281,8 @@ class _Search:
         return NoFreePortError(
             f"no {wanted} among {candidates.count} candidate ports ({candidates.description}"
             f"{f', {excluded} excluded by exclude=' if excluded else ''}): tried "
-            f"{self.attempts}{partial}, {self.held} held by other portsafe users, "
+            f"{self.attempts}{partial}, {self.held} held by portsafe reservations (this "
+            f"process's included), "
             f"{self.in_use} in use on {where}. Release reservations you no longer need, "
             f"or widen the range (ports=..., PORTSAFE_RANGE)",
             attempts=self.attempts, candidates=candidates.count)
@@ -348,24 +349,31 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         ...     print(r.port)  # free on 127.0.0.1 and ::1, for TCP and UDP  # doctest: +SKIP
         21734
     """
-    # The hot path of every test that needs a port: _Search.take, inlined.
-    search = _search(host, family, socktype, ports, exclude)
-    table, probes, is_free, directory = search.table, search.probes, _probe.is_free, \
-        search.directory
+    # The hot path of every test that needs a port: _search() and _Search.take, inlined;
+    # the _Search itself is only made to report a failure.
+    if _deferred:
+        _drain_deferred()
+    probes = _probe.targets(host, family, socktype)
+    candidates = default_candidates() if ports is None else explicit_candidates(ports)
+    if candidates.fallback:
+        _warn_fallback(candidates.fallback)
+    excluded = _excluded(exclude)
+    table, directory, is_free = _locks.table(), _locks.lock_dir(), _probe.is_free
     if ports is None:
         server = getenv("PORTSERVER_ADDRESS")
         if server:
             from portsafe import _pool
 
-            granted = _pool.take(server, probes, search.excluded, directory)
+            granted = _pool.take(server, probes, excluded, directory)
             if granted is not None:
                 return Reservation(granted, probes[0][2] if host is None else host, family,
                                    socktype, granted=True)
-    attempts = 0
-    for port in search.candidates.order(_rng, table.home(directory), search.excluded):
+    held_here = table.held
+    attempts = held = in_use = 0
+    for port in candidates.order(_rng, table.home(directory), excluded):
         attempts += 1
-        if not table.try_acquire(port, directory):
-            search.held += 1
+        if port in held_here or not table.try_acquire(port, directory):
+            held += 1
             continue
         try:
             busy = is_free(port, probes)
@@ -375,8 +383,9 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         if not busy:
             return Reservation(port, probes[0][2] if host is None else host, family, socktype)
         table.release(port)
-        search.in_use += 1
-    search.attempts = attempts
+        in_use += 1
+    search = _Search(candidates, probes, excluded)
+    search.attempts, search.held, search.in_use = attempts, held, in_use
     raise search.failure("free port")
 
 
