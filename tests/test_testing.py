@@ -99,6 +99,7 @@ class TestProbes:
     def test_ipv6_unavailable_when_the_bind_fails(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A host that cannot bind ::1 (Docker's default network) reports False."""
         monkeypatch.setattr(testing, "_ipv6_cache", None)
+        monkeypatch.setattr("portsafe._probe._ipv6", None)  # the core probes for everyone
         monkeypatch.setattr(socket, "has_ipv6", False)
         assert testing.ipv6_available() is False
 

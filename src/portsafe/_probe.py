@@ -50,6 +50,9 @@ def ipv6_available() -> bool:
     """
     global _ipv6
     if _ipv6 is None:
+        if not socket.has_ipv6:  # Python built without IPv6
+            _ipv6 = False
+            return _ipv6
         try:
             with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
                 sock.bind(("::1", 0))

@@ -98,19 +98,9 @@ def ipv6_available() -> bool:
 
 
 def _probe_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    except OSError:
-        return False
-    with sock:
-        try:
-            # Port 0 is fine here: the probe keeps nothing, it only asks "can I bind ::1?".
-            sock.bind(("::1", 0))
-        except OSError:
-            return False
-    return True
+    from portsafe._probe import ipv6_available as core_answer  # one probe for portsafe
+
+    return core_answer()
 
 
 def unix_sockets_available() -> bool:
