@@ -15,6 +15,7 @@ import pytest
 
 import portsafe
 from portsafe._handoff import listen, listen_fds, spawn
+from portsafe._probe import ipv6_available
 from portsafe._who import AddressInUseError, who_holds
 
 # What a child reports about what it inherited.
@@ -38,18 +39,9 @@ needs_proc = pytest.mark.skipif(
 needs_posix = pytest.mark.skipif(os.name != "posix", reason="fd inheritance is POSIX only")
 
 
-def _ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
-needs_ipv6 = pytest.mark.skipif(not _ipv6(), reason="no IPv6 loopback on this machine")
+needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback on this machine")
 
 
 def _report(sockets: list[socket.socket], **kwargs: object) -> dict[str, object]:

@@ -17,6 +17,7 @@ import pytest
 import portsafe
 from portsafe import _who
 from portsafe._handoff import listen, spawn
+from portsafe._probe import ipv6_available
 from portsafe._who import AddressInUseError, Holder, explain_address_in_use, who_holds
 
 if TYPE_CHECKING:
@@ -35,13 +36,6 @@ sys.stdin.read()
 """
 
 
-def _ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def _hex_address(address: str) -> str:
@@ -114,7 +108,7 @@ class TestWhoHolds:
                     states = [h.state for h in who_holds(port) if h.pid == os.getpid()]
         assert states == ["LISTEN", "ESTABLISHED"]
 
-    @pytest.mark.skipif(not _ipv6(), reason="no IPv6 loopback on this machine")
+    @pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback on this machine")
     def test_ipv6_listener(self) -> None:
         """An IPv6 listener is decoded from /proc/net/tcp6."""
         with listen("::1") as sock:
