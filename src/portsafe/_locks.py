@@ -38,29 +38,16 @@ import sys
 import threading
 
 from portsafe._errors import LockDirError
-from portsafe._ranges import SHARD_BITS, getenv
+from portsafe._settings import lock_dir, lock_dir_is_explicit
 
-__all__ = ["LockTable", "holders", "lock_dir", "table"]
+__all__ = ["SHARD_BITS", "LockTable", "holders", "lock_dir", "table"]
+
+#: Ports per lock file: a power of two so a port's shard is ``port >> 8``.
+SHARD_BITS = 8
 
 _SHARD_SIZE = 1 << SHARD_BITS
 _WINDOWS = sys.platform == "win32"
 _BUSY = frozenset({errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK)})
-
-
-def lock_dir() -> str:
-    """The lock directory in use: ``PORTSAFE_LOCK_DIR`` or the per-OS default.
-
-    Example:
-        >>> lock_dir().endswith("portsafe-locks") or "PORTSAFE_LOCK_DIR" in os.environ
-        True
-    """
-    configured = getenv("PORTSAFE_LOCK_DIR")  # read on every reservation: the fast way
-    if configured:
-        return configured
-    if _WINDOWS:
-        base = os.environ.get("PROGRAMDATA") or os.environ.get("ALLUSERSPROFILE") or "C:\\"
-        return os.path.join(base, "portsafe-locks")
-    return "/tmp/portsafe-locks"  # noqa: S108 - fixed on purpose: must not follow TMPDIR
 
 
 def shard_name(shard: int) -> str:
@@ -294,7 +281,7 @@ class LockTable:
 
     def _open(self, directory: str, shard: int) -> int:
         if directory not in self._checked:
-            ensure_dir(directory, explicit=bool(os.environ.get("PORTSAFE_LOCK_DIR")))
+            ensure_dir(directory, explicit=lock_dir_is_explicit())
             self._checked.add(directory)
         return open_shard_file(directory, shard)
 

@@ -13,6 +13,17 @@ import os
 import sys
 
 from portsafe._errors import InvalidSettingError
+from portsafe._locks import SHARD_BITS
+from portsafe._settings import (
+    EXCLUDE,
+    RANGE,
+    check_port,
+    exclude_ranges,
+    getenv,
+    lock_dir,
+    parse_port_list,
+    range_ranges,
+)
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
@@ -67,9 +78,6 @@ COMMON_DEV_PORTS: frozenset[int] = frozenset({
     27017,  # MongoDB
 })
 
-#: Ports per lock file (see _locks): a power of two so a port's shard is ``port >> 8``.
-SHARD_BITS = 8
-
 #: Below this many candidates outside the ephemeral range, fall back to using it (G5).
 MIN_CANDIDATES = 1000
 
@@ -79,43 +87,6 @@ _LINUX_RESERVED = "/proc/sys/net/ipv4/ip_local_reserved_ports"
 
 
 # -- parsers (pure; unit-tested for every OS) ------------------------------------------
-
-
-def _check_port(port: int, what: str) -> int:
-    if not 1 <= port <= 65535:
-        raise InvalidSettingError(f"{what}: port {port} is outside 1..65535")
-    return port
-
-
-def parse_port_list(text: str, *, what: str = "port list") -> list[tuple[int, int]]:
-    """Parse ``"8080,9000-9010 20000"`` into inclusive ``(low, high)`` ranges.
-
-    Commas and whitespace both separate items; an item is a port or ``LOW-HIGH``.
-
-    Raises:
-        InvalidSettingError: an item is not a port, is outside 1..65535 or has low > high;
-            the message starts with *what* (e.g. ``PORTSAFE_RANGE``).
-
-    Example:
-        >>> parse_port_list("8080, 9000-9002")
-        [(8080, 8080), (9000, 9002)]
-    """
-    ranges: list[tuple[int, int]] = []
-    for item in text.replace(",", " ").split():
-        low_text, sep, high_text = item.partition("-")
-        try:
-            low = int(low_text)
-            high = int(high_text) if sep else low
-        except ValueError:
-            raise InvalidSettingError(
-                f"{what}: {item!r} is not a port or a LOW-HIGH range (e.g. 20000-29999)"
-            ) from None
-        _check_port(low, what)
-        _check_port(high, what)
-        if low > high:
-            raise InvalidSettingError(f"{what}: range {item!r} is empty (low > high)")
-        ranges.append((low, high))
-    return ranges
 
 
 def parse_linux_port_range(text: str) -> tuple[int, int]:
@@ -332,28 +303,6 @@ def _describe(ranges: list[tuple[int, int]]) -> str:
     return ",".join(f"{low}-{high}" if low != high else str(low) for low, high in ranges)
 
 
-def getenv(name: str) -> str:
-    """``os.environ.get(name, "")``, in a tenth of the time where the OS allows.
-
-    Read on every reservation; ``os.environ.get`` re-encodes the key each time.
-    """
-    data = getattr(os.environ, "_data", None)
-    if type(data) is dict and os.name == "posix":
-        value = data.get(_ENCODED.get(name) or os.fsencode(name))
-        return "" if value is None else os.fsdecode(value)
-    return os.environ.get(name, "")
-
-
-_ENCODED = {name: name.encode()
-            for name in ("PORTSAFE_RANGE", "PORTSAFE_EXCLUDE", "PORTSAFE_LOCK_DIR",
-                         "PORTSERVER_ADDRESS")}
-
-
-def _env_ranges(name: str) -> list[tuple[int, int]] | None:
-    text = getenv(name).strip()
-    return parse_port_list(text, what=name) if text else None
-
-
 def _expand(ranges: Iterable[tuple[int, int]]) -> set[int]:
     ports: set[int] = set()
     for low, high in ranges:
@@ -363,11 +312,11 @@ def _expand(ranges: Iterable[tuple[int, int]]) -> set[int]:
 
 def env_excluded() -> frozenset[int]:
     """Ports excluded by ``PORTSAFE_EXCLUDE`` (cached per value of the variable)."""
-    text = getenv("PORTSAFE_EXCLUDE")
+    text = getenv(EXCLUDE)
     key = "exclude:" + text
     cached = _cache.get(key)
     if cached is None:
-        cached = _cache[key] = frozenset(_expand(_env_ranges("PORTSAFE_EXCLUDE") or []))
+        cached = _cache[key] = frozenset(_expand(exclude_ranges()))
     return cached  # type: ignore[return-value]
 
 
@@ -384,7 +333,7 @@ def default_candidates() -> CandidateSet:
     if type(data) is dict and os.name == "posix":  # the fast path of _getenv, inlined
         key = (data.get(b"PORTSAFE_RANGE"), data.get(b"PORTSAFE_EXCLUDE"))
     else:
-        key = (getenv("PORTSAFE_RANGE"), getenv("PORTSAFE_EXCLUDE"))
+        key = (getenv(RANGE), getenv(EXCLUDE))
     cached = _candidates.get(key)
     if cached is None:
         cached = _candidates[key] = _build_default_candidates()
@@ -392,7 +341,7 @@ def default_candidates() -> CandidateSet:
 
 
 def _build_default_candidates() -> CandidateSet:
-    configured = _env_ranges("PORTSAFE_RANGE")
+    configured = range_ranges()
     skip = _services_ports() | COMMON_DEV_PORTS | env_excluded()
     if configured is not None:
         ports = _expand(configured) - skip
@@ -420,7 +369,7 @@ def explicit_candidates(ports: Iterable[int]) -> CandidateSet:
     for port in ports:
         if not isinstance(port, int) or isinstance(port, bool):
             raise TypeError(f"ports must contain ints, not {port!r}")
-        chosen.add(_check_port(port, "ports"))
+        chosen.add(check_port(port, "ports"))
     if not chosen:
         raise InvalidSettingError("ports is empty: give at least one port, e.g. "
                                   "ports=range(20000, 20100)")
@@ -446,8 +395,6 @@ def describe_ranges() -> dict[str, object]:
         >>> sorted(info)
         ['candidates', 'ephemeral', 'excluded', 'lock_dir', 'reserved']
     """
-    from portsafe._locks import lock_dir
-
     (low, high), ephemeral_source = _ephemeral_with_source()
     reserved, reserved_source = _reserved_with_source()
     candidates = default_candidates()

@@ -44,7 +44,8 @@ from collections.abc import Sequence
 
 from portsafe import _locks, _probe
 from portsafe._errors import InvalidSettingError, NoFreePortError
-from portsafe._ranges import CandidateSet, default_candidates, explicit_candidates, getenv
+from portsafe._ranges import CandidateSet, default_candidates, explicit_candidates
+from portsafe._settings import portserver_address
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
@@ -360,7 +361,7 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
     excluded = _excluded(exclude)
     table, directory, is_free = _locks.table(), _locks.lock_dir(), _probe.is_free
     if ports is None:
-        server = getenv("PORTSERVER_ADDRESS")
+        server = portserver_address()
         if server:
             from portsafe import _pool
 
