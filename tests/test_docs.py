@@ -1,0 +1,69 @@
+"""The docs runner (docs/_support/docrunner.py) and the rules the docs keep."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "docs" / "_support"))
+
+import docrunner  # noqa: E402 - found through the line above
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SKIP = re.compile(r"<!--\s*skip:\s*(?P<args>.*?)\s*-->")
+
+
+class TestDocRules:
+    """What every Markdown file that the suite runs must keep to."""
+
+    def test_every_skip_gives_a_reason(self):
+        """A skipped block says why in the directive, so the report shows it."""
+        for path in DOCS:
+            for match in SKIP.finditer(path.read_text(encoding="utf-8")):
+                args = match.group("args")
+                if args.startswith("end"):
+                    continue
+                assert re.fullmatch(r'(next|start)\s+(".+"|if\(.+\))', args), (
+                    f"{path.name}: '<!-- skip: {args} -->' needs a reason: "
+                    '<!-- skip: next "why it cannot run here" -->')
+
+    def test_readme_set_up_block_is_skipped_and_two_lines(self):
+        """CI runs the README's first sh block itself; the docs tests skip it."""
+        text = (ROOT / "README.md").read_text(encoding="utf-8")
+        match = re.search(r"(?P<before>.*?)^```sh\n(?P<body>.*?)^```$", text, re.S | re.M)
+        assert match is not None
+        assert len(match.group("body").splitlines()) == 2
+        assert SKIP.findall(match.group("before").splitlines()[-1])
+
+    def test_docs_are_collected_by_default(self):
+        """`pytest` with no arguments runs the docs: they are in testpaths."""
+        pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+        line = next(li for li in pyproject.splitlines() if li.startswith("testpaths"))
+        assert '"docs"' in line
+        assert '"README.md"' in line
+
+
+class TestRunnerParts:
+    """The pieces of the runner that decide what a block means."""
+
+    def test_console_commands(self):
+        """Only `$ ` lines are commands; a trailing backslash continues one."""
+        text = "$ portsafe list\n PORT PID\n$ portsafe who \\\n  8080\noutput\n"
+        assert docrunner.console_commands(text) == ["portsafe list", "portsafe who \\\n  8080"]
+
+    def test_file_comment(self):
+        """A block opening with `# name.py` is a file; other comments are code."""
+        assert docrunner.FILE_COMMENT.match("# test_cli.py\nimport x\n").group("name") == (
+            "test_cli.py")
+        assert docrunner.FILE_COMMENT.match("# before\nimport x\n") is None
+        assert docrunner.FILE_COMMENT.match("# a test_cli.py file\n") is None
+
+    def test_child_env_is_private(self, tmp_path):
+        """Shell blocks get their own lock directory and this interpreter's tools first."""
+        env = docrunner.child_env(tmp_path, "locks-x")
+        assert env["PORTSAFE_LOCK_DIR"] == str(tmp_path / "locks-x")
+        first, second = env["PATH"].split(":")[:2]
+        assert first == str(docrunner.BIN)
+        assert second == str(Path(sys.executable).parent)
