@@ -67,3 +67,33 @@ class TestRunnerParts:
         first, second = env["PATH"].split(":")[:2]
         assert first == str(docrunner.BIN)
         assert second == str(Path(sys.executable).parent)
+
+    def test_generated_certificate_serves_tls(self, tmp_path):
+        """The throw-away server.pem holds a key and a certificate `openssl s_server` takes."""
+        import shutil
+        import socket
+        import ssl
+        import subprocess
+
+        import pytest
+
+        import portsafe
+
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed")
+        docrunner._make_certificate(tmp_path / "server.pem")
+        with portsafe.reserve_port() as r:
+            server = subprocess.Popen(
+                ["openssl", "s_server", "-accept", f"127.0.0.1:{r.port}", "-www", "-quiet"],
+                cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+            try:
+                portsafe.wait_for_port(r, timeout=30, process=server)
+                context = ssl.create_default_context(cafile=str(tmp_path / "server.crt"))
+                context.check_hostname = False
+                with socket.create_connection(("127.0.0.1", r.port), timeout=30) as raw, \
+                        context.wrap_socket(raw) as tls:
+                    assert tls.getpeercert()["subject"] == ((("commonName", "localhost"),),)
+            finally:
+                server.terminate()
+                server.wait()

@@ -8,7 +8,8 @@ What each fenced block means to the runner:
   document's work directory instead; a ``test_*.py`` file is then run with pytest in a
   child process and must pass.
 * ```` ```sh ````: the block is one bash script (``set -euo pipefail``), run with a
-  timeout in its own process group; whatever it left running is killed afterwards.
+  timeout in its own process group; whatever it left running (a server started with
+  ``&``, its lease keeper) is killed when the script ends.
 * ```` ```console ````: the ``$ `` lines are run in order; the output shown is an
   illustration (pids and ports differ each run) and is not compared. A command fails
   the example when it exits with 2 or more (portsafe's exit 1 means "nothing found").
@@ -22,8 +23,8 @@ Markdown skip directive; the reason is a Python string and is shown in the repor
 Every document gets a fresh work directory (its current directory while its blocks
 run) holding copies of the stand-ins next to this file (``myapp.py``: a WSGI app,
 ``myasgi.py``: an ASGI app, ``mypkg``: a package with a command line), and a throw-away
-``server.pem`` when the document mentions it (made with ``openssl`` at test time: no
-key is committed). Python blocks and each
+``server.pem`` when the document mentions it or ``openssl s_server`` (made with
+``openssl`` at test time: no key is committed). Python blocks and each
 shell block get a private ``PORTSAFE_LOCK_DIR`` under it, and shell blocks find
 ``portsafe`` (the test interpreter's) and the stand-in programs of ``bin/`` on ``PATH``.
 No block may send traffic off the machine.
@@ -100,7 +101,9 @@ def teardown(namespace: dict[str, Any]) -> None:
 
 def _workdir(example: Example) -> Path:
     workdir: Path = example.namespace[_WORKDIR]
-    if "server.pem" in example.document.text and not (workdir / "server.pem").exists():
+    text = example.document.text
+    wants_pem = "server.pem" in text or "openssl s_server" in text  # its default cert file
+    if wants_pem and not (workdir / "server.pem").exists():
         _make_certificate(workdir / "server.pem")
     return workdir
 
@@ -153,20 +156,25 @@ def _run_script(example: Example, script: str) -> tuple[int, str]:
     env = child_env(workdir, lock_name)
     path = workdir / f"block-{example.line}.sh"
     path.write_text("set -euo pipefail\n" + script, encoding="utf-8")
-    proc = subprocess.Popen(["bash", str(path)], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=SHELL_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-        out, _ = proc.communicate()
-        return -1, (f"timed out after {SHELL_TIMEOUT:.0f} s (a block must end by itself)\n"
-                    + out.decode(errors="replace"))
-    finally:
-        _kill_group(proc.pid)
-        _kill_by_lock_dir(str(workdir / lock_name))
-    return proc.returncode, out.decode(errors="replace")
+    log = workdir / f"block-{example.line}.log"
+    # Output goes to a file, not a pipe: a server the block left in the background keeps
+    # a pipe open, and reading it to the end would wait for the server, not the block.
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["bash", str(path)], cwd=workdir, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=SHELL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            _kill_group(proc.pid)
+            _kill_by_lock_dir(str(workdir / lock_name))
+            proc.wait()
+    text = log.read_text(errors="replace")
+    if rc is None:
+        return -1, f"timed out after {SHELL_TIMEOUT:.0f} s (a block must end by itself)\n{text}"
+    return rc, text
 
 
 def _kill_group(pgid: int) -> None:
