@@ -97,3 +97,20 @@ class TestRunnerParts:
             finally:
                 server.terminate()
                 server.wait()
+
+
+class TestBenchChart:
+    """The site shows the bench's chart when it has been drawn, and says how otherwise."""
+
+    def test_placeholder(self, tmp_path):
+        """Without docs/assets/bench.svg the page says how to draw it; with it, shows it."""
+        import mkdocs_hooks
+
+        page = f"# Benchmarks\n\n{mkdocs_hooks.PLACEHOLDER}\n"
+        config = {"docs_dir": str(tmp_path)}
+        assert "nox -s bench" in mkdocs_hooks.on_page_markdown(page, None, config, None)
+        (tmp_path / "assets").mkdir()
+        (tmp_path / mkdocs_hooks.CHART).write_text("<svg/>")
+        shown = mkdocs_hooks.on_page_markdown(page, None, config, None)
+        assert f"]({mkdocs_hooks.CHART})" in shown
+        assert mkdocs_hooks.PLACEHOLDER in (ROOT / "docs" / "bench.md").read_text()
