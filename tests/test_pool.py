@@ -18,7 +18,7 @@ import pytest
 
 import portsafe
 from _portserver import portpicker_portserver, server_name, wait_listening
-from portsafe import _server
+from portsafe import _pool, _server
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="abstract unix sockets and SO_PEERCRED")
@@ -173,7 +173,7 @@ HOLDING_CLIENT = textwrap.dedent("""
 
 SQUATTER = textwrap.dedent("""
     import os, socket, sys, portsafe
-    from portsafe import _server
+    from portsafe import _pool, _server
     portsafe.reserve_port().release()  # import everything while still root
     os.setgid(65534)
     os.setuid(65534)
@@ -257,6 +257,13 @@ class TestUntrustedServer:
             shutil.rmtree(shared, ignore_errors=True)
         assert squatted not in ports
         assert ports[0] != ports[1]
+
+    def test_trust_is_root_or_self(self):
+        """Grants are taken from servers run by root or this user only."""
+        assert _pool.trusted(0)
+        assert _pool.trusted(os.getuid())
+        assert _pool.trusted(None)  # unknown: used only if this process can lock it
+        assert not _pool.trusted(65534 if os.getuid() != 65534 else 65533)
 
 
 @pytest.mark.timeout(120)

@@ -263,6 +263,97 @@ class TestPortServerBook:
         assert server.grants() == {}
 
 
+class TestHandOver:
+    def test_take_releases_the_servers_lock_for_its_grantee(self) -> None:
+        """``take <port>`` from the grantee: the server lets go of the lock, keeps the
+        port booked (not granted again), and says ok."""
+        block = _free_block(2)
+        server = PortServer(ports=block)
+        try:
+            port = int(server.handle(b"%d" % os.getpid(), os.getpid()) or b"")
+            table = _locks.table()
+            assert table.holds(port)  # in-process server: its lock is ours
+            assert server.handle(b"take %d" % port, os.getpid()) == b"ok\n"
+            assert not table.holds(port)
+            assert server.grants() == {port: os.getpid()}
+            other = int(server.handle(b"%d" % os.getpid(), os.getpid()) or b"")
+            assert other != port  # still booked, even though nobody locks it now
+            assert server.handle(b"take %d" % port, os.getpid()) == b"ok\n"  # idempotent
+        finally:
+            server.close()
+
+    @pytest.mark.parametrize("payload", [b"take 99999x", b"take ", b"take 1"])
+    def test_take_of_what_is_not_yours_is_refused(self, payload: bytes) -> None:
+        """Garbage, or a port not granted to the sender, gets no answer."""
+        server = PortServer(ports=_free_block(1))
+        try:
+            assert server.handle(payload, os.getpid()) is None
+        finally:
+            server.close()
+
+    def test_take_from_another_process_is_refused(self) -> None:
+        """Only the grantee may take a grant over."""
+        (port,) = block = _free_block(1)
+        server = PortServer(ports=block)
+        child = _sleeper()
+        try:
+            assert server.handle(b"%d" % child.pid, child.pid) == b"%d\n" % port
+            assert server.handle(b"take %d" % port, os.getpid()) is None
+            assert server.handle(b"take %d" % port, None) is None
+            assert _locks.table().holds(port)
+        finally:
+            child.kill()
+            child.wait()
+            server.close()
+
+    def test_undelivered_grant_is_revoked(self) -> None:
+        """revoke() (what the loop calls when a reply is lost) frees the port at once,
+        unless it has changed hands since."""
+        (port,) = block = _free_block(1)
+        server = PortServer(ports=block)
+        try:
+            assert server.handle(b"%d" % os.getpid(), os.getpid()) == b"%d\n" % port
+            server.revoke(port, (os.getpid(), -1))  # another owner: not this grant
+            assert server.grants() == {port: os.getpid()}
+            server.revoke(port, server.owner(port))
+            assert server.grants() == {}
+            assert not _locks.table().holds(port)
+        finally:
+            server.close()
+
+
+class TestRequestLoop:
+    def test_reply_lost_when_the_client_left(self) -> None:
+        """A reply to a client that closed before it was written is reported lost."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(_server.unix_address(server_name()))
+        listener.listen()
+        lost: list[bytes] = []
+        answered = threading.Event()
+
+        def handler(line: bytes, _pid: int | None, _uid: int | None) -> _server.Reply:
+            answered.set()
+            return _server.Reply(b"x" * (1 << 22), on_lost=lambda: lost.append(line))
+
+        loop = _server.RequestLoop(listener, handler, max_request=32, timeout=5.0)
+        thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
+        thread.start()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(listener.getsockname())
+                client.sendall(b"123\n")
+                assert answered.wait(10)
+            for _ in range(200):
+                if lost:
+                    break
+                time.sleep(0.025)
+        finally:
+            loop.stop()
+            thread.join()
+            listener.close()
+        assert lost == [b"123"]
+
+
 @pytest.mark.timeout(120)
 class TestServe:
     def test_portpicker_clients_get_distinct_ports_and_reclaim(self, served) -> None:
