@@ -353,6 +353,33 @@ class TestRequestLoop:
             listener.close()
         assert lost == [b"123"]
 
+    def test_admit_refuses_at_accept(self) -> None:
+        """A peer that admit() refuses is closed before it sends anything, and the
+        handler never sees it."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(_server.unix_address(server_name()))
+        listener.listen()
+        seen: list[tuple[int | None, int | None]] = []
+
+        def admit(pid: int | None, uid: int | None) -> bool:
+            seen.append((pid, uid))
+            return False
+
+        loop = _server.RequestLoop(listener, lambda line, pid, uid: b"no\n", max_request=32,
+                                   timeout=5.0, admit=admit)
+        thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
+        thread.start()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(10)
+                client.connect(listener.getsockname())
+                assert client.recv(16) == b""  # closed without a reply
+        finally:
+            loop.stop()
+            thread.join()
+            listener.close()
+        assert seen[0][0] in (os.getpid(), None)
+
 
 @pytest.mark.timeout(120)
 class TestServe:

@@ -166,6 +166,9 @@ class RequestLoop:
         max_connections: Connections served at once.
         tick: Called about every *tick_interval* seconds (housekeeping).
         tick_interval: Seconds between ticks.
+        admit: ``admit(peer_pid, peer_uid) -> bool``, asked at accept, before the
+            connection costs anything: a refused peer is closed at once, so it cannot
+            fill the *max_connections* slots (e.g. another user's idle connections).
 
     Example:
         >>> import socket
@@ -178,7 +181,8 @@ class RequestLoop:
     def __init__(self, listener: socket.socket,
                  handler: Callable[[bytes, int | None, int | None], bytes | Reply | None], *,
                  max_request: int, timeout: float, max_connections: int = 128,
-                 tick: Callable[[], object] | None = None, tick_interval: float = 1.0) -> None:
+                 tick: Callable[[], object] | None = None, tick_interval: float = 1.0,
+                 admit: Callable[[int | None, int | None], bool] | None = None) -> None:
         self._listener = listener
         self._handler = handler
         self._max_request = max_request
@@ -186,6 +190,7 @@ class RequestLoop:
         self._max_connections = max_connections
         self._tick = tick
         self._tick_interval = tick_interval
+        self._admit = admit
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -265,6 +270,9 @@ class RequestLoop:
                 return
             except OSError:  # e.g. EMFILE: leave it in the backlog for now
                 return
+            if self._admit is not None and not self._admit(*peer_credentials(sock)):
+                sock.close()
+                continue
             if len(self._conns) >= self._max_connections:
                 self._drop(sel, min(self._conns, key=lambda fd: self._conns[fd].deadline))
             sock.setblocking(False)
