@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from portsafe._args import bind_error, check_backlog, check_family, resolve, shown
 from portsafe._errors import AddressNotAvailableError, InvalidSettingError
-from portsafe._who import explain_address_in_use
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 
@@ -38,14 +38,14 @@ _NAME_OK = frozenset(chr(c) for c in range(0x21, 0x7F)) - {":"}
 
 def _port_and_host(port: object) -> tuple[int, str | None]:
     if isinstance(port, bool):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {_shown(port)}")
+        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
     if isinstance(port, int):
         if not 0 <= port <= 65535:
-            raise InvalidSettingError(f"port must be in 0..65535 (0 = any), not {_shown(port)}")
+            raise InvalidSettingError(f"port must be in 0..65535 (0 = any), not {shown(port)}")
         return port, None
     number = getattr(port, "port", None)
     if not isinstance(number, int):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {_shown(port)}")
+        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
     if getattr(port, "released", False):
         raise InvalidSettingError(
             f"reservation of port {number} was already released, so another process may "
@@ -116,27 +116,27 @@ def listen(
     """
     number, reserved_host = _port_and_host(port)
     if family is not None:
-        family = _check_family(family)
+        family = check_family(family)
     if host is None:
         host = reserved_host
     if host is None:
         host = "::" if dual_stack else "::1" if family == socket.AF_INET6 else "127.0.0.1"
     if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {_shown(host)}")
+        raise TypeError(f"host must be a str, not {shown(host)}")
     if family is None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if dual_stack:
         if family != socket.AF_INET6:
             raise InvalidSettingError(
-                f"dual_stack=True needs an IPv6 host such as '::', not {_shown(host)}"
+                f"dual_stack=True needs an IPv6 host such as '::', not {shown(host)}"
             )
         if not socket.has_dualstack_ipv6():
             raise AddressNotAvailableError(
                 errno.EAFNOSUPPORT,
                 "this OS has no dual-stack sockets; call listen() once per family instead",
             )
-    backlog = _check_backlog(backlog)
-    address = _bind_address(host, number, family)
+    backlog = check_backlog(backlog)
+    address = tuple(resolve(host or None, number, family, socket.AI_PASSIVE)[0][4])
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:
@@ -155,75 +155,12 @@ def listen(
         try:
             sock.bind(address)
         except OSError as exc:
-            raise _bind_error(exc, host, number) from exc
+            raise bind_error(exc, host, number) from exc
         sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
     return sock
-
-
-def _shown(value: object) -> str:
-    """repr() that stays short, and works for ints beyond Python's 4300-digit limit."""
-    if isinstance(value, int) and not -10**15 < value < 10**15:
-        return f"an int of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _check_family(family: object) -> socket.AddressFamily:
-    if isinstance(family, bool) or not isinstance(family, int):
-        raise TypeError(f"family must be socket.AF_INET or socket.AF_INET6, not "
-                        f"{_shown(family)}")
-    if family not in (socket.AF_INET, socket.AF_INET6):
-        raise InvalidSettingError(f"family must be socket.AF_INET or socket.AF_INET6, not "
-                                  f"{_shown(family)}; listen() makes TCP sockets for IP")
-    return socket.AddressFamily(family)
-
-
-def _check_backlog(backlog: object) -> int:
-    if backlog is None:
-        return socket.SOMAXCONN
-    if isinstance(backlog, bool) or not isinstance(backlog, int):
-        raise TypeError(f"backlog must be an int, not {_shown(backlog)}")
-    if not 0 <= backlog <= 2**31 - 1:  # listen() takes a C int; the kernel caps it
-        raise InvalidSettingError(f"backlog must be in 0..{2**31 - 1}, not "
-                                  f"{_shown(backlog)}; leave it out for SOMAXCONN")
-    return backlog
-
-
-def _bind_address(host: str, port: int, family: socket.AddressFamily) -> tuple[Any, ...]:
-    if "\0" in host:  # the resolver would see only the part before it
-        raise InvalidSettingError(f"host {_shown(host)} contains a NUL character; pass an "
-                                  "address of this machine such as '127.0.0.1'")
-    try:
-        infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0,
-                                   socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise AddressNotAvailableError(
-            errno.EADDRNOTAVAIL, f"cannot use host {_shown(host)} for {family.name}: "
-            f"{exc.strerror}; pass an address of this machine such as "
-            f"{'::1' if family == socket.AF_INET6 else '127.0.0.1'!r}") from exc
-    except (UnicodeError, ValueError) as exc:  # too long for IDNA, for one
-        raise InvalidSettingError(
-            f"host {_shown(host)} is not a valid host name ({exc}); pass an address of "
-            "this machine such as '127.0.0.1'") from exc
-    return tuple(infos[0][4])
-
-
-def _bind_error(exc: OSError, host: str, port: int) -> OSError:
-    """The documented error for a failed bind, with what to do about it."""
-    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL):
-        return AddressNotAvailableError(
-            exc.errno, f"cannot bind {_shown(host)} ({exc.strerror}): it is not an "
-            "address of this machine; pass '127.0.0.1', '::1', '' (all) or another "
-            "local address")
-    if exc.errno == errno.EACCES:
-        return PermissionError(
-            errno.EACCES, f"binding port {port} on {_shown(host)} was refused "
-            f"({exc.strerror}): ports below 1024 need root or CAP_NET_BIND_SERVICE; use "
-            "port=0 or a portsafe.reserve_port() reservation")
-    return explain_address_in_use(exc, port)
 
 
 def listen_fds(*, unset_environment: bool = True) -> list[socket.socket]:

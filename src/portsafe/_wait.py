@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import collections
 import errno
-import math
 import os
 import signal
 import socket
 import time
 
-from portsafe._errors import AddressNotAvailableError, InvalidSettingError, PortsafeError
+from portsafe._args import check_timeout, resolve, shown
+from portsafe._errors import InvalidSettingError, PortsafeError
 from portsafe._who import _listening
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
@@ -105,61 +105,22 @@ def _rebuild(message: str, attributes: dict[str, Any]) -> PortNotReadyError:
     return PortNotReadyError(message, **attributes)
 
 
-def _shown(value: object) -> str:
-    """repr() that stays short, and works for ints beyond Python's 4300-digit limit."""
-    if isinstance(value, int) and not -10**15 < value < 10**15:
-        return f"an int of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _target(port: object, host: str | None) -> tuple[int, str]:
     if isinstance(port, bool):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {_shown(port)}")
+        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
     reserved_host = None if isinstance(port, int) else getattr(port, "host", None)
     number = port if isinstance(port, int) else getattr(port, "port", None)
     if not isinstance(number, int):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {_shown(port)}")
+        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
     if not 1 <= number <= 65535:
-        raise InvalidSettingError(f"port must be in 1..65535, not {_shown(number)}")
+        raise InvalidSettingError(f"port must be in 1..65535, not {shown(number)}")
     if host is None:
         host = reserved_host if isinstance(reserved_host, str) and reserved_host else None
     if host is None:
         host = "127.0.0.1"
     if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {_shown(host)}")
+        raise TypeError(f"host must be a str, not {shown(host)}")
     return number, host
-
-
-def _check_timeout(timeout: object) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {_shown(timeout)}")
-    try:
-        seconds = float(timeout)
-    except OverflowError:  # an int too big for a float: no deadline could be computed
-        seconds = math.inf
-    if not 0 <= seconds < math.inf:  # also false for nan, which would never time out
-        raise InvalidSettingError(
-            f"timeout must be a finite number of seconds >= 0, not {_shown(timeout)}; "
-            "pass e.g. timeout=10 (0 checks once)"
-        )
-    return seconds
-
-
-def _resolve(host: str, port: int) -> list[tuple[Any, ...]]:
-    if "\0" in host:  # the resolver would see only the part before it
-        raise InvalidSettingError(f"host {_shown(host)} contains a NUL character; pass "
-                                  "an address such as '127.0.0.1'")
-    try:
-        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise AddressNotAvailableError(
-            errno.EADDRNOTAVAIL, f"cannot resolve host {_shown(host)}: {exc.strerror}; "
-            "pass an address such as '127.0.0.1'") from exc
-    except (UnicodeError, ValueError) as exc:  # too long for IDNA, for one
-        raise InvalidSettingError(
-            f"host {_shown(host)} is not a valid host name ({exc}); pass an address such "
-            "as '127.0.0.1'") from exc
 
 
 def _attempt(family: int, address: tuple[Any, ...], timeout: float) -> str | None:
@@ -232,17 +193,17 @@ def wait_for_port(
         ...     portsafe.wait_for_port(sock.getsockname()[1], timeout=5)
     """
     number, host = _target(port, host)
-    timeout = _check_timeout(timeout)
+    timeout = check_timeout(timeout)
     if process is not None and not (callable(getattr(process, "poll", None))
                                     and isinstance(getattr(process, "pid", None), int)):
         raise TypeError(f"process must be a subprocess.Popen (poll() and pid), "
-                        f"not {_shown(process)}")
+                        f"not {shown(process)}")
     if passive and not os.path.exists("/proc/net/tcp"):
         raise InvalidSettingError(
             "passive=True reads /proc/net/tcp, which this OS does not have; "
             "use passive=False (a probe connection) here"
         )
-    infos = _resolve(host, number)
+    infos = resolve(host, number, 0)
     hosts = {str(info[4][0]) for info in infos}
     start = time.monotonic()
     deadline = start + timeout
