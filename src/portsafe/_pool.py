@@ -21,8 +21,8 @@ Fleets that run Google's portpicker port server (or ``portsafe serve``) name it 
 With a server, the daemonless figures of the core (10,000 reservations, release to the
 machine on ``release()``) do not apply: released ports stay granted to this process.
 
-Layering: this module uses the core's bottom layer (``_locks``, ``_probe``) and
-``_server``'s client; it never imports ``_reserve``, which imports it.
+Layering: this module uses the core's bottom layer (``_locks``, ``_probe``) and the
+port server's client (``_server_client``); it never imports ``_reserve``, which imports it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import threading
 import warnings
 
 from portsafe import _locks, _probe
-from portsafe._server import request_grant, request_handover
+from portsafe._server_client import request_grant, request_handover
 
 __all__ = ["give_back", "is_granted", "take", "trusted"]
 
