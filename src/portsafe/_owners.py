@@ -109,7 +109,8 @@ def resolve_owner(claimed: int, peer_pid: int | None) -> int | None:
     * same namespace: a live ancestor of the sender other than pid 1 (a script asking
       for its shell, ``python -m portpicker $$``). Anything else is refused: an
       unrelated process (pid 2, this server) may never exit, and its grants would never
-      come back.
+      come back. Where there is no ``/proc`` (macOS), ancestry cannot be read, so only
+      the sender itself is accepted.
 
     Args:
         claimed: The pid the client sent.
