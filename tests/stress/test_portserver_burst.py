@@ -74,49 +74,53 @@ def test_burst_of_processes_is_served_or_left_unheld(tmp_path: Path) -> None:
         server = subprocess.Popen(
             [sys.executable, "-m", "portsafe", "serve", "--address", address, "--range",
              f"{block.ports[0]}-{block.ports[-1]}"], env=env)
-        go_read, go_write = os.pipe()
-        clients: list[subprocess.Popen[str]] = []
         try:
-            _wait_listening(address, server)
-            # extend() keeps the clients started so far if one fails, for finally
-            clients.extend(subprocess.Popen(
-                [sys.executable, "-c", CLIENT, address, str(go_read)], env=env,
-                pass_fds=(go_read,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                text=True) for _ in range(CLIENTS))
-            for client in clients:
-                assert client.stdout is not None
-                assert client.stdout.readline() == "ready\n"
-            os.write(go_write, b"x" * CLIENTS)
-            got = []
-            for client in clients:
-                assert client.stdout is not None
-                got.append(json.loads(client.stdout.readline()))
-            delivered = [port for port in got if port is not None]
-            assert len(delivered) == len(set(delivered)), "one port delivered twice"
-            held: set[int] = set()
-            for _ in range(100):  # requests of clients that gave up may still be queued
-                held = _held_by(env, server.pid)
-                if held == set(delivered):
-                    break
-                time.sleep(0.1)
-            assert held == set(delivered), "grants held for nobody, or not held at all"
-            assert delivered, "the server served nobody"
-        finally:
-            for client in clients:
-                for stream in (client.stdin, client.stdout):
-                    if stream is not None:
-                        stream.close()
-            for client in clients:
-                client.wait(timeout=60)
-            os.close(go_read)
-            os.close(go_write)
-        try:
-            for _ in range(100):  # reclaimed once a second after the owners exit
-                held = _held_by(env, server.pid)
-                if not held:
-                    break
-                time.sleep(0.1)
-            assert held == set(), "grants of exited processes were not reclaimed"
+            _burst(address, server, env)
         finally:
             server.kill()
             server.wait(timeout=30)
+
+
+def _burst(address: str, server: subprocess.Popen[bytes], env: dict[str, str]) -> None:
+    go_read, go_write = os.pipe()
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        _wait_listening(address, server)
+        # extend() keeps the clients started so far if one fails, for finally
+        clients.extend(subprocess.Popen(
+            [sys.executable, "-c", CLIENT, address, str(go_read)], env=env,
+            pass_fds=(go_read,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True) for _ in range(CLIENTS))
+        for client in clients:
+            assert client.stdout is not None
+            assert client.stdout.readline() == "ready\n"
+        os.write(go_write, b"x" * CLIENTS)
+        got = []
+        for client in clients:
+            assert client.stdout is not None
+            got.append(json.loads(client.stdout.readline()))
+        delivered = [port for port in got if port is not None]
+        assert len(delivered) == len(set(delivered)), "one port delivered twice"
+        held: set[int] = set()
+        for _ in range(100):  # requests of clients that gave up may still be queued
+            held = _held_by(env, server.pid)
+            if held == set(delivered):
+                break
+            time.sleep(0.1)
+        assert held == set(delivered), "grants held for nobody, or not held at all"
+        assert delivered, "the server served nobody"
+    finally:
+        for client in clients:
+            for stream in (client.stdin, client.stdout):
+                if stream is not None:
+                    stream.close()
+        for client in clients:
+            client.wait(timeout=60)
+        os.close(go_read)
+        os.close(go_write)
+    for _ in range(100):  # reclaimed once a second after the owners exit
+        held = _held_by(env, server.pid)
+        if not held:
+            break
+        time.sleep(0.1)
+    assert held == set(), "grants of exited processes were not reclaimed"
