@@ -38,7 +38,7 @@ from portsafe import _locks, _settings  # noqa: E402
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-FAST = settings(max_examples=150, deadline=None, database=None,
+FAST = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 #: Wrong types and odd values for any argument.
@@ -225,7 +225,7 @@ class TestWait:
 
 
 class TestRanges:
-    @FAST
+    @settings(FAST, max_examples=25)
     @given(args=st.lists(JUNK, max_size=2))
     def test_ephemeral_port_range(self, args: list[object]) -> None:
         """ephemeral_port_range takes no arguments and returns an ordered pair."""
