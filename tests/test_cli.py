@@ -15,7 +15,7 @@ import pytest
 
 import portsafe
 from portsafe import _server
-from portsafe._cli import substitute
+from portsafe._cli_run import substitute
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX command line"),
     pytest.mark.timeout(120),
 ]
-VERBS = ["reserve", "release", "run", "list", "who", "ranges", "serve"]
+VERBS = ["reserve", "release", "run", "list", "who", "ranges", "doctor", "serve"]
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ class TestHelp:
                 "print(sorted(m for m in sys.modules if m.startswith('portsafe.')))")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=60, check=True)
-        assert done.stdout.strip().endswith("['portsafe._cli']")
+        assert done.stdout.strip().endswith("['portsafe._cli', 'portsafe._cli_parsers']")
 
     def test_usage_errors_exit_2(self) -> None:
         """Bad arguments exit 2 with argparse's message."""
@@ -159,13 +159,14 @@ class TestReserve:
         assert done.returncode == 2
         assert "PORTSAFE_RANGE" in done.stderr
 
-    def test_falls_back_when_no_keeper_can_start(self, env) -> None:
-        """If the keeper cannot start, the port is printed with a warning (exit 0)."""
-        done = portsafe_cli(env=dict(env, PORTSAFE_KEEPER_IDLE="not-a-number"))
-        assert done.returncode == 0
-        assert 1 <= int(done.stdout) <= 65535
-        assert "not held after this command exits" in done.stderr
-        assert "portsafe run" in done.stderr
+    def test_bad_keeper_idle_is_a_clean_usage_error(self, env) -> None:
+        """PORTSAFE_KEEPER_IDLE=garbage: exit 2 naming the setting, no port, no traceback."""
+        for args in ((), ("-n", "2")):
+            done = portsafe_cli(*args, env=dict(env, PORTSAFE_KEEPER_IDLE="garbage"))
+            assert done.returncode == 2, done.stderr
+            assert done.stdout == ""
+            assert "PORTSAFE_KEEPER_IDLE='garbage'" in done.stderr
+            assert "Traceback" not in done.stderr
 
 
 class TestRun:
@@ -219,7 +220,7 @@ class TestRun:
     def test_signal_during_spawn_is_not_lost(self, inherited) -> None:
         """A signal that arrives while the child is being started still reaches it,
         even when this process inherited "ignore" for it (as under some CI runners)."""
-        from portsafe import _cli
+        from portsafe import _cli_run
 
         previous = signal.signal(signal.SIGHUP, inherited)
         try:
@@ -227,7 +228,7 @@ class TestRun:
                 os.kill(os.getpid(), signal.SIGHUP)  # arrives before the child exists
                 return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
-            code = _cli._run_forwarding_signals(start)
+            code = _cli_run.run_forwarding_signals(start)
         finally:
             signal.signal(signal.SIGHUP, previous)
         assert code == -signal.SIGHUP

@@ -1,0 +1,419 @@
+"""Talking to the lease keeper, and starting it: the client half, kept cheap to import.
+
+``PORT=$(portsafe)`` runs this module and nothing heavier: raw ``_socket`` (not the
+``socket`` module, whose enum set-up costs more than the whole exchange), no
+``subprocess``, no ``json`` until a reply arrives.
+
+Finding the keeper (Linux): the abstract names ``@portsafe-keeper-<uid>-<hash>-<i>``,
+``i`` = 0..7, are tried in order. Abstract names carry no permissions, so a name held
+by another user (``SO_PEERCRED`` of the listener) is skipped: a squatter costs one name,
+and taking all of them makes ``portsafe`` fail loudly instead of printing an unheld port.
+Elsewhere the keeper listens on one socket in a ``0700`` directory of the user's.
+
+Starting it: the client *binds and listens on the free name itself*, then hands the
+listening socket to a detached keeper it starts (double fork, ``exec``). Binding is the
+lock: of 200 clients starting at once, one wins and starts one keeper; the others'
+connections wait in that socket's backlog until the keeper answers. A keeper that
+stops (idle, killed) between a client's connect and its reply costs a retry.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import os
+import sys
+
+from portsafe._errors import PortsafeError
+
+__all__ = [
+    "DEFAULT_IDLE",
+    "PROTOCOL",
+    "KeeperError",
+    "KeeperNotRunningError",
+    "call",
+    "keeper_address",
+    "keeper_addresses",
+]
+
+# Part of the address: a keeper speaking another protocol (another portsafe version)
+# is never asked.
+PROTOCOL = 2
+DEFAULT_IDLE = 30.0
+NAMES = 8  # abstract names tried before giving up on squatters
+MAX_REPLY = 1 << 20
+_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
+_CONFIG_VARS = ("PORTSAFE_LOCK_DIR", "PORTSAFE_RANGE", "PORTSAFE_EXCLUDE")
+_LINUX = sys.platform.startswith("linux")
+
+
+class KeeperError(PortsafeError, OSError):
+    """Raised when the lease keeper cannot be reached, started or trusted.
+
+    ``portsafe reserve`` then exits 4 with this message (nothing would hold the port);
+    ``portsafe run`` and ``--lease 0`` need no keeper.
+
+    Example:
+        >>> import portsafe._keeper_client as kc
+        >>> str(kc.KeeperError("the keeper is gone"))
+        'the keeper is gone'
+    """
+
+
+class KeeperNotRunningError(KeeperError):
+    """Raised by :func:`call` with ``start=False`` when no keeper is running.
+
+    Example:
+        >>> import portsafe._keeper_client as kc
+        >>> issubclass(kc.KeeperNotRunningError, kc.KeeperError)
+        True
+    """
+
+
+def _config_hash() -> str:
+    from portsafe import _settings
+
+    # The normalised directory: "/x/" and "/x" are one keeper; a relative setting raises.
+    settings = [str(PROTOCOL), _settings.lock_dir() if _settings.lock_dir_is_explicit() else ""]
+    settings += [os.environ.get(name, "") for name in _CONFIG_VARS[1:]]
+    blob = "\0".join(settings).encode(errors="surrogateescape")
+    try:  # the bare C module: hashlib would load OpenSSL, a few ms
+        from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found]  # 3.10-3.11
+        except ImportError:  # pragma: no cover - a build without the builtin module
+            from hashlib import sha256
+    return str(sha256(blob).hexdigest()[:12])
+
+
+def _private_dir() -> str:
+    """The user's ``0700`` directory for the keeper's path socket (non-Linux)."""
+    import contextlib
+    import stat
+
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"  # noqa: S108 - checked below
+    path = os.path.join(base, f"portsafe-keeper-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise KeeperError(
+            f"{path} must be a directory owned by you with mode 0700 (found mode "
+            f"{stat.filemode(st.st_mode)}, owner uid {st.st_uid}); remove it and retry"
+        )
+    return path
+
+
+def keeper_addresses() -> list[str]:
+    """Return the addresses this user's keeper may listen on, in the order tried.
+
+    Returns:
+        ``@portsafe-keeper-<uid>-<hash>-<i>`` for i in 0..7 on Linux, else one path in a
+        private directory.
+
+    Raises:
+        KeeperError: The private directory is unsafe (not ours, or not 0700).
+        portsafe.InvalidSettingError: ``PORTSAFE_LOCK_DIR`` is relative.
+
+    Example:
+        >>> len(keeper_addresses()) >= 1
+        True
+    """
+    if _LINUX:
+        base = f"@portsafe-keeper-{os.getuid()}-{_config_hash()}"
+        return [f"{base}-{i}" for i in range(NAMES)]
+    return [os.path.join(_private_dir(), f"{_config_hash()}.sock")]
+
+
+def keeper_address() -> str:
+    """Return the first address this user's keeper is looked for at.
+
+    Example:
+        >>> keeper_address().startswith(("@portsafe-keeper-", "/"))
+        True
+    """
+    return keeper_addresses()[0]
+
+
+def _raw(address: str) -> str:
+    return "\0" + address[1:] if address.startswith("@") else address
+
+
+def _peer(sock: _socket.socket) -> tuple[int | None, int | None]:
+    option = getattr(_socket, "SO_PEERCRED", None)
+    if option is None:  # pragma: no cover - macOS: the directory's mode protects us
+        return None, None
+    raw = sock.getsockopt(_socket.SOL_SOCKET, option, 12)
+    return (int.from_bytes(raw[0:4], sys.byteorder, signed=True) or None,
+            int.from_bytes(raw[4:8], sys.byteorder, signed=True))
+
+
+class _SquattedError(Exception):
+    def __init__(self, pid: int | None, uid: int) -> None:
+        super().__init__(pid, uid)
+        self.pid, self.uid = pid, uid
+
+
+def _connect(address: str, timeout: float) -> _socket.socket:
+    """A connection to our own keeper at *address*; _SquattedError if another user's."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(_raw(address))
+        _check_owner(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _check_owner(sock: _socket.socket) -> None:
+    pid, uid = _peer(sock)
+    if uid is not None and uid != os.getuid():
+        raise _SquattedError(pid, uid)
+
+
+def _exchange(sock: _socket.socket, request: bytes) -> bytes:
+    try:
+        sock.sendall(request)
+        data = b""
+        while not data.endswith(b"\n") and len(data) < MAX_REPLY:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    return data
+
+
+def _decode(data: bytes, address: str) -> dict[str, object]:
+    import json
+
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        # Empty: the keeper stopped (idle) or died between our connect and its answer.
+        raise ConnectionResetError(errno.ECONNRESET, f"the keeper at {address} sent no answer")
+    return reply
+
+
+def _settings_check() -> None:
+    """Fail on a bad PORTSAFE_KEEPER_IDLE here, with exit 2, not in a detached keeper."""
+    from portsafe import _settings
+
+    _settings.keeper_idle(DEFAULT_IDLE)
+
+
+def call(request: dict[str, object], *, start: bool = True,
+         timeout: float = 10.0) -> dict[str, object]:
+    """Send one request to this user's keeper, starting it first if needed.
+
+    Args:
+        request: The JSON request (``{"op": "reserve" | "release" | "list" | "ping", ...}``).
+        start: Start a keeper if none is running.
+        timeout: Seconds for the whole call, start included.
+
+    Returns:
+        The keeper's JSON reply; ``reply["ok"]`` says whether it succeeded.
+
+    Raises:
+        KeeperNotRunningError: No keeper runs and *start* is false.
+        KeeperError: The keeper could not be started, reached or trusted.
+        portsafe.InvalidSettingError: ``PORTSAFE_KEEPER_IDLE`` or ``PORTSAFE_LOCK_DIR``
+            is bad.
+
+    Example:
+        >>> call({"op": "ping"})["ok"]  # doctest: +SKIP
+        True
+    """
+    import json
+
+    line = (json.dumps(request) + "\n").encode()
+    return _call(line, start=start, timeout=timeout)
+
+
+def _call(line: bytes, *, start: bool, timeout: float) -> dict[str, object]:
+    import time
+
+    addresses = keeper_addresses()
+    deadline = time.monotonic() + timeout
+    squatters: list[_SquattedError] = []
+    last: OSError | None = None
+    started = 0
+    delay = 0.005
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        free: str | None = None
+        squatters.clear()
+        for address in addresses:
+            try:
+                sock = _connect(address, left)
+            except _SquattedError as exc:
+                squatters.append(exc)
+                continue
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                free = free or address
+                last = exc
+                continue
+            except OSError as exc:  # a full backlog timed out, ...
+                last = exc
+                break
+            try:
+                return _decode(_exchange(sock, line), address)
+            except OSError as exc:  # it stopped meanwhile: look again
+                last = exc
+                break
+        else:
+            if free is None:
+                raise _squatted_error(squatters)
+            if not start:
+                raise KeeperNotRunningError(errno.ECONNREFUSED, "no lease keeper is running")
+            if started >= 3:  # each start failed: give up with the last reason
+                break
+            try:
+                if _start(free, deadline - time.monotonic()):
+                    started += 1
+                    continue
+            except KeeperError as exc:
+                started += 1
+                last = exc
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    if started >= 3:
+        raise KeeperError(errno.ECHILD, f"could not start the lease keeper (3 tries): {last}")
+    raise KeeperError(errno.ETIMEDOUT, f"the lease keeper did not answer in {timeout:g} s"
+                      f" (last error: {last})")
+
+
+def _squatted_error(squatters: list[_SquattedError]) -> KeeperError:
+    who = ", ".join(sorted({f"pid {s.pid} of uid {s.uid}" for s in squatters}))
+    return KeeperError(
+        errno.EADDRINUSE,
+        f"every lease keeper address of yours is held by another user ({who}); ask them "
+        "to stop, or ask an administrator",
+    )
+
+
+def _start(address: str, timeout: float) -> bool:
+    """Claim *address* and start a keeper on it; False if someone else claimed it first."""
+    _settings_check()
+    if not hasattr(os, "fork"):  # pragma: no cover - Windows
+        raise KeeperError(errno.ENOSYS, "no lease keeper on this OS")
+    listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        if not _bind(listener, address):
+            return False
+        listener.listen(_BACKLOG)
+        _spawn(listener.fileno(), timeout)
+    finally:
+        listener.close()  # the keeper has its own copy
+    return True
+
+
+def _bind(listener: _socket.socket, address: str) -> bool:
+    raw = _raw(address)
+    try:
+        listener.bind(raw)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise KeeperError(exc.errno, f"cannot listen on {address}: {exc}") from None
+        if address.startswith("@"):
+            return False  # another client is starting a keeper there
+        return _replace_stale(listener, raw)
+    if not address.startswith("@"):
+        os.chmod(raw, 0o600)
+    return True
+
+
+def _replace_stale(listener: _socket.socket, path: str) -> bool:
+    """A path socket left by a killed keeper: replace it, one client at a time."""
+    import fcntl
+
+    guard = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            return False  # alive: use it
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        try:
+            os.unlink(path)
+            listener.bind(path)
+        except OSError:
+            return False
+        os.chmod(path, 0o600)
+        return True
+    finally:
+        os.close(guard)
+
+
+def _spawn(listen_fd: int, timeout: float) -> None:
+    """Start ``python -m portsafe._keeper`` detached, serving *listen_fd*; wait until it
+    reports ready (or why it could not start)."""
+    # The keeper runs in "/" (it must not pin the caller's directory), so a relative
+    # sys.path entry would not find this very portsafe: name its directory explicitly.
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    status_r, status_w = os.pipe()
+    argv = [sys.executable, "-m", "portsafe._keeper", "--fd", str(listen_fd),
+            "--status-fd", str(status_w)]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which execs or _exits
+        try:
+            os.close(status_r)
+            if os.fork() != 0:  # the keeper is reparented, never the caller's zombie
+                os._exit(0)
+            os.setsid()  # no terminal, no process group of the caller's
+            os.chdir("/")
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            keep = sorted({listen_fd, status_w})
+            # Close every other descriptor: an inherited pipe held open by a daemon
+            # would keep `$(...)` or a test harness waiting for EOF.
+            low = 3
+            for fd in keep:
+                os.closerange(low, fd)
+                os.set_inheritable(fd, True)
+                low = fd + 1
+            os.closerange(low, 1 << 16)
+            os.execve(sys.executable, argv, env)  # noqa: S606 - no shell wanted
+        except BaseException as exc:  # noqa: BLE001 - report, then leave at once
+            try:
+                os.write(status_w, f"cannot start the lease keeper: {exc}".encode())
+            finally:
+                os._exit(127)
+    os.close(status_w)
+    try:
+        os.waitpid(pid, 0)  # the intermediate child, gone at once
+        message = _read_status(status_r, timeout)
+    finally:
+        os.close(status_r)
+    if message != b"ok":
+        text = message.decode(errors="replace") or "the lease keeper died while starting"
+        raise KeeperError(errno.ECHILD, text)
+
+
+def _read_status(fd: int, timeout: float) -> bytes:
+    import select
+
+    data = b""
+    while True:
+        ready, _w, _x = select.select([fd], [], [], max(timeout, 0.1))
+        if not ready:
+            return data or b"the lease keeper did not report ready in time"
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data
+        data += chunk
