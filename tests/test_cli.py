@@ -320,3 +320,116 @@ class TestServeVerb:
             holder.close()
         assert done.returncode == 4
         assert address in done.stderr
+
+
+class TestRoughEdges:
+    """What a new user hits first: typos, several ports, foreign addresses, plurals."""
+
+    def test_mistyped_verb_suggests_the_right_one(self, env) -> None:
+        """`portsafe lsit` is not read as arguments to reserve: exit 2, did you mean."""
+        done = portsafe_cli("lsit", env=env)
+        assert done.returncode == 2
+        assert "unknown verb 'lsit'; did you mean 'list'?" in done.stderr
+        assert done.stdout == ""
+        other = portsafe_cli("frobnicate", env=env)
+        assert other.returncode == 2
+        assert "unknown verb 'frobnicate'" in other.stderr
+        assert "reserve" in other.stderr  # lists the verbs
+
+    def test_who_takes_several_ports(self, env) -> None:
+        """`portsafe who 8080 8081` answers for each port; --json gives a list."""
+        first, second = (int(p) for p in portsafe_cli("-n", "2", env=env).stdout.split())
+        done = portsafe_cli("who", str(first), str(second), env=env)
+        assert done.returncode == 0, done.stderr
+        assert f"port {first}: reserved by pid" in done.stdout
+        assert f"port {second}: reserved by pid" in done.stdout
+        infos = json.loads(portsafe_cli("who", str(first), str(second), "--json",
+                                        env=env).stdout)
+        assert [info["port"] for info in infos] == [first, second]
+
+    def test_an_address_not_of_this_machine_is_a_usage_error(self, env) -> None:
+        """--host 192.0.2.1 (TEST-NET; bind fails locally with EADDRNOTAVAIL, nothing is
+        sent) exits 2, with and without the keeper."""
+        for args in (("--lease", "0"), (), ("run", "--", "true")):
+            done = portsafe_cli(*args[:1], "--host", "192.0.2.1", *args[1:], env=env) \
+                if args[:1] == ("run",) else portsafe_cli("--host", "192.0.2.1", *args, env=env)
+            assert done.returncode == 2, (args, done.stderr)
+            assert "192.0.2.1" in done.stderr
+            assert done.stdout == ""
+
+    def test_too_many_ports_names_cli_flags(self, env) -> None:
+        """More ports than candidates: the message names -n and --range, not ports=."""
+        for lease in ("0", "60"):
+            done = portsafe_cli("-n", "3", "--range", "23400-23401", "--lease", lease, env=env)
+            assert done.returncode == 3, done.stderr
+            assert "cannot reserve 3 ports: there are only 2 candidate ports" in done.stderr
+            assert "--range" in done.stderr
+            assert "ports=" not in done.stderr
+        huge = portsafe_cli("-n", "100000", env=env)
+        assert huge.returncode == 2
+        assert "-n" in huge.stderr
+        assert "ports=" not in huge.stderr
+
+    def test_one_port_is_singular(self, env) -> None:
+        """No "no 1 free ports", no "only 1 were reserved"."""
+        port = int(portsafe_cli("--range", "23450-23499", env=env).stdout)
+        done = portsafe_cli("--range", f"{port}-{port}", "--lease", "0", env=env)
+        assert done.returncode == 3
+        assert "1 free ports" not in done.stderr
+        assert "1 candidate ports" not in done.stderr
+        assert "ports=" not in done.stderr
+        assert "no free port among 1 candidate port (--range" in done.stderr
+        run = portsafe_cli("run", "--", "echo", "{port1}", env=env)
+        assert run.returncode == 2
+        assert "only 1 port was reserved" in run.stderr
+
+    def test_ranges_text_has_no_python_reprs(self, env) -> None:
+        """`portsafe ranges` is text for people: no None, no dict or list reprs."""
+        text = portsafe_cli("ranges", env=env).stdout
+        assert "None" not in text
+        assert "{'" not in text
+        assert "[[" not in text
+        assert "ephemeral:" in text
+
+    def test_public_names_in_tracebacks(self) -> None:
+        """Errors show portsafe.NoFreePortError, not the private module path; they still
+        pickle."""
+        import pickle
+
+        code = "import portsafe; raise portsafe.NoFreePortError('x')"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert "portsafe.NoFreePortError: [Errno 98] x" in done.stderr
+        assert "portsafe._errors" not in done.stderr
+        for cls in (portsafe.AddressInUseError, portsafe.Holder, portsafe.LockDirError,
+                    portsafe.InvalidSettingError, portsafe.PortsafeError):
+            assert cls.__module__ == "portsafe"
+        exc = portsafe.AddressInUseError("busy", port=5)
+        assert pickle.loads(pickle.dumps(exc)).port == 5
+        assert repr(portsafe.Holder(1, None, "LISTEN", "::", 2, socket.AF_INET6,
+                                    socket.SOCK_STREAM)).startswith("Holder(")
+
+
+class TestPipes:
+    @pytest.mark.parametrize("verb", [["ranges", "--json"], ["ranges"], ["doctor", "--json"],
+                                      ["--help"]])
+    def test_reader_closing_early_is_not_an_error(self, env, verb: list[str]) -> None:
+        """`portsafe ranges --json | head -c 10`: exit 0 and no traceback, every time."""
+        command = " ".join([f'"{sys.executable}"', "-m", "portsafe", *verb])
+        for _ in range(10):
+            done = subprocess.run(["sh", "-c", f"{command} | head -c 10 >/dev/null; "
+                                   'echo "status=$(kill -0 $$ && echo ok)"'],
+                                  env=env, capture_output=True, text=True, timeout=60,
+                                  check=False)
+            assert "Traceback" not in done.stderr
+            assert "Broken pipe" not in done.stderr
+        # The exit status itself, without a shell between:
+        for _ in range(10):
+            proc = subprocess.Popen([sys.executable, "-m", "portsafe", *verb], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert proc.stdout is not None and proc.stderr is not None
+            proc.stdout.read(10)
+            proc.stdout.close()
+            assert proc.wait(timeout=60) == 0
+            assert b"Traceback" not in proc.stderr.read()
+            proc.stderr.close()

@@ -194,9 +194,13 @@ def no_free_port_message(message: str, n: int, candidates: object) -> str:
         return (f"cannot reserve {plural(n, 'port')}: there are only "
                 f"{plural(candidates, 'candidate port')}; ask for fewer with -n, or pick "
                 "from a wider range with --range LO-HI (or PORTSAFE_RANGE)")
-    return (message.replace("no 1 free ports", "no free port")
-            .replace("no 1 contiguous free ports", "no free port")
-            .replace("(ports=..., PORTSAFE_RANGE)", "(--range LO-HI, or PORTSAFE_RANGE)"))
+    import re
+
+    # The core speaks Python (ports=...); this is the command line (--range LO-HI).
+    message = message.replace("(ports=..., PORTSAFE_RANGE)", "(--range LO-HI, or "
+                              "PORTSAFE_RANGE)").replace("(ports=", "(--range ")
+    message = re.sub(r"\bno 1 (contiguous )?free ports\b", "no free port", message)
+    return re.sub(r"\b1 (candidate port|port)s\b", r"1 \1", message)
 
 
 # --- reserve / release -----------------------------------------------------------------

@@ -43,7 +43,6 @@ DEFAULT_IDLE = 30.0
 NAMES = 8  # abstract names tried before giving up on squatters
 MAX_REPLY = 1 << 20
 _BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
-_CONFIG_VARS = ("PORTSAFE_LOCK_DIR", "PORTSAFE_RANGE", "PORTSAFE_EXCLUDE")
 _LINUX = sys.platform.startswith("linux")
 
 
@@ -73,9 +72,10 @@ class KeeperNotRunningError(KeeperError):
 def _config_hash() -> str:
     from portsafe import _settings
 
-    # The normalised directory: "/x/" and "/x" are one keeper; a relative setting raises.
+    # The lock directory normalised ("/x/" and "/x" are one keeper; a relative one
+    # raises); the ranges as written (the keeper validates them when it reserves).
     settings = [str(PROTOCOL), _settings.lock_dir() if _settings.lock_dir_is_explicit() else ""]
-    settings += [os.environ.get(name, "") for name in _CONFIG_VARS[1:]]
+    settings += [_settings.getenv(name) for name in (_settings.RANGE, _settings.EXCLUDE)]
     blob = "\0".join(settings).encode(errors="surrogateescape")
     try:  # the bare C module: hashlib would load OpenSSL, a few ms
         from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
@@ -188,7 +188,17 @@ def _exchange(sock: _socket.socket, request: bytes) -> bytes:
     return data
 
 
+_FAST_PREFIX = b'{"ok": true, "ports": ['
+
+
 def _decode(data: bytes, address: str) -> dict[str, object]:
+    if data.startswith(_FAST_PREFIX):
+        # The common answer, read without importing json (the keeper writes it so).
+        ports, sep, rest = data[len(_FAST_PREFIX):].partition(b"]")
+        pid = rest.partition(b'"pid": ')[2].partition(b",")[0]
+        if sep and pid.isdigit() and ports.replace(b", ", b"").isdigit():
+            return {"ok": True, "ports": [int(p) for p in ports.split(b", ")],
+                    "pid": int(pid)}
     import json
 
     try:
