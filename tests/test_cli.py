@@ -350,9 +350,9 @@ class TestRoughEdges:
     def test_an_address_not_of_this_machine_is_a_usage_error(self, env) -> None:
         """--host 192.0.2.1 (TEST-NET; bind fails locally with EADDRNOTAVAIL, nothing is
         sent) exits 2, with and without the keeper."""
-        for args in (("--lease", "0"), (), ("run", "--", "true")):
-            done = portsafe_cli(*args[:1], "--host", "192.0.2.1", *args[1:], env=env) \
-                if args[:1] == ("run",) else portsafe_cli("--host", "192.0.2.1", *args, env=env)
+        for args in (["--host", "192.0.2.1", "--lease", "0"], ["--host", "192.0.2.1"],
+                     ["run", "--host", "192.0.2.1", "--", "true"]):
+            done = portsafe_cli(*args, env=env)
             assert done.returncode == 2, (args, done.stderr)
             assert "192.0.2.1" in done.stderr
             assert done.stdout == ""
@@ -417,8 +417,7 @@ class TestPipes:
         """`portsafe ranges --json | head -c 10`: exit 0 and no traceback, every time."""
         command = " ".join([f'"{sys.executable}"', "-m", "portsafe", *verb])
         for _ in range(10):
-            done = subprocess.run(["sh", "-c", f"{command} | head -c 10 >/dev/null; "
-                                   'echo "status=$(kill -0 $$ && echo ok)"'],
+            done = subprocess.run(["sh", "-c", f"{command} | head -c 10 >/dev/null"],
                                   env=env, capture_output=True, text=True, timeout=60,
                                   check=False)
             assert "Traceback" not in done.stderr
@@ -427,7 +426,8 @@ class TestPipes:
         for _ in range(10):
             proc = subprocess.Popen([sys.executable, "-m", "portsafe", *verb], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout is not None
+            assert proc.stderr is not None
             proc.stdout.read(10)
             proc.stdout.close()
             assert proc.wait(timeout=60) == 0
