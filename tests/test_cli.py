@@ -433,3 +433,80 @@ class TestPipes:
             assert proc.wait(timeout=60) == 0
             assert b"Traceback" not in proc.stderr.read()
             proc.stderr.close()
+
+
+_STAND_INS = {
+    # ./server --port N: a real HTTP server; its pid in server.pid (exec keeps the pid).
+    "server": '#!/bin/sh\necho $$ > server.pid\nexec "{python}" -m http.server "$2" '
+              "--bind 127.0.0.1 >/dev/null 2>&1\n",
+    # ./wait-for HOST:PORT, ./client --port N, ./tests --server URL
+    "wait-for": '#!/bin/sh\nexec "{python}" -c "import socket, sys, time\n'
+                "host, port = sys.argv[1].rsplit(':', 1)\n"
+                "for _ in range(400):\n"
+                "    try:\n"
+                "        socket.create_connection((host, int(port)), 1).close(); break\n"
+                "    except OSError: time.sleep(0.025)\n"
+                'else: sys.exit(1)" "$1"\n',
+    "client": '#!/bin/sh\n./wait-for "127.0.0.1:$2" && exec "{python}" -c "import '
+              "http.client, sys\nc = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]),"
+              " timeout=10)\nc.request('GET', '/')\n"
+              'sys.exit(0 if c.getresponse().status == 200 else 1)" "$2"\n',
+    "tests": '#!/bin/sh\nport=${2##*:}\n./client --port "$port" || exit 1\n'
+             'exit "${TESTS_EXIT:-0}"\n',
+}
+
+
+def _docs_makefile() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    return text.split("```make\n", 1)[1].split("```", 1)[0]
+
+
+def _recipe_as_sh(makefile: str, target: str) -> str:
+    """The recipe of *target*, as make would hand it to /bin/sh (where make is missing)."""
+    lines = makefile.split(f"\n{target}:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    body = "\n".join(line[1:] for line in lines if line.startswith("\t"))
+    return body.replace("\\\n", "").replace("$$", "$")
+
+
+class TestDocs:
+    @pytest.mark.parametrize("target", ["integration", "e2e"])
+    @pytest.mark.parametrize("tests_exit", [0, 3])
+    def test_makefile_recipes_stop_the_server_and_pass_the_exit_on(
+            self, env, tmp_path: Path, target: str, tests_exit: int) -> None:
+        """docs/cli.md's Makefile, run by make (or /bin/sh, dash here): the server is gone
+        afterwards and the recipe fails exactly when the tests fail."""
+        import shutil
+
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        wrapper = bin_dir / "portsafe"
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m portsafe "$@"\n')
+        wrapper.chmod(0o755)
+        for name, script in _STAND_INS.items():
+            path = tmp_path / name
+            path.write_text(script.replace("{python}", sys.executable))
+            path.chmod(0o755)
+        makefile = _docs_makefile()
+        if target == "integration":  # `./tests` stands for the failing part here
+            makefile = makefile.replace('./client --port "$$PORTSAFE_PORT";',
+                                        './tests --server "127.0.0.1:$$PORTSAFE_PORT";')
+        (tmp_path / "Makefile").write_text(makefile)
+        run_env = dict(env, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+                       TESTS_EXIT=str(tests_exit))
+        if shutil.which("make"):
+            command = ["make", "-s", target]
+        else:
+            command = ["/bin/sh", "-c", _recipe_as_sh(makefile, target)]
+        done = subprocess.run(command, cwd=tmp_path, env=run_env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert (done.returncode == 0) == (tests_exit == 0), done.stderr
+        server = int((tmp_path / "server.pid").read_text())
+        for _ in range(800):
+            if _server.process_identity(server) is None:
+                break
+            time.sleep(0.025)
+        else:
+            os.kill(server, signal.SIGKILL)
+            pytest.fail(f"the recipe left its server (pid {server}) running")
