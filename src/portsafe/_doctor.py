@@ -27,6 +27,7 @@ _NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph",
                "lustre", "afs", "sshfs")
 _TMPFILES_DIRS = ("/etc/tmpfiles.d", "/run/tmpfiles.d", "/usr/local/lib/tmpfiles.d",
                   "/usr/lib/tmpfiles.d", "/lib/tmpfiles.d")
+_CRON_CLEANERS = ("/etc/cron.daily/tmpreaper", "/etc/cron.daily/tmpwatch")
 _SHARD_PREFIX = "ports-"
 
 
@@ -258,8 +259,7 @@ def check_tmp_cleaner(path: str | None = None) -> CheckResult:
     name = "lock_dir.tmp_cleaner"
     where = os.path.abspath(_lock_dir(path))
     cleaning, excluded = _tmpfiles_rules(where)
-    cron = [p for p in ("/etc/cron.daily/tmpreaper", "/etc/cron.daily/tmpwatch")
-            if os.path.exists(p)]
+    cron = [p for p in _CRON_CLEANERS if os.path.exists(p)]
     if excluded and not cron:
         return CheckResult(name, True, f"excluded from systemd-tmpfiles cleaning ({excluded[0]})")
     if not cleaning and not cron:
@@ -297,11 +297,20 @@ def _mount_of(where: str) -> tuple[str, str]:
 
 
 def _probe_dir(where: str) -> str | None:
-    """A directory on the lock directory's file system where a probe file may go."""
-    for candidate in (where, os.path.dirname(where)):
-        if os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
-            return candidate
-    return None
+    """A directory on the lock directory's file system where a probe file may go: its
+    parent if on the same file system (the shared directory itself is left alone), else
+    the directory."""
+    def usable(path: str) -> bool:
+        return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+    parent = os.path.dirname(where) or "/"
+    try:
+        same = os.stat(parent).st_dev == os.stat(where).st_dev
+    except OSError:
+        same = True  # no directory yet: it will be created in the parent
+    if same and usable(parent):
+        return parent
+    return where if usable(where) else None
 
 
 def _lockf(fd: int, kind: int, start: int, *, query: bool = False) -> int | None:
