@@ -89,6 +89,22 @@ class TestHelp:
                               timeout=60, check=True)
         assert done.stdout.strip().endswith("['portsafe._cli', 'portsafe._cli_parsers']")
 
+    def test_bare_call_imports_only_the_keeper_client(self, env) -> None:
+        """`portsafe` alone (the `PORT=$(portsafe)` case) loads no argparse, json, socket
+        or subprocess, and no portsafe module but the keeper's client: its cost is
+        interpreter start-up plus one round trip."""
+        assert portsafe_cli(env=env).returncode == 0  # a keeper is running now
+        code = ("import sys; from portsafe._cli import main; sys.argv[1:] = []; "
+                "import io, contextlib\n"
+                "with contextlib.redirect_stdout(io.StringIO()): code = main()\n"
+                "print(code, sorted(m for m in sys.modules if m.startswith('portsafe')), "
+                "[m for m in ('argparse', 'json', 'socket', 'subprocess', 'hashlib') "
+                "if m in sys.modules])")
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60, check=True)
+        assert done.stdout.strip() == ("0 ['portsafe', 'portsafe._cli', 'portsafe._errors', "
+                                       "'portsafe._keeper_client', 'portsafe._settings'] []")
+
     def test_usage_errors_exit_2(self) -> None:
         """Bad arguments exit 2 with argparse's message."""
         for args in (["--range", "9-1"], ["-n", "0"], ["who", "70000"], ["--lease", "x"]):
