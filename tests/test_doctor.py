@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from portsafe import _doctor, _keeper_client, _server
+from portsafe import _doctor, _doctor_lockdir, _doctor_locks, _keeper_client, _server
 from portsafe._doctor import CheckResult
 
 if TYPE_CHECKING:
@@ -159,8 +159,8 @@ class TestLockDirChecks:
         exclusion rule (x) for it passes; a rule without an age does not count."""
         rules = tmp_path / "tmpfiles.d"
         rules.mkdir()
-        monkeypatch.setattr(_doctor, "_TMPFILES_DIRS", (str(rules),))
-        monkeypatch.setattr(_doctor, "_CRON_CLEANERS", ())
+        monkeypatch.setattr(_doctor_lockdir, "_TMPFILES_DIRS", (str(rules),))
+        monkeypatch.setattr(_doctor_lockdir, "_CRON_CLEANERS", ())
         where = str(tmp_path / "scratch" / "locks")
         (rules / "tmp.conf").write_text(f"D {tmp_path}/scratch 1777 root root -\n")
         assert _doctor.check_tmp_cleaner(where).ok
@@ -176,8 +176,8 @@ class TestLockDirChecks:
         """An installed tmpreaper/tmpwatch cron job is reported."""
         job = tmp_path / "tmpreaper"
         job.write_text("")
-        monkeypatch.setattr(_doctor, "_TMPFILES_DIRS", ())
-        monkeypatch.setattr(_doctor, "_CRON_CLEANERS", (str(job),))
+        monkeypatch.setattr(_doctor_lockdir, "_TMPFILES_DIRS", ())
+        monkeypatch.setattr(_doctor_lockdir, "_CRON_CLEANERS", (str(job),))
         assert not _doctor.check_tmp_cleaner(str(tmp_path)).ok
 
 
@@ -195,14 +195,14 @@ class TestRecordLocks:
                                           monkeypatch: pytest.MonkeyPatch) -> None:
         """A file system refusing locks (ENOLCK, as some NFS set-ups do) fails the check
         with advice. Simulated: this machine has no such file system to mount."""
-        real = _doctor._lockf
+        real = _doctor_locks._lockf
 
         def refuse(fd: int, kind: int, start: int, *, query: bool = False) -> int | None:
             if not query:
                 raise OSError(errno.ENOLCK, "No locks available")
             return real(fd, kind, start, query=query)
 
-        monkeypatch.setattr(_doctor, "_lockf", refuse)
+        monkeypatch.setattr(_doctor_locks, "_lockf", refuse)
         result = _doctor.check_record_locks(str(lock_dir))
         assert not result.ok
         assert "No locks available" in result.detail
@@ -211,12 +211,12 @@ class TestRecordLocks:
     def test_locks_not_seen_by_others_are_reported(self, lock_dir: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
         """Locks that other processes cannot see (local-only emulation) fail the check."""
-        real = _doctor._lockf
+        real = _doctor_locks._lockf
 
         def blind(fd: int, kind: int, start: int, *, query: bool = False) -> int | None:
             return None if query else real(fd, kind, start)
 
-        monkeypatch.setattr(_doctor, "_lockf", blind)
+        monkeypatch.setattr(_doctor_locks, "_lockf", blind)
         result = _doctor.check_record_locks(str(lock_dir))
         assert not result.ok
         assert "not seen" in result.detail
