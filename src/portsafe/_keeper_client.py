@@ -42,7 +42,7 @@ PROTOCOL = 2
 DEFAULT_IDLE = 30.0
 NAMES = 8  # abstract names tried before giving up on squatters
 MAX_REPLY = 1 << 20
-_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
+BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 _LINUX = sys.platform.startswith("linux")
 
 
@@ -286,8 +286,10 @@ def _call(line: bytes, *, start: bool, timeout: float) -> dict[str, object]:
                 raise KeeperNotRunningError(errno.ECONNREFUSED, "no lease keeper is running")
             if started >= 3:  # each start failed: give up with the last reason
                 break
+            from portsafe._keeper_start import start as start_keeper
+
             try:
-                if _start(free, deadline - time.monotonic()):
+                if start_keeper(free, deadline - time.monotonic()):
                     started += 1
                     continue
             except KeeperError as exc:
@@ -308,122 +310,3 @@ def _squatted_error(squatters: list[_SquattedError]) -> KeeperError:
         f"every lease keeper address of yours is held by another user ({who}); ask them "
         "to stop, or ask an administrator",
     )
-
-
-def _start(address: str, timeout: float) -> bool:
-    """Claim *address* and start a keeper on it; False if someone else claimed it first."""
-    _settings_check()
-    if not hasattr(os, "fork"):  # pragma: no cover - Windows
-        raise KeeperError(errno.ENOSYS, "no lease keeper on this OS")
-    listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        if not _bind(listener, address):
-            return False
-        listener.listen(_BACKLOG)
-        _spawn(listener.fileno(), timeout)
-    finally:
-        listener.close()  # the keeper has its own copy
-    return True
-
-
-def _bind(listener: _socket.socket, address: str) -> bool:
-    raw = _raw(address)
-    try:
-        listener.bind(raw)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise KeeperError(exc.errno, f"cannot listen on {address}: {exc}") from None
-        if address.startswith("@"):
-            return False  # another client is starting a keeper there
-        return _replace_stale(listener, raw)
-    if not address.startswith("@"):
-        os.chmod(raw, 0o600)
-    return True
-
-
-def _replace_stale(listener: _socket.socket, path: str) -> bool:
-    """A path socket left by a killed keeper: replace it, one client at a time."""
-    import fcntl
-
-    guard = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-            return False  # alive: use it
-        except OSError:
-            pass
-        finally:
-            probe.close()
-        try:
-            os.unlink(path)
-            listener.bind(path)
-        except OSError:
-            return False
-        os.chmod(path, 0o600)
-        return True
-    finally:
-        os.close(guard)
-
-
-def _spawn(listen_fd: int, timeout: float) -> None:
-    """Start ``python -m portsafe._keeper`` detached, serving *listen_fd*; wait until it
-    reports ready (or why it could not start)."""
-    # The keeper runs in "/" (it must not pin the caller's directory), so a relative
-    # sys.path entry would not find this very portsafe: name its directory explicitly.
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
-    status_r, status_w = os.pipe()
-    argv = [sys.executable, "-m", "portsafe._keeper", "--fd", str(listen_fd),
-            "--status-fd", str(status_w)]
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, which execs or _exits
-        try:
-            os.close(status_r)
-            if os.fork() != 0:  # the keeper is reparented, never the caller's zombie
-                os._exit(0)
-            os.setsid()  # no terminal, no process group of the caller's
-            os.chdir("/")
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            keep = sorted({listen_fd, status_w})
-            # Close every other descriptor: an inherited pipe held open by a daemon
-            # would keep `$(...)` or a test harness waiting for EOF.
-            low = 3
-            for fd in keep:
-                os.closerange(low, fd)
-                os.set_inheritable(fd, True)
-                low = fd + 1
-            os.closerange(low, 1 << 16)
-            os.execve(sys.executable, argv, env)  # noqa: S606 - no shell wanted
-        except BaseException as exc:  # noqa: BLE001 - report, then leave at once
-            try:
-                os.write(status_w, f"cannot start the lease keeper: {exc}".encode())
-            finally:
-                os._exit(127)
-    os.close(status_w)
-    try:
-        os.waitpid(pid, 0)  # the intermediate child, gone at once
-        message = _read_status(status_r, timeout)
-    finally:
-        os.close(status_r)
-    if message != b"ok":
-        text = message.decode(errors="replace") or "the lease keeper died while starting"
-        raise KeeperError(errno.ECHILD, text)
-
-
-def _read_status(fd: int, timeout: float) -> bytes:
-    import select
-
-    data = b""
-    while True:
-        ready, _w, _x = select.select([fd], [], [], max(timeout, 0.1))
-        if not ready:
-            return data or b"the lease keeper did not report ready in time"
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return data
-        data += chunk
