@@ -378,3 +378,70 @@ class TestStart:
             _keeper_client.call({"op": "ping"})
         with pytest.raises(_keeper_client.KeeperNotRunningError):
             _keeper_client.call({"op": "ping"}, start=False)
+
+
+class TestReplies:
+    def test_fast_reply_reading_matches_json(self) -> None:
+        """The client reads the keeper's usual reserve reply without json; the result
+        is what json would give (so the keeper must keep writing it that way)."""
+        k = _keeper.Keeper(idle=60)
+        for n in (1, 3):
+            line = k.handle(json.dumps({"op": "reserve", "n": n, "lease": 60}).encode(),
+                            os.getpid(), os.getuid())
+            assert line is not None
+            assert line.startswith(_keeper_client._FAST_PREFIX)
+            fast = _keeper_client._decode(line, "test")
+            full = json.loads(line)
+            assert fast == {"ok": True, "ports": full["ports"], "pid": full["pid"]}
+            for port in full["ports"]:
+                _ask(k, {"op": "release", "port": port})
+
+    def test_other_replies_fall_back_to_json(self) -> None:
+        """Errors and lists are decoded in full; an empty answer is a reset."""
+        k = _keeper.Keeper(idle=60)
+        line = k.handle(b'{"op": "list"}', os.getpid(), os.getuid())
+        assert line is not None
+        assert _keeper_client._decode(line, "test")["leases"] == []
+        with pytest.raises(ConnectionResetError):
+            _keeper_client._decode(b"", "test")
+
+
+@pytest.mark.timeout(120)
+class TestPathSockets:
+    """The non-Linux layout (a socket file in a 0700 directory), exercised here."""
+
+    def test_path_keeper_and_stale_socket(self, monkeypatch, tmp_path) -> None:
+        """Without abstract names the keeper listens on a path in a private directory; a
+        socket file left by a killed keeper is replaced by the next start."""
+        import shutil
+        import tempfile
+
+        (tmp_path / "locks").mkdir(mode=0o700)
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
+        monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "1")
+        runtime = tempfile.mkdtemp(prefix="ps-", dir="/tmp")  # short: AF_UNIX paths <= 107
+        try:
+            monkeypatch.setattr(_keeper_client, "_LINUX", False)
+            monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+            (address,) = _keeper_client.keeper_addresses()
+            assert address.startswith(runtime)
+            assert os.stat(os.path.dirname(address)).st_mode & 0o777 == 0o700
+            first = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
+            os.kill(first, signal.SIGKILL)
+            _wait_gone(first)
+            assert os.path.exists(address)  # stale
+            second = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
+            assert second != first
+            os.kill(second, signal.SIGTERM)
+            _wait_gone(second)
+        finally:
+            shutil.rmtree(runtime, ignore_errors=True)
+
+    def test_unsafe_private_directory_is_refused(self, monkeypatch, tmp_path) -> None:
+        """A private directory that is not 0700 (or not ours) is an error, not used."""
+        monkeypatch.setattr(_keeper_client, "_LINUX", False)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+        (tmp_path / f"portsafe-keeper-{os.getuid()}").mkdir(mode=0o755)
+        (tmp_path / f"portsafe-keeper-{os.getuid()}").chmod(0o755)
+        with pytest.raises(_keeper_client.KeeperError, match="0700"):
+            _keeper_client.keeper_addresses()
