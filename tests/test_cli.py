@@ -432,14 +432,14 @@ class TestPipes:
     def test_reader_closing_early_is_not_an_error(self, env, verb: list[str]) -> None:
         """`portsafe ranges --json | head -c 10`: exit 0 and no traceback, every time."""
         command = " ".join([f'"{sys.executable}"', "-m", "portsafe", *verb])
-        for _ in range(10):
+        for _ in range(6):
             done = subprocess.run(["sh", "-c", f"{command} | head -c 10 >/dev/null"],
                                   env=env, capture_output=True, text=True, timeout=60,
                                   check=False)
             assert "Traceback" not in done.stderr
             assert "Broken pipe" not in done.stderr
         # The exit status itself, without a shell between:
-        for _ in range(10):
+        for _ in range(6):
             proc = subprocess.Popen([sys.executable, "-m", "portsafe", *verb], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             assert proc.stdout is not None
