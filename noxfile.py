@@ -65,6 +65,7 @@ SMOKE = [
     "tests/test_reserve.py", "tests/test_ranges.py", "tests/test_socket_helper.py",
     "tests/test_script_helper.py", "tests/test_handoff.py", "tests/test_wait.py",
     "tests/test_who.py", "tests/test_testing.py", "tests/test_cli.py",
+    "tests/test_keeper.py", "tests/test_doctor.py",
 ]
 
 

@@ -29,6 +29,8 @@ class PortsafeError(Exception):
         InvalidSettingError
     """
 
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
 
 class NoFreePortError(PortsafeError, OSError):
     """Raised when no candidate port could be reserved.
@@ -46,6 +48,8 @@ class NoFreePortError(PortsafeError, OSError):
         ...     print(exc.candidates)
         2
     """
+
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
 
     def __init__(self, message: str, *, attempts: int = 0, candidates: int = 0) -> None:
         super().__init__(errno.EADDRINUSE, message)
@@ -79,6 +83,8 @@ class LockDirError(PortsafeError, OSError):
         True
     """
 
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
 
 class InvalidSettingError(PortsafeError, ValueError):
     """Raised when an argument or an environment setting has a value portsafe cannot use.
@@ -96,6 +102,8 @@ class InvalidSettingError(PortsafeError, ValueError):
         ports: port 70000 is outside 1..65535
     """
 
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
 
 class AddressNotAvailableError(PortsafeError, OSError):
     """Raised when the address to reserve for cannot be bound at all on this machine.
@@ -112,3 +120,10 @@ class AddressNotAvailableError(PortsafeError, OSError):
         ...     print(exc.errno == __import__("errno").EADDRNOTAVAIL)
         True
     """
+
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
+
+# Their __module__ is "portsafe", which doctest's finder takes for "defined elsewhere".
+__test__ = {cls.__name__: cls for cls in (PortsafeError, NoFreePortError, LockDirError,
+                                         InvalidSettingError, AddressNotAvailableError)}
