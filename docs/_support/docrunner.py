@@ -316,8 +316,9 @@ class InOrderItem(SybilItem):  # type: ignore[misc]
     def runtest(self) -> None:
         example = self.example
         done: set[int] = example.namespace[_DONE]
+        never = _never_run(example.document)
         for earlier in _examples_before(example):
-            if earlier.start in done:
+            if earlier.start in done or earlier.start in never:
                 continue
             done.add(earlier.start)
             # A failure here is the earlier example's own, reported by its own item.
@@ -334,6 +335,16 @@ class InOrderItem(SybilItem):  # type: ignore[misc]
             if entry.path == Path(self.example.path):
                 return traceback[n:]
         return traceback
+
+
+def _never_run(document: Document) -> set[int]:
+    never: set[int] = document.__dict__.setdefault("_docrunner_never_run", set())
+    return never
+
+
+def never_replay(example: Example) -> None:
+    """Keep an example that is marked not to run out of the replay of later ones."""
+    _never_run(example.document).add(example.start)
 
 
 def _examples_before(example: Example) -> Iterator[Example]:
