@@ -114,3 +114,82 @@ class TestBenchChart:
         shown = mkdocs_hooks.on_page_markdown(page, None, config, None)
         assert f"]({mkdocs_hooks.CHART})" in shown
         assert mkdocs_hooks.PLACEHOLDER in (ROOT / "docs" / "bench.md").read_text()
+
+
+DOC = '''# A document
+
+```python
+x = 41
+```
+
+```python
+assert x + 1 == 42
+```
+
+```sh
+echo "lock dir: $PORTSAFE_LOCK_DIR"; exit 3
+```
+
+<!-- skip: next "cannot run here" -->
+```python
+raise RuntimeError("skipped, never run")
+```
+
+```make
+all:
+\techo never
+```
+
+```console
+$ false
+nothing found is exit 1, which passes
+$ portsafe --version
+```
+
+```console
+$ sh -c 'exit 2'
+```
+
+```python
+# test_inner.py
+def test_inner():
+    assert True
+```
+
+```ini
+portsafe_patch_asyncio = true
+```
+
+```python
+assert x == 41
+```
+'''
+
+
+class TestRunnerOutcomes:
+    """A document with every kind of block gets the outcome each block deserves."""
+
+    def run(self, pytester, *args):
+        pytester.makeconftest(
+            "import sys\n"
+            f"sys.path.insert(0, {str(ROOT / 'docs' / '_support')!r})\n"
+            "from pathlib import Path\n"
+            "import docrunner\n"
+            "pytest_collect_file = docrunner.pytest_collect_file(\n"
+            "    docrunner.make_sybil(Path(__file__).parent, ['*.md']))\n")
+        pytester.makefile(".md", doc=DOC)
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", *args)
+
+    def test_outcomes(self, pytester):
+        """Code passes, failing sh/console/unknown blocks fail, the skipped one skips."""
+        result = self.run(pytester)
+        result.assert_outcomes(passed=7, failed=3, skipped=1)  # the directive is one
+        result.stdout.fnmatch_lines(["*cannot run here*"])
+        result.stdout.fnmatch_lines(["*no runner for ```make blocks*"])
+
+    def test_outcomes_under_xdist(self, pytester):
+        """Split over two workers, later blocks still see what earlier ones defined."""
+        pytest = __import__("pytest")
+        pytest.importorskip("xdist")
+        result = self.run(pytester, "-n", "2", "--dist", "load")
+        result.assert_outcomes(passed=7, failed=3, skipped=1)  # the directive is one
