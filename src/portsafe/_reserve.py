@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Sequence
 
 from portsafe import _locks, _probe
-from portsafe._errors import InvalidSettingError, NoFreePortError
+from portsafe._errors import InvalidSettingError, LockDirError, NoFreePortError
 from portsafe._ranges import CandidateSet, default_candidates, explicit_candidates
 from portsafe._settings import portserver_address
 
@@ -250,7 +250,7 @@ class _Search:
         self.probes = probes
         self.excluded = excluded
         self.table = _locks.table()
-        self.directory = _locks.lock_dir()
+        self.directory = self.table.current()
         self.attempts = self.held = self.in_use = 0
 
     def order(self) -> Iterator[int]:
@@ -274,8 +274,13 @@ class _Search:
             return False
         return True
 
-    def failure(self, wanted: str, found: int = 0) -> NoFreePortError:
+    def failure(self, wanted: str, found: int = 0) -> NoFreePortError | LockDirError:
         candidates = self.candidates
+        # -- lock-file hardening: skipped (poisoned) shards; raise only if nothing was usable
+        unusable = self.table.unusable(self.directory, candidates.shards)
+        if unusable and len(unusable) == len(candidates.shards):
+            return _locks.unusable_error(self.directory, unusable)
+        # -- end lock-file hardening
         partial = f", found only {found}" if found else ""
         excluded = len(self.excluded)
         where = ", ".join(sorted({f"{host}" for _, _, host, _ in self.probes}))
@@ -359,13 +364,14 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
     excluded = _excluded(exclude)
-    table, directory, is_free = _locks.table(), _locks.lock_dir(), _probe.is_free
+    table, is_free = _locks.table(), _probe.is_free
+    directory = table.current()  # one stat: raises LockDirError if it changed under us
     if ports is None:
         server = portserver_address()
         if server:
             from portsafe import _pool
 
-            granted = _pool.take(server, probes, excluded, directory)
+            granted = _pool.take(server, probes, excluded, directory.path)
             if granted is not None:
                 return Reservation(granted, probes[0][2] if host is None else host, family,
                                    socktype, granted=True)
