@@ -304,19 +304,50 @@ class TestOneDirectory:
         held = portsafe.reserve_port(ports=SHARD_PORTS)
         try:
             if alias == "bind":
-                pytest.skip("bind mounts need a private mount namespace: covered by symlink")
+                self._bind_alias(tmp_path, locks)
+                return
             spelled = {"slash": f"{locks}/", "double": str(locks).replace("/", "//"),
                        "symlink": str(tmp_path / "link")}[alias]
             if alias == "symlink":
                 (tmp_path / "link").symlink_to(locks)
             monkeypatch.setenv("PORTSAFE_LOCK_DIR", spelled)
             portsafe.reserve_port(ports=SHARD_PORTS, exclude=[held.port]).release()
+            far = range((SHARD + 2) << 8, (SHARD + 3) << 8)
+            portsafe.reserve_port(ports=far).release()  # moves on: idle files get closed
             _locks.holders()  # opens and closes shard files: must not close ours
             agents.append(other := Agent(locks))
             assert "port" not in other.reserve(ports=[held.port, held.port + 1]), \
                 "the alias dropped this process's lock"
         finally:
             held.release()
+
+
+    def _bind_alias(self, tmp_path: Path, locks: Path) -> None:
+        """The same through a bind mount, in a private mount namespace (unshare -m)."""
+        if shutil.which("unshare") is None or shutil.which("mount") is None:
+            pytest.skip("needs unshare and mount")
+        bind = tmp_path / "bind"
+        bind.mkdir()
+        script = f"""
+import os, subprocess, sys, portsafe
+from portsafe import _locks
+os.environ["PORTSAFE_LOCK_DIR"] = {str(locks)!r}
+held = portsafe.reserve_port(ports=range({SHARD_PORTS.start}, {SHARD_PORTS.stop}))
+subprocess.run(["mount", "--bind", {str(locks)!r}, {str(bind)!r}], check=True)
+os.environ["PORTSAFE_LOCK_DIR"] = {str(bind)!r}
+portsafe.reserve_port(ports=range({SHARD_PORTS.start}, {SHARD_PORTS.stop}),
+                      exclude=[held.port]).release()
+_locks.holders()
+assert len(_locks.table()._dirs) == 1, "the bind mount is a second directory"
+other = subprocess.run([sys.executable, "-c", "import portsafe; "
+                        f"portsafe.reserve_port(ports=[{{held.port}}])"], capture_output=True)
+print("refused" if other.returncode else "GOT IT")
+"""
+        result = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
+                                 "-c", script], capture_output=True, text=True, check=False)
+        if "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
+            pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+        assert result.stdout.strip() == "refused", result.stderr
 
 
 @posix_only

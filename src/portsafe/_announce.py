@@ -31,7 +31,7 @@ _PREFIX = b"portsafe-lockdir-1/"
 
 def dir_key(fd: int, path: str) -> bytes:
     """16 hex digits naming the directory's path as the kernel sees it (every alias of
-    one directory gives the same), by FNV-1a: stable across processes, no hashlib.
+    one directory gives the same): stable across processes, no hashlib import.
 
     Example:
         >>> len(dir_key(-1, "/tmp/portsafe-locks"))
@@ -41,10 +41,9 @@ def dir_key(fd: int, path: str) -> bytes:
         real = os.readlink(f"/proc/self/fd/{fd}") if fd >= 0 else path
     except OSError:
         real = path
-    value = 0xCBF29CE484222325
-    for byte in os.fsencode(real):
-        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return b"%016x" % value
+    # One big-integer operation (the largest 64-bit prime): a collision could only make
+    # two directories refuse each other, never hide a user.
+    return b"%016x" % (int.from_bytes(os.fsencode(real), "little") % 0xFFFFFFFFFFFFFFC5)
 
 
 def announce(key: bytes, generation: str) -> object:
@@ -79,11 +78,7 @@ def announced(key: bytes, generation: str | None,
         [('g', 42)]
     """
     if table is None:
-        try:
-            with open("/proc/net/unix", "rb") as file:
-                table = file.read()
-        except OSError:
-            return []
+        table = _read("/proc/net/unix")
     needle = b"@" + _PREFIX + key + b"/"
     found = []
     at = table.find(needle)
@@ -96,6 +91,21 @@ def announced(key: bytes, generation: str | None,
                 found.append((gen, int(rest[1])))
         at = table.find(needle, at + 1)
     return found
+
+
+def _read(path: str) -> bytes:
+    """A whole /proc file, without the io stack (this runs once per process)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return b""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def pids(users: list[tuple[str, int]]) -> str:

@@ -24,9 +24,11 @@ The invariants, each tested in ``tests/test_reserve.py`` and ``tests/stress/``:
 4. **The kernel releases (G4).** ``release()``, context exit and garbage collection
    (with a ResourceWarning) unlock; process death, even SIGKILL, unlocks too, because
    record locks die with their process. There is no daemon and no state to clean up.
-5. **Bounded (G5).** Each candidate is tried at most once per call, so a call makes at
-   most as many attempts as there are candidates, then raises NoFreePortError naming
-   the range and what was found.
+5. **Bounded (G5).** Each usable candidate is tried at most once per call, so a call
+   makes at most as many attempts as there are candidates, then raises NoFreePortError
+   naming the range and what was found. A candidate whose lock file is unusable (a FIFO,
+   a link, a foreign or flooded file: ``_locks``) is skipped without a lock call, and a
+   call raises LockDirError only when no candidate's file is usable.
 6. **fork and exec.** A fork child holds none of its parent's reservations (record
    locks are not inherited); its copies of Reservation objects are inert. ``exec()``
    closes the lock files (O_CLOEXEC), which releases the reservations: a port outlives
