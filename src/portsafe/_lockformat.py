@@ -10,7 +10,7 @@ marker, ``portsafe-format``::
 
 The marker is written last, in place (never renamed), so its ctime is the directory's
 last legitimate change: a directory whose mtime is newer has been changed since, and
-only then are its files checked one by one (:func:`damaged`). A directory without a
+only then is it repaired, if nobody uses it (:func:`complete`). A directory without a
 marker is format 0 (portsafe 0.1.0 made its shard files as needed): it is completed in
 place (:func:`complete`), and 0.1.0 processes keep using the same files, so the two
 versions keep excluding each other. A marker with another format number is refused
@@ -32,7 +32,7 @@ from portsafe._announce import announced, dir_key, pids, stale_users
 from portsafe._errors import LockDirError
 
 __all__ = ["FEATURES", "FLAGS_FILE", "FORMAT", "MARKER", "NOFOLLOW", "SHARD_BITS",
-           "SHARD_COUNT", "complete", "damaged", "features", "flock", "open_in",
+           "SHARD_COUNT", "complete", "features", "flock", "open_in",
            "parse_marker", "read_marker", "shard_name", "stat_dir"]
 
 #: Ports per lock file: a power of two so a port's shard is ``port >> 8``.
@@ -104,7 +104,12 @@ def stat_dir(fd: int, path: str) -> os.stat_result:
 
 
 def flock(fd: int, path: str, *, exclusive: bool, wait: float = _WAIT) -> bool:
-    """Take (or convert to) a shared or exclusive flock, polling up to *wait* seconds."""
+    """Take (or convert to) a shared or exclusive flock, polling up to *wait* seconds.
+
+    False if an exclusive lock could not be had in time (a failed conversion holds no
+    lock at all). A file system without flock (some NFS setups) counts as held: the
+    lock only keeps tmp cleaners and repairs away, never decides who gets a port.
+    """
     import fcntl
 
     op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
@@ -125,11 +130,14 @@ def flock(fd: int, path: str, *, exclusive: bool, wait: float = _WAIT) -> bool:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
             continue
+        except OSError:
+            return True  # ENOLCK, EOPNOTSUPP...: no flock here (docs/design.md)
         return True
 
 
 def read_marker(fd: int, path: str) -> tuple[str, int] | None:
-    """(generation, ctime) from the marker; None if it is absent (format 0)."""
+    """(generation, ctime) from the marker; None if it is absent (format 0) or not
+    complete yet."""
     where = os.path.join(path, MARKER)
     try:
         mfd = open_in(fd, path, MARKER, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
@@ -142,9 +150,11 @@ def read_marker(fd: int, path: str) -> tuple[str, int] | None:
                            f"runs, or set PORTSAFE_LOCK_DIR") from None
     try:
         info = os.fstat(mfd)
-        data = os.read(mfd, 4096) if stat.S_ISREG(info.st_mode) else b""
+        data = os.read(mfd, 4096) if stat.S_ISREG(info.st_mode) else b"-"
     finally:
         os.close(mfd)
+    if not data.endswith(b"\n"):
+        return None  # being written (one write() of a whole marker), or truncated
     return parse_marker(data, where), info.st_ctime_ns
 
 
@@ -182,22 +192,6 @@ def parse_marker(data: bytes, where: str) -> str:
     return generation
 
 
-def damaged(fd: int, path: str, marker_ctime: int) -> list[int]:
-    """The shards that are missing or newer than the marker (the slow, rare check)."""
-    bad = []
-    for index in range(SHARD_COUNT):
-        name = shard_name(index)
-        try:
-            info = os.stat(name, dir_fd=fd, follow_symlinks=False) if fd >= 0 else \
-                os.lstat(os.path.join(path, name))
-        except OSError:
-            bad.append(index)
-            continue
-        if info.st_ctime_ns > marker_ctime:
-            bad.append(index)
-    return bad
-
-
 def complete(fd: int, path: str, repair: bool) -> tuple[str, int]:
     """Make every missing shard file and (re)write the marker, under an exclusive flock;
     the marker's (generation, ctime) afterwards.
@@ -211,19 +205,26 @@ def complete(fd: int, path: str, repair: bool) -> tuple[str, int]:
     announcing = "announce" in FEATURES and fd >= 0
     users: list[tuple[str, int]] = []
     got = not locking or flock(fd, path, exclusive=True, wait=0.0)
-    if not got and not repair:
-        # Users that stay (they announce themselves) never let go: fail at once then.
-        users = announced(dir_key(fd, path), None) if announcing else []
-        got = not users and flock(fd, path, exclusive=True, wait=_WAIT)
-    if not got:
-        flock(fd, path, exclusive=False)
+    deadline, pause = time.monotonic() + _WAIT, 0.0005
+    while not got:
         marker = read_marker(fd, path)
-        if marker is not None:  # completed by another process meanwhile, or in use
-            return marker
-        raise LockDirError(errno.EBUSY, f"the lock directory {path} has no format marker "
-                           f"while other processes use it{pids(users)}: someone deletes "
-                           f"files in it. Stop them, remove the directory, or set "
-                           f"PORTSAFE_LOCK_DIR")
+        if repair or marker is not None:  # in use, or completed by another process
+            flock(fd, path, exclusive=False)
+            marker = read_marker(fd, path) or marker
+            if marker is not None:
+                return marker
+        if not users and announcing:
+            users = announced(dir_key(fd, path), None)
+        if users or time.monotonic() >= deadline:
+            # Users that stay (they announce themselves) never let go: fail at once then.
+            flock(fd, path, exclusive=False)
+            raise LockDirError(errno.EBUSY, f"the lock directory {path} has no format "
+                               f"marker while processes that use it, or a deleted one at "
+                               f"this path, still run{pids(users)}: someone deletes files "
+                               f"there. Let them finish (or stop them), then retry")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+        got = flock(fd, path, exclusive=True, wait=0.0)
     try:
         marker = read_marker(fd, path)
         if marker is not None and stat_dir(fd, path).st_mtime_ns <= marker[1]:
