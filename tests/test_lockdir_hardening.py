@@ -190,6 +190,22 @@ class TestDeletion:
         assert told["error"] == "LockDirError"
         assert str(port) in told["message"]
 
+    def test_shard_file_made_again_is_not_trusted(self, tmp_path, agents):
+        """A lock file deleted and made again (as a 0.1.0 process would) under a holder
+        is newer than the marker: skipped, so the held port is not handed out."""
+        locks = tmp_path / "locks"
+        agents.append(holder := Agent(locks))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        path = shard_file(locks, port)
+        path.unlink()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        os.fchmod(fd, 0o666)
+        os.close(fd)
+        agents.append(other := Agent(locks))
+        answer = other.reserve(ports=[port, port + 1])
+        assert "port" not in answer, "a held port was handed out again"
+        assert "after the directory was completed" in answer["message"]
+
     @linux_only
     def test_rm_rf_of_the_directory(self, tmp_path, agents):
         """After `rm -rf` of the directory, a new process refuses to reserve while the
