@@ -94,7 +94,7 @@ class LockDir:
     """
 
     __slots__ = ("announcement", "broken", "count", "dev", "fd", "generation", "ino",
-                 "marker_ctime", "mtime", "path", "poisoned", "retired", "shards")
+                 "marker_ctime", "mtime", "path", "poisoned", "retired", "shards", "via_link")
 
     def __init__(self, path: str, fd: int, info: os.stat_result, generation: str,
                  marker_ctime: int) -> None:
@@ -108,6 +108,7 @@ class LockDir:
         self.broken: dict[int, str] = {}
         self.count = 0
         self.retired = False  # replaced at its path while ports were held here
+        self.via_link = False  # opened through a symlink (so checked with stat, not lstat)
         self.announcement: object = None  # the socket that announces us, kept open
 
     def changed(self, info: os.stat_result) -> bool:
@@ -346,6 +347,7 @@ def _prepare(path: str, fd: int, follow: bool, created: bool) -> LockDir:
         lockdir.close()
         raise _RetryError
     lockdir.mtime = now.st_mtime_ns
+    lockdir.via_link = follow
     return lockdir
 
 

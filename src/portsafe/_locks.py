@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import threading
 
 from portsafe._errors import LockDirError
@@ -141,8 +140,7 @@ class LockTable:
             self._trim(made)
         else:  # an alias of a directory already open: ours holds the locks, keep it
             made.close()
-        link = stat.S_ISLNK(os.lstat(path).st_mode)
-        self._paths[path] = (lockdir, os.stat if link else os.lstat)
+        self._paths[path] = (lockdir, os.stat if made.via_link else os.lstat)
         return lockdir
 
     def _held_error(self, lockdir: LockDir, shards: set[int] | None, what: str) -> LockDirError:
