@@ -70,6 +70,9 @@ class LockTable:
         self.held: dict[int, Shard] = {}
         self._dirs: dict[tuple[int, int], LockDir] = {}
         self._paths: dict[str, tuple[LockDir, object]] = {}  # path -> (dir, os.stat/lstat)
+        self._last_path: str | None = None  # the hot path's one-entry cache of _paths
+        self._last_dir: LockDir | None = None
+        self._last_look: object = None
         self._home: Shard | None = None
         self._miss_dir: LockDir | None = None
         self._miss_index = self._misses = 0
@@ -88,12 +91,11 @@ class LockTable:
             LockDirError: unusable, or changed under ports this process holds there.
         """
         if path is None:
-            path = lock_dir()
-        entry = self._paths.get(path)
-        if entry is not None:
-            lockdir, look = entry
+            path = lock_dir()  # the same str object each call while the setting stays
+        lockdir = self._last_dir
+        if path is self._last_path and lockdir is not None:
             try:
-                info = look(path)  # type: ignore[operator]
+                info = self._last_look(path)  # type: ignore[operator]
             except OSError:
                 info = None
             if info is not None and info.st_mtime_ns == lockdir.mtime and \
@@ -101,7 +103,9 @@ class LockTable:
                     not lockdir.broken:  # LockDir.changed(), inlined: once per reservation
                 return lockdir
         with self._mutex:
-            return self._current_locked(path)
+            made = self._current_locked(path)
+            self._last_path, self._last_dir, self._last_look = path, made, self._paths[path][1]
+            return made
 
     def _current_locked(self, path: str) -> LockDir:
         entry = self._paths.get(path)
@@ -156,6 +160,8 @@ class LockTable:
         for path, (other, _) in list(self._paths.items()):
             if other is lockdir:
                 del self._paths[path]
+        if self._last_dir is lockdir:
+            self._last_path = self._last_dir = None
         if self._dirs.get((lockdir.dev, lockdir.ino)) is lockdir:
             del self._dirs[(lockdir.dev, lockdir.ino)]
         if self._home is not None and self._home.lockdir is lockdir:
@@ -366,6 +372,7 @@ class LockTable:
             lockdir.forget()  # closes our copies only: the parent keeps its locks
         self._dirs.clear()
         self._paths.clear()
+        self._last_path = self._last_dir = None
         self.held.clear()
         self._home = self._miss_dir = None
         self.pid = os.getpid()
