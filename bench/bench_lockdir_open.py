@@ -8,7 +8,11 @@ timed in batches before and after the measured call, so both see the same machin
 measured calls are the first ``_locks.table().current()`` (open, verify, flock, read the
 marker, announce, check the other users: everything this hardening adds per process)
 and, separately, a whole first ``reserve_port()+release()``. Figures are in units of one
-yardstick call, min/median/max over the runs. Nothing here is asserted.
+yardstick call, min/median/max over the runs.
+
+Then the per-reservation check, in one process, interleaved with its yardsticks:
+``table().current()`` (what each reservation now calls) against ``os.lstat`` of the
+directory and 0.1.0's per-call ``lock_dir()``. Nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -72,6 +76,37 @@ def main() -> None:
         print(f"{what:>18}: {min(ratios):6.1f} / {statistics.median(ratios):6.1f} / "
               f"{max(ratios):6.1f} socket+bind+close calls (min/median/max of {args.runs}); "
               f"{statistics.median(micros):8.1f} us median")
+    hot(env)
+
+
+HOT = r"""
+import os, time
+from portsafe import _locks
+from portsafe._settings import lock_dir
+table = _locks.table()
+table.current()
+path = lock_dir()
+def run(f, n=20000):
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        f()
+    return (time.perf_counter_ns() - t) / n / 1000
+rows = {"table().current() (now, per call)": table.current,
+        "os.lstat(directory)": lambda: os.lstat(path),
+        "lock_dir() (0.1.0, per call)": lock_dir}
+found = {name: [] for name in rows}
+for _ in range(7):
+    for name, call in rows.items():
+        found[name].append(run(call))
+for name, samples in found.items():
+    samples.sort()
+    print(f"{name:>34}: {samples[0]:5.2f} / {samples[3]:5.2f} / {samples[-1]:5.2f} us "
+          f"(min/median/max of 7 x 20,000)")
+"""
+
+
+def hot(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-c", HOT], env=env, check=True)
 
 
 if __name__ == "__main__":

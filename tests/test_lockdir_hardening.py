@@ -145,6 +145,35 @@ class TestNoWriteOutsideTheDirectory:
         with pytest.raises(portsafe.LockDirError, match="not sticky"):
             portsafe.reserve_port()  # the new one is 65534's and not sticky: refused
 
+    @needs_root
+    @linux_only
+    def test_owner_cannot_forge_a_complete_directory(self, shared_parent, agents):
+        """uid 65534 owns the directory, moves it away under root's holder and puts a
+        complete, valid-looking one in its place: a new root process refuses it, naming
+        the holder, instead of handing out the holder's port."""
+        locks = shared_parent / "locks"
+        agents.append(nobody := Agent(locks, uid=NOBODY))
+        assert "port" in nobody.reserve()
+        agents.append(holder := Agent(locks))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        names = [_locks.shard_name(i) for i in range(_lockformat.SHARD_COUNT)]
+        as_nobody(f"""
+locks = {str(locks)!r}
+os.rename(locks, locks + ".old")
+os.mkdir(locks)
+os.chmod(locks, 0o1777)
+for name in {names!r}:
+    fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT, 0o666)
+    os.fchmod(fd, 0o666)
+    os.close(fd)
+with open(os.path.join(locks, {_lockformat.MARKER!r}), "wb") as marker:
+    marker.write(b"portsafe lock directory\\nformat 1\\ngeneration ffffffffffffffff\\n")
+""")
+        agents.append(other := Agent(locks))
+        answer = other.reserve(ports=[port, port + 1])
+        assert "port" not in answer, "a held port was handed out again"
+        assert str(holder.pid) in answer["message"]
+
     def test_proc_is_refused_with_a_clear_error(self, monkeypatch):
         """PORTSAFE_LOCK_DIR=/proc gives LockDirError, not a raw OSError."""
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", "/proc")

@@ -86,7 +86,7 @@ def announced(key: bytes, generation: str | None,
         end = table.find(b"\n", at)
         rest = table[at + len(needle):end if end >= 0 else len(table)].split(b"/")
         if len(rest) == 2 and rest[1].strip().isdigit():
-            gen = rest[0].decode("ascii", "replace")
+            gen = rest[0].decode("utf-8", "replace")
             if generation is None or gen == generation:
                 found.append((gen, int(rest[1])))
         at = table.find(needle, at + 1)

@@ -23,10 +23,11 @@ opens that directory once per process and keeps it honest:
    so; a repair, which needs the exclusive lock, can only happen when nobody uses it.
 4. **Announced (Linux).** Each user binds an abstract unix socket named after the
    directory's path and generation (listed in ``/proc/net/unix``, scoped per network
-   namespace, like the ports themselves). A process that opens a directory and finds
-   users of another generation of the same path (the directory was deleted and made
-   again under them) raises :class:`LockDirError` naming their pids instead of
-   reserving ports they may hold.
+   namespace, like the ports themselves). A process that completes a directory (or
+   opens one owned by another user, who could have made it complete without looking)
+   and finds users of another generation of the same path (the directory was deleted
+   and made again under them) raises :class:`LockDirError` naming their pids instead
+   of reserving ports they may hold.
 5. **Watched.** The caller compares the path's ``stat`` with what it opened at every
    reservation (:meth:`LockDir.changed`): one system call.
 
@@ -335,7 +336,12 @@ def _prepare(path: str, fd: int, follow: bool, created: bool) -> LockDir:
     if "announce" in FEATURES and fd >= 0:
         key = dir_key(fd, path)
         lockdir.announcement = announce(key, lockdir.generation)
-        users = [(gen, pid) for gen, pid in announced(key, None)
+        # Whoever completes a directory has checked that no user of an older one at this
+        # path is alive (lockformat.complete); only another user who owns the directory
+        # could have made a complete one without that check, so only then look again
+        # (reading /proc/net/unix costs O(unix sockets on the machine)).
+        foreign = info.st_uid not in (0, os.getuid())
+        users = [(gen, pid) for gen, pid in (announced(key, None) if foreign else ())
                  if gen != lockdir.generation and pid != os.getpid()]
         if users:
             lockdir.fd = -1  # the caller closes fd

@@ -46,6 +46,7 @@ MARKER = "portsafe-format"
 
 _SHARD_SIZE = 1 << SHARD_BITS
 _HEAD = b"portsafe lock directory"
+_FAST = b"%s\nformat %d\ngeneration " % (_HEAD, FORMAT)
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 #: How a shard file is opened: never following a link, never blocking on a FIFO.
 FLAGS_FILE = os.O_RDWR | NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | \
@@ -138,7 +139,6 @@ def flock(fd: int, path: str, *, exclusive: bool, wait: float = _WAIT) -> bool:
 def read_marker(fd: int, path: str) -> tuple[str, int] | None:
     """(generation, ctime) from the marker; None if it is absent (format 0) or not
     complete yet."""
-    where = os.path.join(path, MARKER)
     try:
         mfd = open_in(fd, path, MARKER, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
                        | getattr(os, "O_CLOEXEC", 0))
@@ -146,7 +146,8 @@ def read_marker(fd: int, path: str) -> tuple[str, int] | None:
         return None
     except OSError as exc:
         raise LockDirError(exc.errno, f"cannot read the lock directory's format marker "
-                           f"{where}: {exc.strerror}; remove it when no portsafe process "
+                           f"{os.path.join(path, MARKER)}: {exc.strerror}; remove it when "
+                           f"no portsafe process "
                            f"runs, or set PORTSAFE_LOCK_DIR") from None
     try:
         info = os.fstat(mfd)
@@ -155,7 +156,7 @@ def read_marker(fd: int, path: str) -> tuple[str, int] | None:
         os.close(mfd)
     if not data.endswith(b"\n"):
         return None  # being written (one write() of a whole marker), or truncated
-    return parse_marker(data, where), info.st_ctime_ns
+    return parse_marker(data, os.path.join(path, MARKER)), info.st_ctime_ns
 
 
 def parse_marker(data: bytes, where: str) -> str:
@@ -170,6 +171,8 @@ def parse_marker(data: bytes, where: str) -> str:
         ...              b"77\\n", "m")
         '0011223344556677'
     """
+    if data.startswith(_FAST) and len(data) == len(_FAST) + 17 and data[-1:] == b"\n":
+        return data[len(_FAST):-1].decode("utf-8", "replace")  # what _write_marker writes
     lines = data.split(b"\n")
     fields: dict[bytes, bytes] = {}
     for line in lines[1:]:
@@ -185,7 +188,7 @@ def parse_marker(data: bytes, where: str) -> str:
                            f"the two versions would not see each other's locks. Use one "
                            f"portsafe version on this machine, or give each its own "
                            f"PORTSAFE_LOCK_DIR")
-    generation = fields.get(b"generation", b"").decode("ascii", "replace")
+    generation = fields.get(b"generation", b"").decode("utf-8", "replace")
     if len(generation) != 16:
         raise LockDirError(errno.EINVAL, f"{where} has no valid generation; remove it when "
                            f"no portsafe process runs, or set PORTSAFE_LOCK_DIR")
