@@ -582,3 +582,72 @@ class TestPlatforms:
             finally:
                 os.close(fd)
         assert len(keys) == (1 if os.path.isdir("/proc/self/fd") else 2)
+
+
+@posix_only
+class TestLockTableUse:
+    """How a process uses the directory once open: one stat a call, fork, half-written markers."""
+
+    def test_one_stat_per_reservation(self, tmp_path, monkeypatch):
+        """The per-call check is a single stat of the path (the hot path's only addition)."""
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
+        portsafe.reserve_port().release()
+        table = _locks.table()
+        calls = []
+        real = table._last_look
+
+        def look(path: str) -> os.stat_result:
+            calls.append(path)
+            return real(path)  # type: ignore[operator]
+
+        monkeypatch.setattr(table, "_last_look", look)
+        for _ in range(10):
+            portsafe.reserve_port().release()
+        assert calls == [str(tmp_path / "locks")] * 10
+
+    @linux_only
+    def test_fork_child_keeps_the_parents_flock(self, tmp_path, monkeypatch):
+        """A fork child closes its copies of the directory and announcement descriptors;
+        the parent's shared flock (which keeps tmp cleaners away) stays."""
+        import fcntl
+
+        locks = tmp_path / "locks"
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        held = portsafe.reserve_port()
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 0
+                try:
+                    portsafe.reserve_port().release()
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            fd = os.open(locks, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+        finally:
+            held.release()
+
+    def test_half_written_marker_is_waited_for_or_completed(self, tmp_path):
+        """A marker without its final newline is being written (or was cut short): it
+        is not parsed; completing the directory rewrites it."""
+        locks = tmp_path / "locks"
+        locks.mkdir()
+        (locks / _lockformat.MARKER).write_bytes(b"portsafe lock directory\nformat 1\ngener")
+        fd = os.open(locks, os.O_RDONLY)
+        try:
+            assert _lockformat.read_marker(fd, str(locks)) is None
+        finally:
+            os.close(fd)
+        lockdir = _lockdir.open_lockdir(str(locks), explicit=True)
+        try:
+            assert len(lockdir.generation) == 16
+            assert (locks / _lockformat.MARKER).read_bytes().endswith(b"\n")
+        finally:
+            lockdir.close()
