@@ -63,7 +63,7 @@ from portsafe._lockformat import (
 )
 
 __all__ = ["FEATURES", "FORMAT", "MARKER", "SHARD_BITS", "SHARD_COUNT", "LockDir", "Shard",
-           "features", "open_lockdir", "shard_name"]
+           "features", "open_lockdir", "shard_name", "unusable_error"]
 
 _FLAGS_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -210,6 +210,15 @@ class LockDir:
 def _close_quietly(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+def unusable_error(lockdir: LockDir, unusable: dict[int, str]) -> LockDirError:
+    """The error when every candidate's lock file is skipped: nothing usable is left."""
+    shown = "; ".join(f"{shard_name(index)}: {why}" for index, why in sorted(unusable.items())[:3])
+    more = f" (and {len(unusable) - 3} more)" if len(unusable) > 3 else ""
+    return LockDirError(errno.EPERM, f"no usable lock file for these ports in {lockdir.path}: "
+                        f"{shown}{more}. Remove the lock directory when no portsafe process "
+                        f"runs (it is then made again), or set PORTSAFE_LOCK_DIR")
 
 
 # -- opening ---------------------------------------------------------------------------

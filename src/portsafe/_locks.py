@@ -32,7 +32,15 @@ import os
 import threading
 
 from portsafe._errors import LockDirError
-from portsafe._lockdir import SHARD_BITS, SHARD_COUNT, LockDir, Shard, open_lockdir, shard_name
+from portsafe._lockdir import (
+    SHARD_BITS,
+    SHARD_COUNT,
+    LockDir,
+    Shard,
+    open_lockdir,
+    shard_name,
+    unusable_error,
+)
 from portsafe._recordlock import flock_layout, foreign_locks, query_shard
 from portsafe._recordlock import try_lock as _try_lock
 from portsafe._recordlock import unlock as _unlock
@@ -384,15 +392,6 @@ class LockTable:
     def after_fork_in_parent(self) -> None:
         """Give back the mutex taken in :meth:`before_fork`."""
         self._mutex.release()
-
-
-def unusable_error(lockdir: LockDir, unusable: dict[int, str]) -> LockDirError:
-    """The error when every candidate's lock file is skipped: nothing usable is left."""
-    shown = "; ".join(f"{shard_name(index)}: {why}" for index, why in sorted(unusable.items())[:3])
-    more = f" (and {len(unusable) - 3} more)" if len(unusable) > 3 else ""
-    return LockDirError(errno.EPERM, f"no usable lock file for these ports in {lockdir.path}: "
-                        f"{shown}{more}. Remove the lock directory when no portsafe process "
-                        f"runs (it is then made again), or set PORTSAFE_LOCK_DIR")
 
 
 _table: LockTable | None = None
