@@ -90,11 +90,10 @@ class LockDir:
         generation: the marker's generation; ``shards``: open shard files by index.
         poisoned: shard index -> why its file is not used; ``broken``: index -> why ports
             this process holds there may be given to others (raised at each reservation).
-        count: ports this process holds here; ``retired``: no longer at its path (closed
-            once the ports held here are released).
+        retired: no longer at its path (closed once the ports held here are released).
     """
 
-    __slots__ = ("announcement", "broken", "count", "dev", "fd", "generation", "ino",
+    __slots__ = ("announcement", "broken", "dev", "fd", "generation", "ino",
                  "marker_ctime", "mtime", "path", "poisoned", "retired", "shards", "via_link")
 
     def __init__(self, path: str, fd: int, info: os.stat_result, generation: str,
@@ -107,10 +106,14 @@ class LockDir:
         self.shards: dict[int, Shard] = {}
         self.poisoned: dict[int, str] = {}
         self.broken: dict[int, str] = {}
-        self.count = 0
         self.retired = False  # replaced at its path while ports were held here
         self.via_link = False  # opened through a symlink (so checked with stat, not lstat)
         self.announcement: object = None  # the socket that announces us, kept open
+
+    def holding(self) -> bool:
+        """Whether this process holds a port here (off the hot path: a walk of the open
+        files, which stay open while any of their ports is held)."""
+        return any(shard.count for shard in self.shards.values())
 
     def changed(self, info: os.stat_result) -> bool:
         """Whether *info* (a fresh ``stat`` of a path naming this directory) differs."""

@@ -131,7 +131,7 @@ class LockTable:
                     raise self._held_error(lockdir, set(lockdir.broken),
                                            "lock files were deleted or replaced")
                 return lockdir
-            if lockdir.count:
+            if lockdir.holding():
                 raise self._held_error(lockdir, None, "the directory was removed" if info is None
                                        else "the directory was replaced by another")
             self._drop(lockdir)
@@ -142,7 +142,7 @@ class LockTable:
             # Not an alias: a deleted directory's inode number, reused. Retire the old one
             # (its ports stay held in it until released; then it is closed).
             del self._dirs[key]
-            if lockdir.count:
+            if lockdir.holding():
                 lockdir.retired = True
             else:
                 self._drop(lockdir)
@@ -177,7 +177,7 @@ class LockTable:
         lockdir.close()
 
     def _trim(self, keep: LockDir) -> None:
-        idle = [d for d in self._dirs.values() if d.count == 0 and d is not keep]
+        idle = [d for d in self._dirs.values() if not d.holding() and d is not keep]
         for lockdir in idle[:max(0, len(idle) - _IDLE_DIRS)]:
             self._drop(lockdir)
 
@@ -248,7 +248,6 @@ class LockTable:
                 return False
             self.held[port] = shard
             shard.count += 1
-            shard.lockdir.count += 1
             if home is not shard:
                 self._home = shard
                 if home is not None:
@@ -294,12 +293,14 @@ class LockTable:
         if shard is not None:
             _unlock(shard.fd, port)
             shard.count -= 1
-            shard.lockdir.count -= 1
             if shard.count == 0:
-                shard.lockdir.broken.pop(shard.index, None)
-                self._close_if_idle(shard)
-                if shard.lockdir.retired and not shard.lockdir.count:
-                    self._drop(shard.lockdir)
+                lockdir = shard.lockdir
+                if lockdir.broken:
+                    lockdir.broken.pop(shard.index, None)
+                if shard is not self._home:
+                    self._close_if_idle(shard)
+                if lockdir.retired and not lockdir.holding():
+                    self._drop(lockdir)
 
     def release(self, port: int) -> None:
         """Unlock *port* if this process holds it (idempotent)."""
