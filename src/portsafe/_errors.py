@@ -68,8 +68,14 @@ class LockDirError(PortsafeError, OSError):
     """Raised when the shared lock directory cannot be used safely.
 
     The directory (``PORTSAFE_LOCK_DIR``, default ``/tmp/portsafe-locks``) must be a real
-    directory (not a symlink) that is either owned by you or world-writable with the
-    sticky bit, like ``/tmp``. The message says what was found and how to fix it.
+    directory (not a symlink, unless ``PORTSAFE_LOCK_DIR`` names one that you or root
+    own) that is owned by you or root or is sticky, like ``/tmp``, and in which you can
+    create files if it is new. It is raised too when the directory is in a format this
+    version cannot read (a newer portsafe made it), when it was deleted and made again
+    while processes that used the old one still run (the message names their pids), when
+    lock files under ports this process holds were deleted or replaced (the message
+    names the ports: they are no longer exclusive), and when every candidate's lock file
+    is unusable. The message says what was found and how to fix it.
 
     Example:
         >>> import os, portsafe
