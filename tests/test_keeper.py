@@ -272,9 +272,14 @@ class TestHostileNeighbours:
 
     @needs_root
     @linux_only
-    def test_idle_connections_of_another_user_cost_nothing(self, keeper_env) -> None:
+    def test_idle_connections_of_another_user_cost_nothing(self, keeper_env, monkeypatch) -> None:
         """3,000 idle connections from uid 65534 (and more arriving) are closed at
         accept, before a byte is read: the owner's calls are still served and held."""
+        # The keeper must outlive the flood's set-up on a loaded machine: a one-second
+        # idle would let it exit before the first call, and the pid check below would
+        # compare two keepers.
+        monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "120")
+        keeper_env = dict(os.environ)
         keeper = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
         address = _server.unix_address(_keeper_client.keeper_address())
 
