@@ -18,11 +18,6 @@ pytest_collect_file = docrunner.pytest_collect_file(
 # changes the entry no longer matches and every block runs. The owner fixes a block, or
 # marks it <!-- skip: next "why" -->, and deletes the entry.
 PENDING = {
-    "docs/cli.md": ("aafe39b26dce4295", {
-        76: "runs servers that never exit (python -m http.server, openssl s_server): "
-            "the block times out",
-        98: "a Makefile: no runner for ```make (tests/test_cli.py runs these recipes)",
-    }),
     "docs/pytest.md": ("725ba3c270589a42", None),  # the pytest-plugin branch rewrites it
 }
 
