@@ -23,12 +23,18 @@ from portsafe._errors import InvalidSettingError
 
 __all__ = [
     "AUTO",
+    "AUTO_LEASE",
+    "AUTO_LEASE_DEFAULT",
+    "AUTO_MAX_LEASES",
+    "AUTO_MAX_LEASES_DEFAULT",
     "EXCLUDE",
     "INTERNET",
     "KEEPER_IDLE",
     "LOCK_DIR",
     "PORTSERVER",
     "RANGE",
+    "auto_lease",
+    "auto_max_leases",
     "auto_mode",
     "check_port",
     "default_lock_dir",
@@ -46,6 +52,8 @@ __all__ = [
 ]
 
 AUTO = "PORTSAFE_AUTO"
+AUTO_LEASE = "PORTSAFE_AUTO_LEASE"
+AUTO_MAX_LEASES = "PORTSAFE_AUTO_MAX_LEASES"
 EXCLUDE = "PORTSAFE_EXCLUDE"
 INTERNET = "PORTSAFE_INTERNET"
 KEEPER_IDLE = "PORTSAFE_KEEPER_IDLE"
@@ -54,7 +62,8 @@ PORTSERVER = "PORTSERVER_ADDRESS"
 RANGE = "PORTSAFE_RANGE"
 
 _WINDOWS = sys.platform == "win32"
-_ENCODED = {name: name.encode() for name in (AUTO, EXCLUDE, LOCK_DIR, PORTSERVER, RANGE)}
+_ENCODED = {name: name.encode() for name in (AUTO, AUTO_LEASE, AUTO_MAX_LEASES, EXCLUDE,
+                                             LOCK_DIR, PORTSERVER, RANGE)}
 
 
 def getenv(name: str) -> str:
@@ -256,6 +265,63 @@ def auto_mode() -> bool | None:
         True
     """
     return flag(AUTO)
+
+
+#: Defaults of auto mode's leases: long enough for a slow server to start, few enough
+#: that one busy process cannot exhaust the machine's range.
+AUTO_LEASE_DEFAULT = 60.0
+AUTO_MAX_LEASES_DEFAULT = 256
+
+_auto_cache: dict[tuple[str, str], float | int] = {}
+
+
+def auto_lease() -> float:
+    """``PORTSAFE_AUTO_LEASE``: seconds auto mode keeps a picked port reserved after its
+    socket closed unused (default 60).
+
+    Read on every lease, so it is cached per raw value.
+
+    Raises:
+        InvalidSettingError: not a finite number >= 0.
+
+    Example:
+        >>> auto_lease() >= 0
+        True
+    """
+    raw = getenv(AUTO_LEASE)
+    cached = _auto_cache.get((AUTO_LEASE, raw))
+    if cached is None:
+        cached = _auto_cache[(AUTO_LEASE, raw)] = seconds(AUTO_LEASE, AUTO_LEASE_DEFAULT)
+    return float(cached)
+
+
+def auto_max_leases() -> int:
+    """``PORTSAFE_AUTO_MAX_LEASES``: how many leases one process keeps at most (default
+    256); past it the oldest lease is released first.
+
+    Raises:
+        InvalidSettingError: not a whole number >= 1.
+
+    Example:
+        >>> auto_max_leases() >= 1
+        True
+    """
+    raw = getenv(AUTO_MAX_LEASES)
+    cached = _auto_cache.get((AUTO_MAX_LEASES, raw))
+    if cached is None:
+        text = raw.strip()
+        if not text:
+            cached = AUTO_MAX_LEASES_DEFAULT
+        else:
+            try:
+                cached = int(text)
+            except ValueError:
+                cached = 0
+            if cached < 1:
+                raise invalid(AUTO_MAX_LEASES, raw, "not a whole number >= 1",
+                              f"use e.g. {AUTO_MAX_LEASES_DEFAULT}")
+        _auto_cache[(AUTO_MAX_LEASES, raw)] = cached
+    return int(cached)
 
 
 def seconds(name: str, default: float, *, minimum: float = 0.0) -> float:
