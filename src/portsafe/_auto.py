@@ -242,7 +242,9 @@ def _from_hook() -> None:
     try:
         on = auto_mode()
     except InvalidSettingError as exc:
-        sys.stderr.write(f"portsafe: auto mode stays off: {exc}\n")
+        if not _state["said"]:  # a venv's lib64 link makes site read the hook twice
+            _state["said"] = True
+            sys.stderr.write(f"portsafe: auto mode stays off: {exc}\n")
         return
     if on:
         enable(source="env")
