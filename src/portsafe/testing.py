@@ -256,7 +256,7 @@ class PortFactory:
     Each call reserves a new port with :func:`portsafe.reserve_port` (so no other
     portsafe user on the machine gets it while it is held) and returns its number.
     :meth:`release_all` (or leaving the ``with`` block) releases them all; it is what
-    the ``free_port_factory`` fixture runs at teardown.
+    the ``reserved_port_factory`` fixture runs at teardown.
 
     Example:
         >>> import socket
