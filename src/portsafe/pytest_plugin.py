@@ -46,10 +46,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import sys
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
 
+from portsafe import _pytest_auto, _settings
 from portsafe._pytest_markers import (
     MARKERS,
     declared_marker_names,
@@ -59,7 +61,7 @@ from portsafe._pytest_markers import (
     skip_reason,
 )
 from portsafe._pytest_names import FIXTURE_NAMES, clash_message, clashing_plugins
-from portsafe._pytest_pickers import asyncio_port_fixtures
+from portsafe._pytest_pickers import asyncio_port_fixtures, ports_handed_out
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -85,7 +87,21 @@ __all__ = [
 
 _OWNED = pytest.StashKey[frozenset[str]]()
 _INTERNET_OPT_IN = "portsafe_internet"
-_PATCH_ASYNCIO = "portsafe_patch_asyncio"
+_AUTO = "portsafe_auto"
+_PATCH_ASYNCIO = "portsafe_patch_asyncio"  # the older name of _AUTO
+_WORKER_OUTPUT_KEY = "portsafe_auto"
+
+
+@dataclass
+class _AutoRun:
+    """What this run's auto mode did, for the summary and for undoing it at the end."""
+
+    source: str
+    enabled_here: bool = False  # we called enable(), so we call disable()
+    worker_stats: list[dict[str, object]] = field(default_factory=list)
+
+
+_AUTO_RUN = pytest.StashKey[_AutoRun]()
 
 
 def _new_factory() -> PortFactory:
@@ -111,18 +127,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest=_INTERNET_OPT_IN,
         help="run tests marked requires_internet (also: PORTSAFE_INTERNET=1).",
     )
+    auto_help = (
+        "auto mode: every bind to port 0 in the tests, and in the processes they start, "
+        "gets a port portsafe reserved (also: PORTSAFE_AUTO=1; PORTSAFE_AUTO=0 turns it off)."
+    )
+    group.addoption(
+        "--portsafe-auto", action="store_true", default=False, dest=_AUTO, help=auto_help
+    )
     group.addoption(
         "--portsafe-patch-asyncio",
         action="store_true",
         default=False,
         dest=_PATCH_ASYNCIO,
-        help="make pytest-asyncio's unused_*_port fixtures hand out reserved ports.",
+        help="alias of --portsafe-auto (its older name).",
     )
+    parser.addini(_AUTO, type="bool", default=False, help=auto_help)
     parser.addini(
-        _PATCH_ASYNCIO,
-        type="bool",
-        default=False,
-        help="make pytest-asyncio's unused_*_port fixtures hand out reserved ports.",
+        _PATCH_ASYNCIO, type="bool", default=False, help="alias of portsafe_auto (older name)."
     )
 
 
@@ -153,16 +174,104 @@ def _check_fixture_names(config: pytest.Config) -> None:
         _warn(config, clash_message(clashes))
 
 
+def _auto_requested(config: pytest.Config) -> tuple[bool, str]:
+    try:
+        env = _settings.auto_mode()
+    except ValueError as exc:  # InvalidSettingError: a usage error, not a crash
+        raise pytest.UsageError(str(exc)) from None
+    return _pytest_auto.decide(
+        flag=bool(config.getoption(_AUTO, False)),
+        alias_flag=bool(config.getoption(_PATCH_ASYNCIO, False)),
+        ini=bool(config.getini(_AUTO)),
+        alias_ini=bool(config.getini(_PATCH_ASYNCIO)),
+        env=env,
+    )
+
+
+def _start_auto(config: pytest.Config, source: str) -> None:
+    from portsafe import _auto  # lazily: runs that do not ask never import it
+
+    run = _AutoRun(source=source)
+    if not _auto.enabled():  # with PORTSAFE_AUTO=1 the start-up hook has done it
+        _auto.enable(source="pytest")  # also sets PORTSAFE_AUTO=1 for child processes
+        run.enabled_here = True
+    config.stash[_AUTO_RUN] = run
+    # Registered after every entry-point plugin, so these definitions win over
+    # pytest-asyncio's; a conftest's own definitions still win over both.
+    config.pluginmanager.register(asyncio_port_fixtures(), "portsafe-asyncio-ports")
+
+
 # trylast: every other plugin and conftest has declared its markers by then.
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Register markers, report fixture-name clashes, install the pytest-asyncio override."""
+    """Register markers, report fixture-name clashes, start auto mode if asked."""
     _register_markers(config)
     _check_fixture_names(config)
-    if config.getoption(_PATCH_ASYNCIO, False) or config.getini(_PATCH_ASYNCIO):
-        # Registered after every entry-point plugin, so these definitions win over
-        # pytest-asyncio's; a conftest's own definitions still win over both.
-        config.pluginmanager.register(asyncio_port_fixtures(), "portsafe-asyncio-ports")
+    on, source = _auto_requested(config)
+    if on:
+        _start_auto(config, source)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Undo what auto mode changed in this process (in-process runs leave nothing)."""
+    run = config.stash.get(_AUTO_RUN, None)
+    if run is None:
+        return
+    del config.stash[_AUTO_RUN]
+    if run.enabled_here:  # disable() also gives PORTSAFE_AUTO back its old value
+        from portsafe import _auto
+
+        _auto.disable()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say that auto mode is on, and whether child processes get it too."""
+    run = config.stash.get(_AUTO_RUN, None)
+    if run is None:
+        return []
+    from portsafe import _auto
+
+    return _pytest_auto.header_lines(run.source, hook_installed=_auto.hook_installed())
+
+
+def _own_stats() -> dict[str, object]:
+    from portsafe import _auto
+
+    return {**_auto.stats(), "fixtures": ports_handed_out()}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker, hand this process's auto-mode figures to the controller."""
+    config = session.config
+    if _AUTO_RUN in config.stash and _is_xdist_worker(config):
+        config.workeroutput[_WORKER_OUTPUT_KEY] = _own_stats()  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent without xdist
+def pytest_testnodedown(node: object, error: object) -> None:
+    """Collect a finished xdist worker's auto-mode figures."""
+    config = getattr(node, "config", None)
+    output = getattr(node, "workeroutput", None) or {}
+    stats = output.get(_WORKER_OUTPUT_KEY) if isinstance(output, dict) else None
+    if isinstance(config, pytest.Config) and isinstance(stats, dict):
+        run = config.stash.get(_AUTO_RUN, None)
+        if run is not None:
+            run.worker_stats.append(stats)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """Report auto mode: ports reserved (summed over xdist workers) and every fallback."""
+    run = config.stash.get(_AUTO_RUN, None)
+    if run is None or _is_xdist_worker(config):
+        return
+    merged = _pytest_auto.merge_stats([_own_stats(), *run.worker_stats])
+    lines = _pytest_auto.summary_lines(run.source, merged, workers=len(run.worker_stats))
+    fell_back = bool(merged["fallbacks"])
+    terminalreporter.write_sep("=", "portsafe auto mode", yellow=fell_back, green=not fell_back)
+    for line in lines:
+        terminalreporter.write_line(line)
 
 
 def _owned_markers(item: pytest.Item) -> set[str]:
