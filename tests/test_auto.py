@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import portsafe
-from portsafe import _auto, _locks, _probe
+from portsafe import _auto, _autoharvest, _locks, _probe
 
 needs_ipv6 = pytest.mark.skipif(not _probe.ipv6_available(), reason="no IPv6 on this host")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
@@ -353,6 +353,43 @@ class TestReuseOptions:
             _auto.enable()
             self.only(monkeypatch, port)
             assert self.reuse_pick(socket.SOCK_DGRAM) != port
+
+
+    def test_option_stays_set(self, auto: None) -> None:
+        """The caller's SO_REUSEADDR is on after the bind, and works as the kernel's."""
+        for _ in range(40):  # past the fast path's warm-up
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", 0))
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+                with socket.socket() as twin:  # both set the option, neither listens
+                    twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    twin.bind(sock.getsockname())
+
+    @linux_only
+    def test_fast_path_skips_time_wait(self, auto: None,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        """Ports auto mode already knows are re-checked: a TIME_WAIT one is never given."""
+        with portsafe.reserve_ports(24, contiguous=True) as group:
+            ports = group.ports
+        monkeypatch.setenv("PORTSAFE_RANGE", f"{ports[0]}-{ports[-1]}")
+        monkeypatch.setenv("PORTSAFE_AUTO_MAX_LEASES", "1")
+        for _ in range(80):  # every port of the range becomes known to the fast path
+            pick()
+        known = [port for port in ports if port in _autoharvest._known_set]
+        assert len(known) >= 16
+        waiting = next(port for port in known if not held_here(port))
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", waiting))
+            server.listen()
+            client = socket.create_connection(("127.0.0.1", waiting))
+            conn, _ = server.accept()
+            conn.close()  # the server side closes first: TIME_WAIT on the server's port
+            client.close()
+        got = {self.reuse_pick() for _ in range(200)}
+        assert waiting not in got
+        assert got <= set(ports) | set(range(*portsafe.ephemeral_port_range()))
 
 
 class TestLibraries:

@@ -23,10 +23,14 @@ sockets, other protocols) goes straight to the C ``bind``. The rules:
    ``PORTSAFE_AUTO_MAX_LEASES`` (default 256); past that the oldest lease is released
    first, so a busy suite cannot exhaust the machine's range.
 4. **The kernel could have given it.** The port is checked free on the caller's
-   address by binding it without ``SO_REUSEADDR`` (portsafe's probe), so even a
-   caller that set ``SO_REUSEADDR``/``SO_REUSEPORT`` never lands on a port that a
-   listener, a UDP socket or a TIME_WAIT connection is using: exactly the ports the
-   kernel's own ``bind(0)`` avoids.
+   address by a bind without ``SO_REUSEADDR``, so even a caller that set
+   ``SO_REUSEADDR``/``SO_REUSEPORT`` never lands on a port that a listener, a UDP socket
+   or a TIME_WAIT connection is using: exactly the ports the kernel's own ``bind(0)``
+   avoids. Without a reuse option the caller's own bind is that check (``_autoharvest``,
+   the fast path); on Linux ``SO_REUSEADDR`` is switched off for the caller's bind and
+   back on right after (the option is read again at ``listen()`` and by later binds);
+   with ``SO_REUSEPORT``, and elsewhere, portsafe's probe (a socket of its own, bound
+   without options and closed) checks first.
 5. **Never worse than the kernel.** When no reservation can be made (range exhausted,
    lock directory unusable, EACCES, a warning turned into an error), the kernel's
    ``bind(0)`` is done instead, counted in :func:`stats` and logged once per reason
@@ -45,19 +49,22 @@ import _socket
 import errno
 import os
 import socket
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 
-from portsafe import _settings
+from portsafe import _autoharvest, _settings
 from portsafe._errors import InvalidSettingError
 from portsafe._reserve import Reservation, reserve_port
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from typing import Any
+    from typing import Any, TypeAlias
+
+    _Releasable: TypeAlias = Reservation | _autoharvest.Held
 
 __all__ = ["install", "lease_port", "release_lease", "reset_stats", "stats", "uninstall"]
 
@@ -69,6 +76,12 @@ _c_sendto = _socket.socket.sendto
 _c_sendmsg = getattr(_socket.socket, "sendmsg", None)
 _py_detach = socket.socket.detach
 _py_real_close = socket.socket._real_close  # type: ignore[attr-defined]
+_getsockopt = _socket.socket.getsockopt
+_setsockopt = _socket.socket.setsockopt
+_LINUX = sys.platform.startswith("linux")
+_SOL_SOCKET = socket.SOL_SOCKET
+_REUSEADDR = socket.SO_REUSEADDR
+_REUSEPORT = getattr(socket, "SO_REUSEPORT", 0)
 _family = _socket.socket.family.__get__  # the raw ints: the enum properties cost more
 _type = _socket.socket.type.__get__
 _proto = _socket.socket.proto.__get__
@@ -88,7 +101,7 @@ class _Entry:
 
     __slots__ = ("key", "ref", "reservation", "used")
 
-    def __init__(self, reservation: Reservation, key: int) -> None:
+    def __init__(self, reservation: _Releasable, key: int) -> None:
         self.reservation = reservation
         self.key = key
         self.used = False
@@ -100,7 +113,7 @@ class _Entry:
 
 
 _entries: dict[int, _Entry] = {}  # id(socket) -> its reservation
-_leases: deque[tuple[float, Reservation]] = deque()  # oldest first
+_leases: deque[tuple[float, _Releasable]] = deque()  # oldest first
 _collected: list[_Entry] = []  # from weakref callbacks: handled by the next call
 _mutex = threading.Lock()
 _counts = {"reserved": 0, "fallbacks": 0}
@@ -130,14 +143,27 @@ def _finish(entry: _Entry) -> None:
         _lease(entry.reservation)
 
 
-def _lease(reservation: Reservation) -> None:
-    try:
-        expires = _monotonic() + _settings.auto_lease()
-        cap = _settings.auto_max_leases()
-    except InvalidSettingError as exc:  # a close must not fail: the defaults, and say so
-        _note_problem(exc, "auto mode uses its default lease settings")
-        expires = _monotonic() + _settings.AUTO_LEASE_DEFAULT
-        cap = _settings.AUTO_MAX_LEASES_DEFAULT
+_LEASE_NAMES = (_settings.AUTO_LEASE, _settings.AUTO_MAX_LEASES)
+_lease_conf: list[object] = [None, _settings.AUTO_LEASE_DEFAULT,
+                             _settings.AUTO_MAX_LEASES_DEFAULT]
+
+
+def _lease_settings() -> tuple[float, int]:
+    """(lease seconds, cap), parsed again only when the raw settings change."""
+    raw = _settings.fingerprint(_LEASE_NAMES)
+    if raw != _lease_conf[0]:
+        try:
+            parsed: list[object] = [raw, _settings.auto_lease(), _settings.auto_max_leases()]
+        except InvalidSettingError as exc:  # a close must not fail: the defaults, and say so
+            _note_problem(exc, "auto mode uses its default lease settings")
+            parsed = [raw, _settings.AUTO_LEASE_DEFAULT, _settings.AUTO_MAX_LEASES_DEFAULT]
+        _lease_conf[:] = parsed
+    return _lease_conf[1], _lease_conf[2]  # type: ignore[return-value]
+
+
+def _lease(reservation: _Releasable) -> None:
+    seconds, cap = _lease_settings()
+    expires = _monotonic() + seconds
     with _mutex:
         _leases.append((expires, reservation))
         while len(_leases) > cap:
@@ -179,6 +205,24 @@ def _auto_bind(sock: socket.socket, address: tuple[object, ...], family: int,
         return
     rest = address[2:]
     problem: BaseException | None = None
+    reuse = _getsockopt(sock, _SOL_SOCKET, _REUSEADDR)
+    if not ((_REUSEPORT and _getsockopt(sock, _SOL_SOCKET, _REUSEPORT))
+            or (reuse and not _LINUX)):
+        # Linux: SO_REUSEADDR off for the bind makes it the strict probe, atomically;
+        # switched back on at once, it governs listen() and later binds as if it had
+        # stayed on. (SO_REUSEPORT forms its group at bind: never toggled.)
+        if reuse:
+            _setsockopt(sock, _SOL_SOCKET, _REUSEADDR, 0)
+        try:
+            held = _autoharvest.take(_c_bind, sock, host, rest)
+        except Exception:  # noqa: BLE001 - the slow path below says what went wrong
+            held = None
+        finally:
+            if reuse:
+                _setsockopt(sock, _SOL_SOCKET, _REUSEADDR, reuse)
+        if held is not None:
+            _track(sock, held)
+            return
     for _ in range(_RETRIES):
         try:
             reservation = _reserve(host=host, family=family, socktype=kind)
@@ -196,15 +240,20 @@ def _auto_bind(sock: socket.socket, address: tuple[object, ...], family: int,
         except BaseException:
             reservation.release()
             raise
-        key = id(sock)
-        entry = _Entry(reservation, key)
-        entry.ref = weakref.ref(sock, entry)
-        _entries[key] = entry
-        _counts["reserved"] += 1
+        _autoharvest.remember(reservation.port)
+        _track(sock, reservation)
         return
     _c_bind(sock, address)  # the kernel's pick, or the kernel's own error
     if problem is not None:
         _note_fallback(problem)
+
+
+def _track(sock: socket.socket, reservation: _Releasable) -> None:
+    key = id(sock)
+    entry = _Entry(reservation, key)
+    entry.ref = weakref.ref(sock, entry)
+    _entries[key] = entry
+    _counts["reserved"] += 1
 
 
 def _bind(self: socket.socket, address: Any) -> None:
@@ -288,6 +337,7 @@ def lease_port(*, host: str | None = None, family: int = socket.AF_INET,
         _note_fallback(exc)
         return None
     _counts["reserved"] += 1
+    _autoharvest.remember(reservation.port)
     _lease(reservation)
     return reservation.port
 

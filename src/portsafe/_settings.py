@@ -39,6 +39,7 @@ __all__ = [
     "check_port",
     "default_lock_dir",
     "exclude_ranges",
+    "fingerprint",
     "flag",
     "getenv",
     "invalid",
@@ -80,6 +81,26 @@ def getenv(name: str) -> str:
         value = data.get(_ENCODED.get(name) or os.fsencode(name))
         return "" if value is None else os.fsdecode(value)
     return os.environ.get(name, "")
+
+
+_fingerprint_keys: dict[tuple[str, ...], list[bytes]] = {}
+
+
+def fingerprint(names: tuple[str, ...]) -> tuple[object, ...]:
+    """The raw values of the settings *names*, cheap to compare: the key of a cache of
+    values parsed from them (auto mode checks it on every bind).
+
+    Example:
+        >>> fingerprint((AUTO_LEASE,)) == fingerprint((AUTO_LEASE,))
+        True
+    """
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict and os.name == "posix":
+        keys = _fingerprint_keys.get(names)
+        if keys is None:
+            keys = _fingerprint_keys[names] = [os.fsencode(name) for name in names]
+        return tuple(map(data.get, keys))
+    return tuple(os.environ.get(name) for name in names)
 
 
 def invalid(name: str, value: str, problem: str, remedy: str) -> InvalidSettingError:
