@@ -311,6 +311,35 @@ class TestAutoSummary:
         result.stdout.fnmatch_lines([expected])
 
 
+class TestPytestAsyncioUnderAuto:
+    @pytest.fixture(autouse=True)
+    def _needs_pytest_asyncio(self) -> None:
+        pytest.importorskip("pytest_asyncio")
+
+    def run(self, pytester: pytest.Pytester, *args: str) -> list[bool]:
+        pytester.makepyfile(ASYNCIO_TESTS)
+        result = pytester.runpytest("-p", "no:cacheprovider", *args)
+        result.assert_outcomes(passed=3)
+        return [word == "True" for word in (pytester.path / "ports.txt").read_text().split()]
+
+    def test_switch_replaces_the_fixtures(self, pytester: pytest.Pytester, auto_env: None) -> None:
+        """--portsafe-auto makes every unused_* fixture hand out held ports (replacements)."""
+        assert self.run(pytester, "--portsafe-auto") == [True] * 6
+        result = pytester.runpytest("-p", "no:cacheprovider", "--portsafe-auto", "--fixtures")
+        result.stdout.fnmatch_lines(["unused_tcp_port -- *portsafe*_pytest_pickers.py:*"])
+
+    def test_interception_alone_covers_the_originals(
+        self, pytester: pytest.Pytester, auto_env: None
+    ) -> None:
+        """Without the replacements (-p no:portsafe-asyncio-ports), pytest-asyncio's own
+        bind-and-close fixtures still get held ports: the bind(0) lease covers them. The
+        replacements stay for their longer, exact hold (see _pytest_pickers)."""
+        args = ("--portsafe-auto", "-p", "no:portsafe-asyncio-ports")
+        assert self.run(pytester, *args) == [True] * 6
+        result = pytester.runpytest("-p", "no:cacheprovider", *args, "--fixtures")
+        result.stdout.fnmatch_lines(["unused_tcp_port -- *pytest_asyncio*"])
+
+
 class TestAutoPlainFunctions:
     def test_decide_precedence(self) -> None:
         """0 in the environment wins; then flag, alias flag, ini, alias ini, environment."""
