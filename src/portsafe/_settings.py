@@ -15,7 +15,6 @@ This module sits at the bottom of the core: it imports nothing of portsafe but
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -363,7 +362,7 @@ def seconds(name: str, default: float, *, minimum: float = 0.0) -> float:
     except ValueError:
         raise invalid(name, raw, "not a number of seconds",
                       f"use e.g. {default:g}") from None
-    if not math.isfinite(value) or value < minimum:
+    if value - value != 0.0 or value < minimum:  # inf and nan; no math import at start-up
         raise invalid(name, raw, f"must be a finite number of seconds >= {minimum:g}",
                       f"use e.g. {default:g}")
     return value
