@@ -158,6 +158,9 @@ class TestAutoSwitch:
         _, _, held, child = read_result(pytester)
         assert (held, child) == (False, "0")
         result.stdout.no_fnmatch_line("*portsafe auto mode*")
+        result.stdout.fnmatch_lines(
+            ["portsafe: auto mode off: PORTSAFE_AUTO=0 overrides --portsafe-auto"]
+        )
 
     def test_off_by_default_changes_nothing(
         self, pytester: pytest.Pytester, auto_env: None

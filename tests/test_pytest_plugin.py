@@ -233,7 +233,7 @@ def test_it(broken):
     @pytest.mark.parametrize("old", ["free_tcp_port", "free_udp_port", "free_port_factory",
                                      "free_tcp_port_session", "free_port_factory_session"])
     def test_old_names_are_gone(self, pytester: pytest.Pytester, old: str) -> None:
-        """The pre-0.2 names are not aliases (anyio defines free_tcp_port/free_udp_port)."""
+        """The 0.1 names are not aliases (anyio defines free_tcp_port/free_udp_port)."""
         pytester.makepyfile(f"def test_it({old}):\n    pass\n")
         result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:anyio")
         result.assert_outcomes(errors=1)
@@ -828,3 +828,4 @@ class TestPlainFunctions:
         assert reason({"requires_internet"}, internet_opt_in=True) is None
         assert reason({"requires_ipv6"}, internet_opt_in=False) == testing.IPV6_SKIP_REASON
         assert reason({"requires_unix_socket"}, internet_opt_in=False) is None
+

@@ -102,6 +102,7 @@ class _AutoRun:
 
 
 _AUTO_RUN = pytest.StashKey[_AutoRun]()
+_OVERRIDDEN = pytest.StashKey[str]()
 
 
 def _new_factory() -> PortFactory:
@@ -174,18 +175,23 @@ def _check_fixture_names(config: pytest.Config) -> None:
         _warn(config, clash_message(clashes))
 
 
-def _auto_requested(config: pytest.Config) -> tuple[bool, str]:
+def _auto_requested(config: pytest.Config) -> tuple[bool, str, str]:
+    """``(on, source, overridden)``: *overridden* names the setting PORTSAFE_AUTO=0 beat."""
     try:
         env = _settings.auto_mode()
     except ValueError as exc:  # InvalidSettingError: a usage error, not a crash
         raise pytest.UsageError(str(exc)) from None
-    return _pytest_auto.decide(
-        flag=bool(config.getoption(_AUTO, False)),
-        alias_flag=bool(config.getoption(_PATCH_ASYNCIO, False)),
-        ini=bool(config.getini(_AUTO)),
-        alias_ini=bool(config.getini(_PATCH_ASYNCIO)),
-        env=env,
-    )
+    asked = {
+        "flag": bool(config.getoption(_AUTO, False)),
+        "alias_flag": bool(config.getoption(_PATCH_ASYNCIO, False)),
+        "ini": bool(config.getini(_AUTO)),
+        "alias_ini": bool(config.getini(_PATCH_ASYNCIO)),
+    }
+    on, source = _pytest_auto.decide(**asked, env=env)
+    overridden = ""
+    if env is False:
+        _, overridden = _pytest_auto.decide(**asked, env=None)
+    return on, source, overridden
 
 
 def _start_auto(config: pytest.Config, source: str) -> None:
@@ -207,9 +213,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register markers, report fixture-name clashes, start auto mode if asked."""
     _register_markers(config)
     _check_fixture_names(config)
-    on, source = _auto_requested(config)
+    on, source, overridden = _auto_requested(config)
     if on:
         _start_auto(config, source)
+    elif overridden:
+        config.stash[_OVERRIDDEN] = overridden
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -228,6 +236,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """Say that auto mode is on, and whether child processes get it too."""
     run = config.stash.get(_AUTO_RUN, None)
     if run is None:
+        overridden = config.stash.get(_OVERRIDDEN, "")
+        if overridden:
+            return [f"portsafe: auto mode off: {_pytest_auto.OFF_SOURCE} overrides {overridden}"]
         return []
     from portsafe import _auto
 
