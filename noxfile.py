@@ -4,6 +4,7 @@
     nox -s tests-3.12        # the full suite on another interpreter
     nox -s cpython_matrix    # CPython's own test modules on every interpreter (~10 min)
     nox -s bench             # the benchmark figures
+    nox -s realworld         # aioftp's suite without and with auto mode (on demand)
 
 Interpreters that are not installed are skipped with a message, never an error.
 pyenv installs are found even when they are not on PATH.
@@ -125,3 +126,9 @@ def bench(session: nox.Session) -> None:
     """Print the benchmark figures (side by side with the alternatives)."""
     session.install(".", "portpicker")
     session.run("python", "bench/bench_reserve.py", *session.posargs)
+
+
+@nox.session(python=False)
+def realworld(session: nox.Session) -> None:
+    """aioftp's port-using tests, -n 4, two runs at once, without and with auto mode."""
+    session.run("python", "tools/realworld.py", *session.posargs, external=True)

@@ -127,6 +127,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     python = str(env_dir / "bin" / "python")
     subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q",
                     "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300)
+    pytest_installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "pytest"],
+        capture_output=True, timeout=300, check=False)
+    if pytest_installed.returncode != 0:
+        pytest.skip("cannot install pytest into the fresh venv here")
     yield wheel, python
     shutil.rmtree(where, ignore_errors=True)
 
@@ -157,3 +162,29 @@ class TestInstalledWheel:
                                  "print(_auto.hook_installed())")], env=env, check=True,
                                 capture_output=True, text=True)
         assert hooked.stdout.strip() == "True"
+
+    def test_pytest_under_the_variable(self, installed: tuple[Path, str],
+                                       tmp_path: Path) -> None:
+        """PORTSAFE_AUTO=1 pytest: patched tests, and no warning that pytest cannot
+        rewrite the package the start-up hook imported."""
+        _, python = installed
+        (tmp_path / "test_picked.py").write_text(textwrap.dedent("""
+            import socket
+            import portsafe
+
+            def test_picked():
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", 0))
+                    port = sock.getsockname()[1]
+                low, high = portsafe.ephemeral_port_range()
+                assert not low <= port <= high
+        """))
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("PORTSAFE", "PYTHONPATH", "PYTEST"))}
+        env.update(PORTSAFE_AUTO="1", PORTSAFE_LOCK_DIR=str(tmp_path / "locks"))
+        done = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W",
+                               "error::pytest.PytestAssertRewriteWarning", "test_picked.py"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "PytestAssertRewriteWarning" not in done.stdout
