@@ -137,9 +137,15 @@ def pick_pool() -> int:
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Write the generated suite; return the directory the tests record into."""
+    """Write the generated suite; return the directory the tests record into.
+
+    The runs share a private lock directory: the proof is about the processes of these
+    runs, and the machine's shared one may meanwhile hold thousands of ports for other
+    test runs (a benchmark holding 10,000), which would exhaust the 6-port pool.
+    """
     records = pytester.path / "records"
     records.mkdir()
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(pytester.path / "locks"))
     monkeypatch.setenv("STRESS_RECORDS", str(records))
     monkeypatch.setenv("STRESS_POOL_START", str(pick_pool()))
     monkeypatch.setenv("STRESS_POOL_SIZE", str(POOL_SIZE))
