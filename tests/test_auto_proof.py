@@ -185,7 +185,8 @@ def check_ports(found: dict[str, list[object]], env: dict[str, str],
 
 class TestProof:
     def test_program_under_the_variable(self, tmp_path: Path) -> None:
-        """PORTSAFE_AUTO=1 python program.py: the module helper and every known picker."""
+        """PORTSAFE_AUTO=1 python program.py: the module helper and every known picker;
+        `portsafe list` names the program as the holder of each port."""
         env = hook_env(tmp_path, PORTSAFE_AUTO="1", PORTSAFE_LOCK_DIR=str(tmp_path / "locks"))
         env.pop("PORTSERVER_ADDRESS", None)
         child = subprocess.Popen([sys.executable, "-c", PROGRAM], env=env, text=True,
@@ -195,6 +196,11 @@ class TestProof:
             found = json.loads(child.stdout.readline())
             assert len(found) == 6
             check_ports(found, env)
+            listed = subprocess.run([sys.executable, "-m", "portsafe", "list"], env=env,
+                                    capture_output=True, text=True, check=True).stdout
+            rows = {tuple(line.split()[:2]) for line in listed.splitlines()[1:]}
+            for port, _ in found.values():
+                assert (str(port), str(child.pid)) in rows, listed
         finally:
             child.communicate("go\n", timeout=30)
         assert child.returncode == 0
