@@ -98,6 +98,7 @@ class _AutoRun:
 
     source: str
     enabled_here: bool = False  # we called enable(), so we call disable()
+    fixtures_before: int = 0  # the picker count is per process; in-process runs add up
     worker_stats: list[dict[str, object]] = field(default_factory=list)
 
 
@@ -197,7 +198,7 @@ def _auto_requested(config: pytest.Config) -> tuple[bool, str, str]:
 def _start_auto(config: pytest.Config, source: str) -> None:
     from portsafe import _auto  # lazily: runs that do not ask never import it
 
-    run = _AutoRun(source=source)
+    run = _AutoRun(source=source, fixtures_before=ports_handed_out())
     if not _auto.enabled():  # with PORTSAFE_AUTO=1 the start-up hook has done it
         _auto.enable(source="pytest")  # also sets PORTSAFE_AUTO=1 for child processes
         run.enabled_here = True
@@ -245,17 +246,18 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return _pytest_auto.header_lines(run.source, hook_installed=_auto.hook_installed())
 
 
-def _own_stats() -> dict[str, object]:
+def _own_stats(run: _AutoRun) -> dict[str, object]:
     from portsafe import _auto
 
-    return {**_auto.stats(), "fixtures": ports_handed_out()}
+    return {**_auto.stats(), "fixtures": ports_handed_out() - run.fixtures_before}
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """In an xdist worker, hand this process's auto-mode figures to the controller."""
     config = session.config
-    if _AUTO_RUN in config.stash and _is_xdist_worker(config):
-        config.workeroutput[_WORKER_OUTPUT_KEY] = _own_stats()  # type: ignore[attr-defined]
+    run = config.stash.get(_AUTO_RUN, None)
+    if run is not None and _is_xdist_worker(config):
+        config.workeroutput[_WORKER_OUTPUT_KEY] = _own_stats(run)  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent without xdist
@@ -277,7 +279,7 @@ def pytest_terminal_summary(
     run = config.stash.get(_AUTO_RUN, None)
     if run is None or _is_xdist_worker(config):
         return
-    merged = _pytest_auto.merge_stats([_own_stats(), *run.worker_stats])
+    merged = _pytest_auto.merge_stats([_own_stats(run), *run.worker_stats])
     lines = _pytest_auto.summary_lines(run.source, merged, workers=len(run.worker_stats))
     fell_back = bool(merged["fallbacks"])
     terminalreporter.write_sep("=", "portsafe auto mode", yellow=fell_back, green=not fell_back)
