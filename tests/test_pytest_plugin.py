@@ -338,6 +338,25 @@ class TestFixtureNameClash:
         result.assert_outcomes(passed=1)
         result.stdout.no_fnmatch_line("*also defines fixture*")
 
+    def test_coexists_with_the_real_anyio_plugin(self, pytester: pytest.Pytester) -> None:
+        """With anyio installed, free_tcp_port is anyio's and reserved_tcp_port portsafe's."""
+        pytest.importorskip("anyio.pytest_plugin")
+        pytester.makepyfile(
+            """
+import portsafe, pytest
+
+def test_both(free_tcp_port, reserved_tcp_port):
+    assert free_tcp_port != reserved_tcp_port
+    with pytest.raises(portsafe.NoFreePortError):
+        portsafe.reserve_port(ports=[reserved_tcp_port])
+"""
+        )
+        result = pytester.runpytest("-p", "no:cacheprovider", "-p", "anyio", "--fixtures")
+        result.stdout.fnmatch_lines(["free_tcp_port* -- *anyio*", "reserved_tcp_port -- *"])
+        result = pytester.runpytest("-p", "no:cacheprovider", "-p", "anyio")
+        result.assert_outcomes(passed=1)
+        result.stdout.no_fnmatch_line("*also defines fixture*")
+
     def test_plugin_objects_and_classes_are_scanned(self) -> None:
         """Fixtures on a plugin class instance count; conftests and blocked plugins do not."""
         import types
