@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import portsafe
-from portsafe import _auto, _autoharvest, _locks, _probe
+from portsafe import _auto, _autoharvest, _autosock, _locks, _probe
 
 needs_ipv6 = pytest.mark.skipif(not _probe.ipv6_available(), reason="no IPv6 on this host")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
@@ -46,6 +46,14 @@ def outside_ephemeral(port: int) -> bool:
 
 def held_here(port: int) -> bool:
     return _locks.table().holds(port)
+
+
+def leased_ports() -> list[int]:
+    return [reservation.port for _, reservation in _autosock._leases]
+
+
+def pooled_ports() -> list[int]:
+    return [reservation.port for reservation in _autoharvest._pool]
 
 
 def pick(host: str = "127.0.0.1", family: int = socket.AF_INET,
@@ -224,22 +232,42 @@ class TestLifetime:
         assert not held_here(ports[1])
 
     def test_lease_expires_lazily(self, auto: None, monkeypatch: pytest.MonkeyPatch) -> None:
-        """PORTSAFE_AUTO_LEASE=0: the lease is gone at the next call that looks."""
+        """PORTSAFE_AUTO_LEASE=0: the lease ends at the next call that looks, and its
+        reservation waits in the pool for this process's next pick."""
         monkeypatch.setenv("PORTSAFE_AUTO_LEASE", "0")
         port = pick()
-        assert held_here(port)  # nobody looked yet: no thread expires it
+        assert leased_ports() == [port]  # nobody looked yet: no thread expires it
         assert _auto.stats()["leases_held"] == 0
-        assert not held_here(port)
+        assert pooled_ports() == [port]
 
-    def test_cap_releases_oldest_first(self, auto: None,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_cap_ends_the_oldest_lease_first(self, auto: None,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
         """PORTSAFE_AUTO_MAX_LEASES=2: a third lease pushes the oldest out."""
         monkeypatch.setenv("PORTSAFE_AUTO_MAX_LEASES", "2")
         first, second, third = pick(), pick(), pick()
-        assert not held_here(first)
-        assert held_here(second)
-        assert held_here(third)
+        assert leased_ports() == [second, third]
+        assert pooled_ports() == [first]
         assert _auto.stats()["leases_held"] == 2
+
+    def test_pool_is_bounded(self, auto: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Ended leases beyond the pool's size are released for good, oldest first."""
+        monkeypatch.setenv("PORTSAFE_AUTO_MAX_LEASES", "1")
+        ports = [pick() for _ in range(3 * _autoharvest.MAX_POOL)]
+        assert len(pooled_ports()) <= _autoharvest.MAX_POOL
+        held = {port for port in set(ports) if held_here(port)}
+        assert len(held) <= _autoharvest.MAX_POOL + 1
+
+    def test_pooled_port_is_reused_only_when_free(self, auto: None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        """A pooled port that a server now uses is dropped, never handed out."""
+        monkeypatch.setenv("PORTSAFE_AUTO_LEASE", "0")
+        port = pick()
+        _auto.stats()
+        assert pooled_ports() == [port]
+        with socket.create_server(("127.0.0.1", port)):  # the picker's server, at last
+            got = {pick() for _ in range(2 * _autoharvest.FRESH_EVERY)}
+            assert port not in got
+        assert port not in pooled_ports()
 
     def test_bad_settings_never_fail_a_close(self, auto: None, monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
@@ -374,11 +402,11 @@ class TestReuseOptions:
             ports = group.ports
         monkeypatch.setenv("PORTSAFE_RANGE", f"{ports[0]}-{ports[-1]}")
         monkeypatch.setenv("PORTSAFE_AUTO_MAX_LEASES", "1")
-        for _ in range(80):  # every port of the range becomes known to the fast path
+        for _ in range(80):  # ports of the range go through the fast path's pool
             pick()
-        known = [port for port in ports if port in _autoharvest._known_set]
-        assert len(known) >= 16
-        waiting = next(port for port in known if not held_here(port))
+        pooled = [port for port in pooled_ports() if port in ports]
+        assert pooled
+        waiting = pooled[0]
         with socket.socket() as server:
             server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             server.bind(("127.0.0.1", waiting))
@@ -389,6 +417,7 @@ class TestReuseOptions:
             client.close()
         got = {self.reuse_pick() for _ in range(200)}
         assert waiting not in got
+        assert waiting not in pooled_ports()  # tried, found in use, dropped
         assert got <= set(ports) | set(range(*portsafe.ephemeral_port_range()))
 
 

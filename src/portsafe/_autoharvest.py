@@ -1,24 +1,30 @@
-"""Auto mode's fast path: re-lock a port portsafe already chose, let the caller's bind check it.
+"""Auto mode's fast path: hand a later bind the reservation of a lease that ended.
 
-A reservation through :func:`portsafe.reserve_port` costs a lock and a probe (a socket
-of its own, bound and closed). For a ``bind(0)`` without ``SO_REUSEADDR`` or
-``SO_REUSEPORT`` the probe is redundant: the caller's own bind, without a reuse option,
-is the strictest check there is, and it is atomic. So auto mode remembers every port
-``reserve_port`` handed it (each one passed the candidate rules: outside the ephemeral
-range, not reserved, not a service port, ``PORTSAFE_RANGE``/``PORTSAFE_EXCLUDE``) and, for
-such a bind, takes the lock on a random remembered port that nobody holds and binds
-the caller's socket to it directly. The rules:
+A reservation through :func:`portsafe.reserve_port` costs a lock, a probe (a socket of
+its own, bound and closed) and, in the end, an unlock. A busy suite's picks each end
+up as a lease, and its leases end in turn (pushed out by the cap, or expired): so
+instead of unlocking the port of a lease that ended, auto mode keeps its reservation in
+a small pool, and a later ``bind(0)`` whose check can be its own bind takes a pooled
+reservation and binds the caller's socket to it directly: no lock, no probe, no unlock.
+A bind without a reuse option is the strictest check there is, and it is atomic. The
+rules:
 
-1. **Same guarantees.** The lock is taken first (G1); the candidate passed
-   ``reserve_port``'s rules (G2); the caller's bind without a reuse option fails on any
-   port in use, TIME_WAIT included (G3), and then the lock is dropped and the next
-   candidate tried, and in the end ``reserve_port`` itself.
+1. **Same guarantees.** A pooled reservation came from ``reserve_port`` (G2: outside the
+   ephemeral range, not reserved, not a service port, ``PORTSAFE_RANGE`` and
+   ``PORTSAFE_EXCLUDE``), and its lock was never dropped (G1). The caller's bind without
+   a reuse option fails on a port that anything uses, TIME_WAIT included (G3): then the
+   reservation is released for good and another one tried, and in the end
+   ``reserve_port`` itself.
 2. **Fresh ports keep coming.** One pick in :data:`FRESH_EVERY` goes through
-   ``reserve_port`` anyway, so the remembered set keeps growing and spreading, and a
-   picker that refuses repeats (anyio's factories) always meets a new number soon.
-3. **Settings are honoured.** The remembered set belongs to one lock directory,
-   ``PORTSAFE_RANGE`` and ``PORTSAFE_EXCLUDE``; when any of them changes it starts empty.
-   With ``PORTSERVER_ADDRESS`` set the fast path is off (the server grants ports).
+   ``reserve_port`` anyway, so picks keep spreading over the range, and a picker that
+   refuses repeats (anyio's factories) meets a new number within a few tries.
+3. **Bounded.** The pool keeps at most :data:`MAX_POOL` reservations; past that the
+   oldest is released. Together with the lease cap, a process never holds more than
+   ``PORTSAFE_AUTO_MAX_LEASES + MAX_POOL`` ports besides its open sockets.
+4. **Settings are honoured.** The pool belongs to one lock directory, ``PORTSAFE_RANGE``
+   and ``PORTSAFE_EXCLUDE``: when any of them changes, it is released. With
+   ``PORTSERVER_ADDRESS`` set the fast path is off (the server grants ports).
+5. **fork.** A child's pool is empty: record locks are not inherited.
 """
 
 from __future__ import annotations
@@ -27,112 +33,100 @@ import errno
 import os
 import random
 
-from portsafe import _locks, _settings
+from portsafe import _settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
-__all__ = ["FRESH_EVERY", "Held", "remember", "take"]
+    from portsafe._reserve import Reservation
 
-#: One pick in this many goes through reserve_port even when the fast path could serve.
-FRESH_EVERY = 8
-_MIN_KNOWN = 16  # below this, fast picks would repeat numbers too often
-_MAX_KNOWN = 4096
+__all__ = ["FRESH_EVERY", "MAX_POOL", "recycle", "release_all", "take"]
+
+#: One pick in this many goes through reserve_port even when the pool could serve it.
+FRESH_EVERY = 16
+#: Reservations the pool keeps at most.
+MAX_POOL = 64
 _TRIES = 3
 
 _rng = random.Random()  # noqa: S311 - spreading picks, not secrecy
-_known: list[int] = []
-_known_set: set[int] = set()
+_pool: list[Reservation] = []  # oldest first
 _NAMES = (_settings.LOCK_DIR, _settings.RANGE, _settings.EXCLUDE, _settings.PORTSERVER)
-_key: list[object] = [None, ""]  # the raw settings the known ports belong to, lock dir
+_key: list[object] = [None]  # the raw settings the pooled reservations belong to
 _picks = [0]
 
 
 def _reset_in_child() -> None:
     _rng.seed()
-    _known.clear()
-    _known_set.clear()
+    _pool.clear()  # the parent's locks: this process never held them
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_in_child)
 
 
-class Held:
-    """A port locked by the fast path; ``release()`` unlocks it (idempotent).
+def release_all() -> None:
+    """Release every pooled reservation.
 
     Example:
-        >>> held = Held(1); held.release(); held.release()
+        >>> release_all(); _pool
+        []
     """
-
-    __slots__ = ("_pid", "port")
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self._pid = os.getpid()
-
-    def release(self) -> None:
-        """Unlock the port; a no-op in a fork child, which never held it."""
-        if self._pid == os.getpid():
-            self._pid = 0
-            _locks.table().release(self.port)
+    while _pool:
+        _pool.pop().release()
 
 
-def remember(port: int) -> None:
-    """Note a port that ``reserve_port`` chose, as a candidate for later fast picks.
+def recycle(reservation: Reservation) -> None:
+    """Pool the reservation of a lease that ended, for a later fast pick.
 
     Example:
         >>> import portsafe
-        >>> with portsafe.reserve_port() as r:
-        ...     remember(r.port)
+        >>> recycle(portsafe.reserve_port()); len(_pool) >= 1
+        True
+        >>> release_all()
     """
     raw = _settings.fingerprint(_NAMES)
     if raw != _key[0]:
-        _key[:] = [raw, _settings.lock_dir()]
-        _known.clear()
-        _known_set.clear()
-    if port not in _known_set and len(_known) < _MAX_KNOWN:
-        _known.append(port)
-        _known_set.add(port)
+        release_all()
+        _key[0] = raw
+    _pool.append(reservation)
+    if len(_pool) > MAX_POOL:
+        _pool.pop(0).release()
 
 
 def take(bind: Callable[[socket.socket, tuple[object, ...]], None], sock: socket.socket,
-         host: str, rest: tuple[object, ...]) -> Held | None:
-    """Lock a remembered port and bind *sock* to it with *bind* (the C ``bind``); None
-    means: use the slow path. *sock* must have no reuse option set.
+         host: str, rest: tuple[object, ...]) -> Reservation | None:
+    """Bind *sock* (no reuse option set) to a pooled reservation's port with *bind* (the
+    C ``bind``) and return that reservation; None means: use ``reserve_port``.
 
     Example:
         >>> import _socket, socket
         >>> with socket.socket() as sock:
-        ...     held = take(_socket.socket.bind, sock, "127.0.0.1", ())
-        ...     held is None or sock.getsockname()[1] == held.port
+        ...     taken = take(_socket.socket.bind, sock, "127.0.0.1", ())
+        ...     taken is None or sock.getsockname()[1] == taken.port
         True
     """
     _picks[0] += 1
-    count = len(_known)
-    if count < _MIN_KNOWN or _picks[0] % FRESH_EVERY == 0:
+    if not _pool or _picks[0] % FRESH_EVERY == 0:
         return None
     raw = _settings.fingerprint(_NAMES)
     if raw != _key[0] or raw[3]:  # other settings, or a port server to ask
         return None
-    table = _locks.table()
-    directory = str(_key[1])
-    random_ = _rng.random
     for _ in range(_TRIES):
-        port = _known[int(random_() * count)]
-        if not table.try_acquire(port, directory):
-            continue
+        if not _pool:
+            return None
+        reservation = _pool.pop(int(_rng.random() * len(_pool)))
         try:
-            bind(sock, (host, port, *rest))
+            bind(sock, (host, reservation.port, *rest))
         except OSError as exc:
-            table.release(port)
-            if exc.errno == errno.EADDRINUSE:
+            if exc.errno == errno.EADDRINUSE:  # a server got it, or a program without
+                reservation.release()           # portsafe: not this pool's any more
                 continue
+            _pool.append(reservation)
             return None
         except BaseException:
-            table.release(port)
+            _pool.append(reservation)
             raise
-        return Held(port)
+        return reservation
     return None

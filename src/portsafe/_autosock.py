@@ -20,17 +20,20 @@ sockets, other protocols) goes straight to the C ``bind``. The rules:
    descriptor lives on where auto mode cannot see it.
 3. **Lazy expiry, bounded.** Leases expire when a later interception, lease or
    ``stats()`` call notices (no thread, no timer). A process keeps at most
-   ``PORTSAFE_AUTO_MAX_LEASES`` (default 256); past that the oldest lease is released
-   first, so a busy suite cannot exhaust the machine's range.
+   ``PORTSAFE_AUTO_MAX_LEASES`` (default 256); past that the oldest lease ends first,
+   so a busy suite cannot exhaust the machine's range. A lease that ends hands its
+   reservation to ``_autoharvest``'s small pool, for this process's next picks (at
+   most 64 kept; the rest released).
 4. **The kernel could have given it.** The port is checked free on the caller's
    address by a bind without ``SO_REUSEADDR``, so even a caller that set
    ``SO_REUSEADDR``/``SO_REUSEPORT`` never lands on a port that a listener, a UDP socket
    or a TIME_WAIT connection is using: exactly the ports the kernel's own ``bind(0)``
-   avoids. Without a reuse option the caller's own bind is that check (``_autoharvest``,
-   the fast path); on Linux ``SO_REUSEADDR`` is switched off for the caller's bind and
-   back on right after (the option is read again at ``listen()`` and by later binds);
-   with ``SO_REUSEPORT``, and elsewhere, portsafe's probe (a socket of its own, bound
-   without options and closed) checks first.
+   avoids. For a pooled reservation (``_autoharvest``, the fast path) the caller's own
+   bind without a reuse option is that check: on Linux ``SO_REUSEADDR`` is switched off
+   for that bind and back on right after (the option is read again at ``listen()`` and
+   by later binds). With ``SO_REUSEPORT``, elsewhere, and for fresh reservations,
+   portsafe's probe (a socket of its own, bound without options and closed) checks
+   first.
 5. **Never worse than the kernel.** When no reservation can be made (range exhausted,
    lock directory unusable, EACCES, a warning turned into an error), the kernel's
    ``bind(0)`` is done instead, counted in :func:`stats` and logged once per reason
@@ -62,9 +65,7 @@ from portsafe._reserve import Reservation, reserve_port
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from typing import Any, TypeAlias
-
-    _Releasable: TypeAlias = Reservation | _autoharvest.Held
+    from typing import Any
 
 __all__ = ["install", "lease_port", "release_lease", "reset_stats", "stats", "uninstall"]
 
@@ -101,7 +102,7 @@ class _Entry:
 
     __slots__ = ("key", "ref", "reservation", "used")
 
-    def __init__(self, reservation: _Releasable, key: int) -> None:
+    def __init__(self, reservation: Reservation, key: int) -> None:
         self.reservation = reservation
         self.key = key
         self.used = False
@@ -113,7 +114,7 @@ class _Entry:
 
 
 _entries: dict[int, _Entry] = {}  # id(socket) -> its reservation
-_leases: deque[tuple[float, _Releasable]] = deque()  # oldest first
+_leases: deque[tuple[float, Reservation]] = deque()  # oldest first
 _collected: list[_Entry] = []  # from weakref callbacks: handled by the next call
 _mutex = threading.Lock()
 _counts = {"reserved": 0, "fallbacks": 0}
@@ -133,7 +134,7 @@ def _drain() -> None:
         with _mutex:
             now = _monotonic()
             while _leases and _leases[0][0] <= now:
-                _leases.popleft()[1].release()
+                _autoharvest.recycle(_leases.popleft()[1])  # the lease ends: see there
 
 
 def _finish(entry: _Entry) -> None:
@@ -161,13 +162,13 @@ def _lease_settings() -> tuple[float, int]:
     return _lease_conf[1], _lease_conf[2]  # type: ignore[return-value]
 
 
-def _lease(reservation: _Releasable) -> None:
+def _lease(reservation: Reservation) -> None:
     seconds, cap = _lease_settings()
     expires = _monotonic() + seconds
     with _mutex:
         _leases.append((expires, reservation))
         while len(_leases) > cap:
-            _leases.popleft()[1].release()
+            _autoharvest.recycle(_leases.popleft()[1])  # the oldest lease ends
 
 
 def _note_fallback(exc: BaseException) -> None:
@@ -197,7 +198,7 @@ def _reserve(**options: object) -> Reservation:
 
 def _auto_bind(sock: socket.socket, address: tuple[object, ...], family: int,
                kind: int) -> None:
-    if _collected or _leases:
+    if _collected or (_leases and _leases[0][0] <= _monotonic()):
         _drain()
     host = address[0]
     if type(host) is not str:
@@ -240,7 +241,6 @@ def _auto_bind(sock: socket.socket, address: tuple[object, ...], family: int,
         except BaseException:
             reservation.release()
             raise
-        _autoharvest.remember(reservation.port)
         _track(sock, reservation)
         return
     _c_bind(sock, address)  # the kernel's pick, or the kernel's own error
@@ -248,7 +248,7 @@ def _auto_bind(sock: socket.socket, address: tuple[object, ...], family: int,
         _note_fallback(problem)
 
 
-def _track(sock: socket.socket, reservation: _Releasable) -> None:
+def _track(sock: socket.socket, reservation: Reservation) -> None:
     key = id(sock)
     entry = _Entry(reservation, key)
     entry.ref = weakref.ref(sock, entry)
@@ -258,12 +258,12 @@ def _track(sock: socket.socket, reservation: _Releasable) -> None:
 
 def _bind(self: socket.socket, address: Any) -> None:
     """``socket.bind``, but port 0 on AF_INET/AF_INET6 TCP/UDP gets a reserved port."""
-    if (type(address) is tuple and len(address) >= 2 and address[1] == 0
-            and _family(self) in _INET and _type(self) & _TYPE_MASK in _KINDS
-            and _proto(self) in _PROTOS):
-        _auto_bind(self, address, _family(self), _type(self) & _TYPE_MASK)
-    else:
-        _c_bind(self, address)
+    if type(address) is tuple and len(address) >= 2 and address[1] == 0:
+        family, kind = _family(self), _type(self) & _TYPE_MASK
+        if family in _INET and kind in _KINDS and _proto(self) in _PROTOS:
+            _auto_bind(self, address, family, kind)
+            return
+    _c_bind(self, address)
 
 
 def _mark(sock: socket.socket) -> None:
@@ -310,7 +310,8 @@ def _real_close(self: socket.socket) -> None:
     try:
         _py_real_close(self)
     finally:
-        _closed(self)
+        if id(self) in _entries:
+            _closed(self)
 
 
 def _detach(self: socket.socket) -> int:
@@ -337,7 +338,6 @@ def lease_port(*, host: str | None = None, family: int = socket.AF_INET,
         _note_fallback(exc)
         return None
     _counts["reserved"] += 1
-    _autoharvest.remember(reservation.port)
     _lease(reservation)
     return reservation.port
 
@@ -385,6 +385,7 @@ def _release_all() -> None:
     _collected.clear()
     for reservation in leases + held:
         reservation.release()
+    _autoharvest.release_all()
 
 
 def _forget_in_child() -> None:
