@@ -10,7 +10,9 @@ fight over the numbers the kernel hands to ``bind(0)``.
   kernel hands a just-picked number to another worker's ``bind(0)``. This is what
   shows the harness can see collisions at all (it is retried up to three times, since
   a collision is likely, not certain).
-* With ``PORTSAFE_AUTO=1`` (children patched by the start-up hook) there must be none.
+* With ``PORTSAFE_AUTO=1`` (children patched by the start-up hook) there must be none,
+  also with ``PORTSAFE_AUTO_MAX_LEASES=4``, where leases end within a few tests and most
+  picks reuse a pooled reservation (auto mode's fast path).
 
 Linux only; skipped with the reason where a network namespace cannot be made.
 """
@@ -79,7 +81,7 @@ def failures(directory: Path) -> tuple[int, int]:
     return failed, run
 
 
-def run_twice(tmp_path: Path, *, auto: bool) -> tuple[int, int]:
+def run_twice(tmp_path: Path, *, auto: bool, **settings: str) -> tuple[int, int]:
     """Both inner runs at once in one fresh namespace; (failed, run)."""
     prefix = namespace_prefix()
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -92,6 +94,7 @@ def run_twice(tmp_path: Path, *, auto: bool) -> tuple[int, int]:
                    AUTO_STRESS_DIR=str(suite), AUTO_STRESS_TESTS=str(TESTS))
     if auto:
         env["PORTSAFE_AUTO"] = "1"
+    env.update(settings)
     for name in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PORTSERVER_ADDRESS"):
         env.pop(name, None)
     pytest_args = [sys.executable, "-m", "pytest", "-q", "-n", "4", "-p", "no:cacheprovider",
@@ -116,9 +119,11 @@ class TestAutoStress:
         print(f"without auto mode: {seen} failed of {2 * TESTS} per attempt")
         assert seen[-1] > 0, f"no collision in {len(seen)} attempts: the harness is blind"
 
-    def test_no_collision_with_auto_mode(self, tmp_path: Path) -> None:
-        """PORTSAFE_AUTO=1: the same harness passes every test."""
-        failed, run = run_twice(tmp_path, auto=True)
-        print(f"with auto mode: {failed} failed of {run}")
+    @pytest.mark.parametrize("max_leases", ["256", "4"])
+    def test_no_collision_with_auto_mode(self, tmp_path: Path, max_leases: str) -> None:
+        """PORTSAFE_AUTO=1: the same harness passes every test; also with leases capped
+        at 4, so that most picks reuse pooled reservations (the fast path)."""
+        failed, run = run_twice(tmp_path, auto=True, PORTSAFE_AUTO_MAX_LEASES=max_leases)
+        print(f"with auto mode (at most {max_leases} leases): {failed} failed of {run}")
         assert run == 2 * TESTS
         assert failed == 0
