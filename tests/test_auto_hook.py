@@ -96,6 +96,30 @@ class TestHookLine:
                 _auto.disable()
         assert caplog.text.count("start-up hook portsafe-auto.pth is not installed") == 1
 
+    def test_unittest_under_the_variable(self, tmp_path: Path) -> None:
+        """PORTSAFE_AUTO=1 python -m unittest: a suite's bind-close helper is covered."""
+        (tmp_path / "test_unit.py").write_text(textwrap.dedent("""
+            import socket, unittest
+            import portsafe
+
+            def find_free_port():
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", 0))
+                    return sock.getsockname()[1]
+
+            class TestPort(unittest.TestCase):
+                def test_reserved(self):
+                    port = find_free_port()
+                    low, high = portsafe.ephemeral_port_range()
+                    self.assertFalse(low <= port <= high)
+        """))
+        env = hook_env(tmp_path, PORTSAFE_AUTO="1", PORTSAFE_LOCK_DIR=str(tmp_path / "locks"))
+        done = subprocess.run([sys.executable, "-m", "unittest", "-v", "test_unit"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "test_reserved" in done.stderr
+
     def test_watcher_leaves_other_imports_alone(self, tmp_path: Path) -> None:
         """Modules other than the watched ones keep their loader; socket gets its own back."""
         code = ("import json, email, socket;"
