@@ -87,6 +87,15 @@ def test_pick():
 """
 
 
+@pytest.fixture(autouse=True)
+def private_lock_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A lock directory of this test's own: "released after" is checked by reserving the
+    port again, and in the shared one another run on the machine may take it first."""
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+
+
 @pytest.fixture
 def auto_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No PORTSAFE_AUTO from the outer run; auto mode off before and after."""

@@ -38,6 +38,15 @@ def record(*ports):
 """
 
 
+@pytest.fixture(autouse=True)
+def private_lock_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A lock directory of this test's own: "released after" is checked by reserving the
+    port again, and in the shared one another run on the machine may take it first."""
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+
+
 @pytest.fixture
 def no_internet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(testing.INTERNET_ENV, raising=False)
