@@ -12,7 +12,8 @@ What it does, in a temporary directory that it removes afterwards:
    start-up hook), aioftp from that sdist, and its test tools (pytest-asyncio,
    pytest-xdist, pytest-repeat, ...);
 3. runs aioftp's tests that take ports from pytest-asyncio's ``unused_tcp_port`` fixtures
-   (``tests/test_connection.py``, ``tests/test_extra.py``), each repeated ``--count``
+   (``tests/test_connection.py``, ``tests/test_extra.py``, and the SOCKS server of
+   ``tests/test_client_side_socks.py``), each repeated ``--count``
    times, under ``-n WORKERS``, two runs at the same time: first without auto mode,
    then with ``PORTSAFE_AUTO=1``;
 4. prints the failures of each pair of runs, and how many of them are "Address already
@@ -39,7 +40,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION = "0.28.3"
-TESTS = ["tests/test_connection.py", "tests/test_extra.py"]
+TESTS = ["tests/test_connection.py", "tests/test_extra.py", "tests/test_client_side_socks.py"]
 TOOLS = ["pytest", "pytest-asyncio", "pytest-xdist", "pytest-repeat", "pytest-mock",
          "async_timeout>=4.0", "trustme", "siosocks>=0.2"]
 
