@@ -18,7 +18,6 @@ pytest_collect_file = docrunner.pytest_collect_file(
 # changes the entry no longer matches and every block runs. The owner fixes a block, or
 # marks it <!-- skip: next "why" -->, and deletes the entry.
 PENDING = {
-    "docs/pytest.md": ("725ba3c270589a42", None),  # the pytest-plugin branch rewrites it
 }
 
 

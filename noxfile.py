@@ -6,6 +6,7 @@
     nox -s bench             # the benchmark figures
     nox -s docs              # the documentation site, strict (build/site)
     nox -s build             # the sdist and wheel, checked (dist/)
+    nox -s realworld         # aioftp's suite without and with auto mode (on demand)
 
 Interpreters that are not installed are skipped with a message, never an error.
 pyenv installs are found even when they are not on PATH.
@@ -162,3 +163,9 @@ def bench(session: nox.Session) -> None:
     """Print the benchmark figures (side by side with the alternatives)."""
     session.install(".", "portpicker")
     session.run("python", "bench/bench_reserve.py", *session.posargs)
+
+
+@nox.session(python=False)
+def realworld(session: nox.Session) -> None:
+    """aioftp's port-using tests, -n 4, two runs at once, without and with auto mode."""
+    session.run("python", "tools/realworld.py", *session.posargs, external=True)

@@ -17,6 +17,7 @@ import pytest
 
 import portsafe
 from portsafe import pytest_plugin, testing
+from portsafe._pytest_names import clashing_plugins
 
 
 def read_ports(pytester: pytest.Pytester, name: str = "ports.txt") -> list[int]:
@@ -37,26 +38,35 @@ def record(*ports):
 """
 
 
+@pytest.fixture(autouse=True)
+def private_lock_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A lock directory of this test's own: "released after" is checked by reserving the
+    port again, and in the shared one another run on the machine may take it first."""
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+
+
 @pytest.fixture
 def no_internet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(testing.INTERNET_ENV, raising=False)
 
 
 class TestFixtures:
-    def test_free_tcp_port_is_held_during_the_test_and_released_after(
+    def test_reserved_tcp_port_is_held_during_the_test_and_released_after(
         self, pytester: pytest.Pytester
     ) -> None:
-        """free_tcp_port is reserved (nobody can reserve it) and bindable; released after."""
+        """reserved_tcp_port is reserved (nobody can reserve it) and bindable; released after."""
         pytester.makepyfile(
             RECORD
             + """
 import socket, pytest, portsafe
 
-def test_it(free_tcp_port):
-    record(free_tcp_port)
+def test_it(reserved_tcp_port):
+    record(reserved_tcp_port)
     with pytest.raises(portsafe.NoFreePortError):
-        portsafe.reserve_port(ports=[free_tcp_port])
-    with socket.create_server(("127.0.0.1", free_tcp_port)):
+        portsafe.reserve_port(ports=[reserved_tcp_port])
+    with socket.create_server(("127.0.0.1", reserved_tcp_port)):
         pass
 """
         )
@@ -66,19 +76,19 @@ def test_it(free_tcp_port):
         assert not low <= port <= high
         assert_reservable(port)
 
-    def test_free_udp_port_is_a_held_udp_port(self, pytester: pytest.Pytester) -> None:
-        """free_udp_port is reserved for UDP, bindable as UDP, and released after."""
+    def test_reserved_udp_port_is_a_held_udp_port(self, pytester: pytest.Pytester) -> None:
+        """reserved_udp_port is reserved for UDP, bindable as UDP, and released after."""
         pytester.makepyfile(
             RECORD
             + """
 import socket, pytest, portsafe
 
-def test_it(free_udp_port):
-    record(free_udp_port)
+def test_it(reserved_udp_port):
+    record(reserved_udp_port)
     with pytest.raises(portsafe.NoFreePortError):
-        portsafe.reserve_port(ports=[free_udp_port], socktype=socket.SOCK_DGRAM)
+        portsafe.reserve_port(ports=[reserved_udp_port], socktype=socket.SOCK_DGRAM)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", free_udp_port))
+        s.bind(("127.0.0.1", reserved_udp_port))
 """
         )
         pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
@@ -88,17 +98,17 @@ def test_it(free_udp_port):
     def test_factory_takes_reserve_port_options_and_releases_all(
         self, pytester: pytest.Pytester
     ) -> None:
-        """free_port_factory forwards keyword options and releases every port it gave."""
+        """reserved_port_factory forwards keyword options and releases every port it gave."""
         pytester.makepyfile(
             RECORD
             + """
 import socket
 
-def test_it(free_port_factory):
-    a = free_port_factory()
-    b = free_port_factory(socktype=0)
-    c = free_port_factory(ports=range(20000, 20200), exclude=[a, b])
-    d = free_port_factory(socktype=socket.SOCK_DGRAM, host="127.0.0.1")
+def test_it(reserved_port_factory):
+    a = reserved_port_factory()
+    b = reserved_port_factory(socktype=0)
+    c = reserved_port_factory(ports=range(20000, 20200), exclude=[a, b])
+    d = reserved_port_factory(socktype=socket.SOCK_DGRAM, host="127.0.0.1")
     assert len({a, b, c, d}) == 4 and 20000 <= c < 20200
     assert all(isinstance(p, int) for p in (a, b, c, d))
     record(a, b, c, d)
@@ -117,10 +127,10 @@ def test_it(free_port_factory):
             + """
 import pytest, portsafe
 
-def test_it(free_port_factory):
-    record(free_port_factory())
+def test_it(reserved_port_factory):
+    record(reserved_port_factory())
     with pytest.raises(portsafe.InvalidSettingError):
-        free_port_factory(ports=[70000])
+        reserved_port_factory(ports=[70000])
 """
         )
         pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
@@ -137,10 +147,10 @@ def test_it(free_port_factory):
 import socket, pytest, portsafe
 
 @pytest.mark.parametrize("i", range(3))
-def test_it(i, free_tcp_port_session, free_udp_port_session, free_port_factory_session):
-    extra = free_port_factory_session(socktype=0)
-    record(free_tcp_port_session, free_udp_port_session, extra)
-    for port in (free_tcp_port_session, extra):
+def test_it(i, reserved_tcp_port_session, reserved_udp_port_session, reserved_port_factory_session):
+    extra = reserved_port_factory_session(socktype=0)
+    record(reserved_tcp_port_session, reserved_udp_port_session, extra)
+    for port in (reserved_tcp_port_session, extra):
         with pytest.raises(portsafe.NoFreePortError):
             portsafe.reserve_port(ports=[port])
 """
@@ -187,9 +197,10 @@ def test_closed_after():
             + """
 held = []
 
-def test_fails(free_tcp_port, free_udp_port, free_port_factory, tcp_listener):
+def test_fails(reserved_tcp_port, reserved_udp_port, reserved_port_factory, tcp_listener):
     held.append(tcp_listener)
-    record(free_tcp_port, free_udp_port, free_port_factory(), free_port_factory(socktype=0))
+    record(reserved_tcp_port, reserved_udp_port, reserved_port_factory(),
+           reserved_port_factory(socktype=0))
     raise AssertionError("boom")
 
 def test_listener_closed_after_failure():
@@ -209,8 +220,8 @@ def test_listener_closed_after_failure():
 import pytest
 
 @pytest.fixture
-def broken(free_tcp_port):
-    record(free_tcp_port)
+def broken(reserved_tcp_port):
+    record(reserved_tcp_port)
     raise RuntimeError("setup failed")
 
 def test_it(broken):
@@ -223,24 +234,155 @@ def test_it(broken):
 
     def test_disabled_with_no_portsafe(self, pytester: pytest.Pytester) -> None:
         """-p no:portsafe removes the fixtures (the plugin is an ordinary pytest11 one)."""
-        pytester.makepyfile("def test_it(free_tcp_port):\n    pass\n")
+        pytester.makepyfile("def test_it(reserved_tcp_port):\n    pass\n")
         result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:portsafe")
         result.assert_outcomes(errors=1)
-        result.stdout.fnmatch_lines(["*fixture 'free_tcp_port' not found*"])
+        result.stdout.fnmatch_lines(["*fixture 'reserved_tcp_port' not found*"])
+
+    @pytest.mark.parametrize("old", ["free_tcp_port", "free_udp_port", "free_port_factory",
+                                     "free_tcp_port_session", "free_port_factory_session"])
+    def test_old_names_are_gone(self, pytester: pytest.Pytester, old: str) -> None:
+        """The 0.1 names are not aliases (anyio defines free_tcp_port/free_udp_port)."""
+        pytester.makepyfile(f"def test_it({old}):\n    pass\n")
+        result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:anyio")
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines([f"*fixture '{old}' not found*"])
 
     def test_fixtures_are_documented(self, pytester: pytest.Pytester) -> None:
         """pytest --fixtures lists every portsafe fixture with its docstring."""
         result = pytester.runpytest("-p", "no:cacheprovider", "--fixtures")
         for name in (
-            "free_tcp_port",
-            "free_udp_port",
-            "free_port_factory",
-            "free_tcp_port_session [[]session scope[]]",
-            "free_udp_port_session [[]session scope[]]",
-            "free_port_factory_session [[]session scope[]]",
+            "reserved_tcp_port",
+            "reserved_udp_port",
+            "reserved_port_factory",
+            "reserved_tcp_port_session [[]session scope[]]",
+            "reserved_udp_port_session [[]session scope[]]",
+            "reserved_port_factory_session [[]session scope[]]",
             "tcp_listener",
         ):
             result.stdout.fnmatch_lines([f"{name} -- *pytest_plugin.py:*"])
+
+
+FAKE_PLUGIN = """
+import pytest
+
+@pytest.fixture
+def reserved_tcp_port():
+    return 1
+
+@pytest.fixture(name="tcp_listener")
+def _listener():
+    return None
+
+@pytest.fixture
+def free_tcp_port():  # anyio's name: no longer portsafe's, so no clash
+    return 2
+"""
+
+
+class TestFixtureNameClash:
+    def test_another_plugin_defining_a_portsafe_name_warns_once(
+        self, pytester: pytest.Pytester
+    ) -> None:
+        """A plugin loaded with -p that defines reserved_tcp_port and tcp_listener: one warning."""
+        pytester.makepyfile(fake_plugin=FAKE_PLUGIN)
+        pytester.makepyfile("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+        pytester.syspathinsert()
+        result = pytester.runpytest("-p", "no:cacheprovider", "-p", "fake_plugin")
+        result.assert_outcomes(passed=2, warnings=1)
+        out = result.stdout.str()
+        assert out.count("portsafe: plugin 'fake_plugin' also defines fixture(s)") == 1
+        expected = ("*PytestConfigWarning: portsafe: plugin 'fake_plugin' also defines "
+                    "fixture(s) reserved_tcp_port, tcp_listener;*")
+        result.stdout.fnmatch_lines([expected])
+        assert "free_tcp_port" not in out
+
+    def test_the_warning_is_one_under_xdist_too(self, pytester: pytest.Pytester) -> None:
+        """Under -n 2 the controller warns; the workers, loading the same plugins, do not."""
+        pytest.importorskip("xdist")
+        pytester.makepyfile(fake_plugin=FAKE_PLUGIN)
+        pytester.makepyfile("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+        pytester.syspathinsert()
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-p", "fake_plugin", "-n", "2"
+        )
+        result.assert_outcomes(passed=2)
+        assert result.stdout.str().count("also defines fixture(s)") == 1
+
+    def test_a_conftest_definition_is_the_users_choice_and_silent(
+        self, pytester: pytest.Pytester
+    ) -> None:
+        """A conftest.py overriding reserved_tcp_port wins, with no warning."""
+        pytester.makeconftest(
+            "import pytest\n@pytest.fixture\ndef reserved_tcp_port():\n    return 7\n"
+        )
+        pytester.makepyfile(
+            "def test_it(reserved_tcp_port):\n    assert reserved_tcp_port == 7\n"
+        )
+        result = pytester.runpytest(
+            "-p", "no:cacheprovider", "-W", "error::pytest.PytestConfigWarning"
+        )
+        result.assert_outcomes(passed=1)
+        result.stdout.no_fnmatch_line("*also defines fixture*")
+
+    def test_a_plugin_reexporting_portsafes_fixtures_is_not_a_clash(
+        self, pytester: pytest.Pytester
+    ) -> None:
+        """A plugin that imports portsafe's own fixture objects defines nothing new."""
+        pytester.makepyfile(
+            reexport="from portsafe.pytest_plugin import reserved_tcp_port, tcp_listener\n"
+        )
+        pytester.makepyfile(
+            "def test_it(reserved_tcp_port):\n    assert reserved_tcp_port > 0\n"
+        )
+        pytester.syspathinsert()
+        result = pytester.runpytest("-p", "no:cacheprovider", "-p", "reexport")
+        result.assert_outcomes(passed=1)
+        result.stdout.no_fnmatch_line("*also defines fixture*")
+
+    def test_no_warning_in_a_plain_run(self, pytester: pytest.Pytester) -> None:
+        """With only the plugins of this venv (anyio's names differ), nothing is reported."""
+        pytester.makepyfile("def test_it():\n    pass\n")
+        result = pytester.runpytest("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+        result.stdout.no_fnmatch_line("*also defines fixture*")
+
+    def test_coexists_with_the_real_anyio_plugin(self, pytester: pytest.Pytester) -> None:
+        """With anyio installed, free_tcp_port is anyio's and reserved_tcp_port portsafe's."""
+        pytest.importorskip("anyio.pytest_plugin")
+        pytester.makepyfile(
+            """
+import portsafe, pytest
+
+def test_both(free_tcp_port, reserved_tcp_port):
+    assert free_tcp_port != reserved_tcp_port
+    with pytest.raises(portsafe.NoFreePortError):
+        portsafe.reserve_port(ports=[reserved_tcp_port])
+"""
+        )
+        result = pytester.runpytest("-p", "no:cacheprovider", "-p", "anyio", "--fixtures")
+        result.stdout.fnmatch_lines(["free_tcp_port* -- *anyio*", "reserved_tcp_port -- *"])
+        result = pytester.runpytest("-p", "no:cacheprovider", "-p", "anyio")
+        result.assert_outcomes(passed=1)
+        result.stdout.no_fnmatch_line("*also defines fixture*")
+
+    def test_plugin_objects_and_classes_are_scanned(self) -> None:
+        """Fixtures on a plugin class instance count; conftests and blocked plugins do not."""
+        import types
+
+        class Plugin:
+            @pytest.fixture
+            def reserved_udp_port(self) -> int:
+                return 1
+
+        conftest = types.ModuleType("conftest")
+        conftest.__file__ = "/somewhere/conftest.py"
+        conftest.reserved_tcp_port = pytest.fixture(  # type: ignore[attr-defined]
+            lambda: 1, name="reserved_tcp_port"
+        )
+        assert clashing_plugins([("obj", Plugin()), ("conftest", conftest), ("gone", None)]) == [
+            ("obj", ["reserved_udp_port"])
+        ]
 
 
 class TestMarkers:
@@ -288,7 +430,7 @@ def never():
 def test_v6(never):
     pass
 
-def test_v4(free_tcp_port):
+def test_v4(reserved_tcp_port):
     pass
 """
         )
@@ -315,8 +457,8 @@ def test_v4(free_tcp_port):
 import socket, pytest
 
 @pytest.mark.requires_ipv6
-def test_v6(free_port_factory):
-    port = free_port_factory(family=socket.AF_INET6)
+def test_v6(reserved_port_factory):
+    port = reserved_port_factory(family=socket.AF_INET6)
     with socket.create_server(("::1", port), family=socket.AF_INET6):
         pass
 """
@@ -568,10 +710,10 @@ class TestAsyncioPatch:
         )
         result.stdout.fnmatch_lines(
             [
-                "unused_tcp_port -- *pytest_plugin.py:*",
-                "unused_udp_port -- *pytest_plugin.py:*",
-                "unused_tcp_port_factory [[]session scope[]] -- *pytest_plugin.py:*",
-                "unused_udp_port_factory [[]session scope[]] -- *pytest_plugin.py:*",
+                "unused_tcp_port -- *portsafe*_pytest_pickers.py:*",
+                "unused_udp_port -- *portsafe*_pytest_pickers.py:*",
+                "unused_tcp_port_factory [[]session scope[]] -- *portsafe*_pytest_pickers.py:*",
+                "unused_udp_port_factory [[]session scope[]] -- *portsafe*_pytest_pickers.py:*",
             ]
         )
 
@@ -631,16 +773,16 @@ class TestWithoutIPv6:
 import socket, pytest
 from portsafe import testing
 
-def test_ipv4(free_tcp_port, free_udp_port, free_port_factory, tcp_listener,
-              free_tcp_port_session, free_port_factory_session):
+def test_ipv4(reserved_tcp_port, reserved_udp_port, reserved_port_factory, tcp_listener,
+              reserved_tcp_port_session, reserved_port_factory_session):
     assert not testing.ipv6_available()
-    with socket.create_server(("127.0.0.1", free_tcp_port)):
+    with socket.create_server(("127.0.0.1", reserved_tcp_port)):
         pass
-    both = free_port_factory(socktype=0)
+    both = reserved_port_factory(socktype=0)
     with socket.create_server(("127.0.0.1", both)):
         pass
-    free_port_factory(family=socket.AF_UNSPEC)  # "both families" means IPv4 here
-    free_port_factory_session(socktype=socket.SOCK_DGRAM)
+    reserved_port_factory(family=socket.AF_UNSPEC)  # "both families" means IPv4 here
+    reserved_port_factory_session(socktype=socket.SOCK_DGRAM)
     with socket.create_connection(tcp_listener.getsockname(), timeout=5):
         tcp_listener.accept()[0].close()
 
@@ -714,3 +856,4 @@ class TestPlainFunctions:
         assert reason({"requires_internet"}, internet_opt_in=True) is None
         assert reason({"requires_ipv6"}, internet_opt_in=False) == testing.IPV6_SKIP_REASON
         assert reason({"requires_unix_socket"}, internet_opt_in=False) is None
+

@@ -15,6 +15,9 @@ Example:
     True
 
 Importing this package is cheap: the submodules load on first use.
+
+(PYTEST_DONT_REWRITE: auto mode's start-up hook imports this package before pytest starts,
+so pytest must neither rewrite it nor warn that it cannot.)
 """
 
 from __future__ import annotations

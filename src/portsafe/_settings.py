@@ -15,7 +15,6 @@ This module sits at the bottom of the core: it imports nothing of portsafe but
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -23,16 +22,23 @@ from portsafe._errors import InvalidSettingError
 
 __all__ = [
     "AUTO",
+    "AUTO_LEASE",
+    "AUTO_LEASE_DEFAULT",
+    "AUTO_MAX_LEASES",
+    "AUTO_MAX_LEASES_DEFAULT",
     "EXCLUDE",
     "INTERNET",
     "KEEPER_IDLE",
     "LOCK_DIR",
     "PORTSERVER",
     "RANGE",
+    "auto_lease",
+    "auto_max_leases",
     "auto_mode",
     "check_port",
     "default_lock_dir",
     "exclude_ranges",
+    "fingerprint",
     "flag",
     "getenv",
     "invalid",
@@ -46,6 +52,8 @@ __all__ = [
 ]
 
 AUTO = "PORTSAFE_AUTO"
+AUTO_LEASE = "PORTSAFE_AUTO_LEASE"
+AUTO_MAX_LEASES = "PORTSAFE_AUTO_MAX_LEASES"
 EXCLUDE = "PORTSAFE_EXCLUDE"
 INTERNET = "PORTSAFE_INTERNET"
 KEEPER_IDLE = "PORTSAFE_KEEPER_IDLE"
@@ -54,7 +62,8 @@ PORTSERVER = "PORTSERVER_ADDRESS"
 RANGE = "PORTSAFE_RANGE"
 
 _WINDOWS = sys.platform == "win32"
-_ENCODED = {name: name.encode() for name in (AUTO, EXCLUDE, LOCK_DIR, PORTSERVER, RANGE)}
+_ENCODED = {name: name.encode() for name in (AUTO, AUTO_LEASE, AUTO_MAX_LEASES, EXCLUDE,
+                                             LOCK_DIR, PORTSERVER, RANGE)}
 
 
 def getenv(name: str) -> str:
@@ -71,6 +80,26 @@ def getenv(name: str) -> str:
         value = data.get(_ENCODED.get(name) or os.fsencode(name))
         return "" if value is None else os.fsdecode(value)
     return os.environ.get(name, "")
+
+
+_fingerprint_keys: dict[tuple[str, ...], list[bytes]] = {}
+
+
+def fingerprint(names: tuple[str, ...]) -> tuple[object, ...]:
+    """The raw values of the settings *names*, cheap to compare: the key of a cache of
+    values parsed from them (auto mode checks it on every bind).
+
+    Example:
+        >>> fingerprint((AUTO_LEASE,)) == fingerprint((AUTO_LEASE,))
+        True
+    """
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict and os.name == "posix":
+        keys = _fingerprint_keys.get(names)
+        if keys is None:
+            keys = _fingerprint_keys[names] = [os.fsencode(name) for name in names]
+        return tuple(map(data.get, keys))
+    return tuple(os.environ.get(name) for name in names)
 
 
 def invalid(name: str, value: str, problem: str, remedy: str) -> InvalidSettingError:
@@ -258,6 +287,63 @@ def auto_mode() -> bool | None:
     return flag(AUTO)
 
 
+#: Defaults of auto mode's leases: long enough for a slow server to start, few enough
+#: that one busy process cannot exhaust the machine's range.
+AUTO_LEASE_DEFAULT = 60.0
+AUTO_MAX_LEASES_DEFAULT = 256
+
+_auto_cache: dict[tuple[str, str], float | int] = {}
+
+
+def auto_lease() -> float:
+    """``PORTSAFE_AUTO_LEASE``: seconds auto mode keeps a picked port reserved after its
+    socket closed unused (default 60).
+
+    Read on every lease, so it is cached per raw value.
+
+    Raises:
+        InvalidSettingError: not a finite number >= 0.
+
+    Example:
+        >>> auto_lease() >= 0
+        True
+    """
+    raw = getenv(AUTO_LEASE)
+    cached = _auto_cache.get((AUTO_LEASE, raw))
+    if cached is None:
+        cached = _auto_cache[(AUTO_LEASE, raw)] = seconds(AUTO_LEASE, AUTO_LEASE_DEFAULT)
+    return float(cached)
+
+
+def auto_max_leases() -> int:
+    """``PORTSAFE_AUTO_MAX_LEASES``: how many leases one process keeps at most (default
+    256); past it the oldest lease is released first.
+
+    Raises:
+        InvalidSettingError: not a whole number >= 1.
+
+    Example:
+        >>> auto_max_leases() >= 1
+        True
+    """
+    raw = getenv(AUTO_MAX_LEASES)
+    cached = _auto_cache.get((AUTO_MAX_LEASES, raw))
+    if cached is None:
+        text = raw.strip()
+        if not text:
+            cached = AUTO_MAX_LEASES_DEFAULT
+        else:
+            try:
+                cached = int(text)
+            except ValueError:
+                cached = 0
+            if cached < 1:
+                raise invalid(AUTO_MAX_LEASES, raw, "not a whole number >= 1",
+                              f"use e.g. {AUTO_MAX_LEASES_DEFAULT}")
+        _auto_cache[(AUTO_MAX_LEASES, raw)] = cached
+    return int(cached)
+
+
 def seconds(name: str, default: float, *, minimum: float = 0.0) -> float:
     """A duration setting in seconds (a finite number >= *minimum*), or *default*.
 
@@ -276,7 +362,7 @@ def seconds(name: str, default: float, *, minimum: float = 0.0) -> float:
     except ValueError:
         raise invalid(name, raw, "not a number of seconds",
                       f"use e.g. {default:g}") from None
-    if not math.isfinite(value) or value < minimum:
+    if value - value != 0.0 or value < minimum:  # inf and nan; no math import at start-up
         raise invalid(name, raw, f"must be a finite number of seconds >= {minimum:g}",
                       f"use e.g. {default:g}")
     return value

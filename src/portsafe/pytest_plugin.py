@@ -1,21 +1,33 @@
-"""pytest plugin: ports nobody else on the machine gets, as fixtures; network markers.
+"""pytest plugin: auto mode, ports nobody else on the machine gets as fixtures, markers.
 
 Loaded through the ``pytest11`` entry point ``portsafe`` once portsafe is installed;
 disable it with ``-p no:portsafe``. Importing it costs nothing but pytest itself: the
-reservation machinery loads when a fixture first asks for a port.
+reservation machinery loads when a fixture first asks for a port, or when auto mode
+starts.
+
+Auto mode (``--portsafe-auto``, ini ``portsafe_auto = true`` or ``PORTSAFE_AUTO=1``;
+``PORTSAFE_AUTO=0`` turns it off; ``--portsafe-patch-asyncio`` and ini
+``portsafe_patch_asyncio`` are aliases): every bind to port 0 in the test process gets
+a port portsafe reserved (:mod:`portsafe._auto`), ``PORTSAFE_AUTO=1`` is set for the
+processes the tests start, and pytest-asyncio's ``unused_*_port`` fixtures hand out
+reservations (:mod:`portsafe._pytest_pickers`). The terminal summary says how many
+ports auto mode reserved, summed over xdist workers, and lists every fallback to the
+kernel's pick.
 
 Fixtures (function scope unless the name says ``_session``):
 
-* ``free_tcp_port`` / ``free_udp_port`` -> ``int``: a port reserved for the test;
-* ``free_port_factory`` -> callable taking :func:`portsafe.reserve_port`'s keyword
+* ``reserved_tcp_port`` / ``reserved_udp_port`` -> ``int``: a port reserved for the test;
+* ``reserved_port_factory`` -> callable taking :func:`portsafe.reserve_port`'s keyword
   options and returning an ``int``; every port it gave is released at teardown;
-* ``free_tcp_port_session``, ``free_udp_port_session``, ``free_port_factory_session``:
-  the same, held until the session (under xdist: the worker) ends;
+* ``reserved_tcp_port_session``, ``reserved_udp_port_session``,
+  ``reserved_port_factory_session``: the same, held until the session (under xdist:
+  the worker) ends;
 * ``tcp_listener`` -> a listening TCP socket on 127.0.0.1, closed at teardown. It never
   releases the port, so it has no race at all: prefer it when the server takes a socket.
 
-Reservations are cross-process locks, so xdist workers and separate pytest runs on the
-machine never get the same port while one holds it (see :mod:`portsafe._reserve`).
+If another plugin defines a fixture with one of these names (``free_tcp_port`` and
+``free_udp_port`` are anyio's, hence portsafe's ``reserved_`` prefix), the plugin says
+so once with a ``PytestConfigWarning``; a conftest.py's own definition is silent.
 
 Markers (registered, so ``--strict-markers`` accepts them):
 
@@ -27,181 +39,81 @@ Markers (registered, so ``--strict-markers`` accepts them):
 If the project or another plugin already declares a marker with one of these names,
 portsafe leaves that marker alone (does not register it, never acts on it) and says so
 once, with a ``PytestConfigWarning``.
-
-Opt-in (``--portsafe-patch-asyncio`` or ini ``portsafe_patch_asyncio = true``):
-pytest-asyncio's ``unused_tcp_port``, ``unused_udp_port``, ``unused_tcp_port_factory``
-and ``unused_udp_port_factory`` are replaced by reserved ports, with the same names and
-scopes, so existing tests stop racing without being edited.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
-import types
+import sys
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
 
+from portsafe import _pytest_auto, _settings
+from portsafe._pytest_markers import (
+    MARKERS,
+    declared_marker_names,
+    internet_marker_options,
+    markers_to_register,
+    skip_at_item,
+    skip_reason,
+)
+from portsafe._pytest_names import FIXTURE_NAMES, clash_message, clashing_plugins
+from portsafe._pytest_pickers import asyncio_port_fixtures, ports_handed_out
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Iterator
-    from typing import NoReturn
+    from collections.abc import Generator, Iterator
 
     from portsafe.testing import PortFactory
 
 __all__ = [
+    "FIXTURE_NAMES",
     "MARKERS",
     "asyncio_port_fixtures",
     "declared_marker_names",
-    "free_port_factory",
-    "free_port_factory_session",
-    "free_tcp_port",
-    "free_tcp_port_session",
-    "free_udp_port",
-    "free_udp_port_session",
     "internet_marker_options",
     "markers_to_register",
+    "reserved_port_factory",
+    "reserved_port_factory_session",
+    "reserved_tcp_port",
+    "reserved_tcp_port_session",
+    "reserved_udp_port",
+    "reserved_udp_port_session",
     "skip_reason",
     "tcp_listener",
 ]
 
-#: The markers portsafe registers, by name, with the text ``pytest --markers`` shows.
-MARKERS: dict[str, str] = {
-    "requires_internet": (
-        "requires_internet(resource_name='network', *, timeout=None, errnos=()): skip "
-        "unless the run opts in with --portsafe-internet or PORTSAFE_INTERNET=1; when it "
-        "runs, transient network errors become skips (portsafe)."
-    ),
-    "requires_unix_socket": (
-        "requires_unix_socket: skip when AF_UNIX sockets cannot be bound here (portsafe)."
-    ),
-    "requires_ipv6": "requires_ipv6: skip when IPv6 loopback (::1) cannot be bound (portsafe).",
-}
-
 _OWNED = pytest.StashKey[frozenset[str]]()
 _INTERNET_OPT_IN = "portsafe_internet"
-_PATCH_ASYNCIO = "portsafe_patch_asyncio"
+_AUTO = "portsafe_auto"
+_PATCH_ASYNCIO = "portsafe_patch_asyncio"  # the older name of _AUTO
+_WORKER_OUTPUT_KEY = "portsafe_auto"
 
 
-# -- plain functions: the logic, testable without a pytest run ---------------------------
+@dataclass
+class _AutoRun:
+    """What this run's auto mode did, for the summary and for undoing it at the end."""
+
+    source: str
+    enabled_here: bool = False  # we called enable(), so we call disable()
+    fixtures_before: int = 0  # the picker count is per process; in-process runs add up
+    worker_stats: list[dict[str, object]] = field(default_factory=list)
 
 
-def declared_marker_names(lines: list[str]) -> set[str]:
-    """The marker names declared by ``markers`` ini lines (``name(args): help``).
-
-    Args:
-        lines: The value of ``config.getini("markers")``.
-
-    Returns:
-        The set of names.
-
-    Example:
-        >>> sorted(declared_marker_names(["slow: slow tests", "net(host): needs host"]))
-        ['net', 'slow']
-    """
-    names = set()
-    for line in lines:
-        name = line.split(":", 1)[0].split("(", 1)[0].strip()
-        if name:
-            names.add(name)
-    return names
-
-
-def markers_to_register(declared: set[str]) -> tuple[dict[str, str], list[str]]:
-    """Split portsafe's markers into those to register and those someone else declared.
-
-    Args:
-        declared: Marker names already declared by the project or other plugins.
-
-    Returns:
-        ``(to_register, clashing)``: the markers portsafe owns for this run (name ->
-        help text) and the sorted names it must leave alone.
-
-    Example:
-        >>> owned, clashing = markers_to_register({"requires_ipv6"})
-        >>> sorted(owned), clashing
-        (['requires_internet', 'requires_unix_socket'], ['requires_ipv6'])
-    """
-    owned = {name: text for name, text in MARKERS.items() if name not in declared}
-    return owned, sorted(set(MARKERS) - set(owned))
-
-
-def internet_marker_options(mark: pytest.Mark) -> tuple[str, dict[str, object]]:
-    """The ``transient_internet`` arguments a ``requires_internet`` marker asks for.
-
-    Args:
-        mark: The marker, e.g. ``requires_internet("pypi.org", timeout=10)``.
-
-    Returns:
-        ``(resource_name, keyword_arguments)``.
-
-    Raises:
-        TypeError: If the marker has arguments it does not understand.
-
-    Example:
-        >>> internet_marker_options(pytest.mark.requires_internet("pypi.org").mark)
-        ('pypi.org', {})
-    """
-    from portsafe.testing import internet_options  # lazily: keep plugin import cheap
-
-    args = list(mark.args)
-    kwargs = dict(mark.kwargs)
-    if "resource_name" in kwargs:
-        args.insert(0, kwargs.pop("resource_name"))
-    unknown = sorted(set(kwargs) - {"timeout", "errnos"})
-    if len(args) > 1 or unknown:
-        raise TypeError(
-            "requires_internet takes one resource name and the keywords timeout= and "
-            f"errnos=; got args={tuple(mark.args)!r}, kwargs={mark.kwargs!r}"
-        )
-    name = args[0] if args else "network"
-    if not isinstance(name, str):
-        raise TypeError(f"requires_internet's resource name must be a str, not {name!r}")
-    timeout = kwargs.get("timeout")
-    errnos = kwargs.get("errnos", ())
-    return name, internet_options(timeout=timeout, errnos=errnos)
-
-
-def skip_reason(marker_names: set[str], *, internet_opt_in: bool) -> str | None:
-    """Why a test carrying these (portsafe-owned) markers must be skipped, if it must.
-
-    Args:
-        marker_names: The portsafe markers on the test.
-        internet_opt_in: Whether ``--portsafe-internet`` was given.
-
-    Returns:
-        The skip reason, or ``None`` to run the test.
-
-    Raises:
-        InvalidSettingError: If ``PORTSAFE_INTERNET`` holds a value it cannot parse.
-
-    Example:
-        >>> skip_reason({"requires_internet"}, internet_opt_in=True) is None
-        True
-    """
-    from portsafe import testing  # lazily: keep plugin import cheap
-
-    if "requires_internet" in marker_names and not (
-        internet_opt_in or testing.internet_enabled()
-    ):
-        return testing.INTERNET_SKIP_REASON
-    if "requires_unix_socket" in marker_names and not testing.unix_sockets_available():
-        return testing.UNIX_SKIP_REASON
-    if "requires_ipv6" in marker_names and not testing.ipv6_available():
-        return testing.IPV6_SKIP_REASON
-    return None
-
-
-def _skip_at_item(reason: str) -> NoReturn:
-    # Reported at the test's location, as a skip marker would be, rather than at this
-    # file (pytest.skip would blame the plugin in the -rs summary).
-    raise pytest.skip.Exception(reason, _use_item_location=True)
+_AUTO_RUN = pytest.StashKey[_AutoRun]()
+_OVERRIDDEN = pytest.StashKey[str]()
 
 
 def _new_factory() -> PortFactory:
     from portsafe.testing import PortFactory  # lazily: keep plugin import cheap
 
     return PortFactory()
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 # -- hooks ----------------------------------------------------------------------------
@@ -217,42 +129,162 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest=_INTERNET_OPT_IN,
         help="run tests marked requires_internet (also: PORTSAFE_INTERNET=1).",
     )
+    auto_help = (
+        "auto mode: every bind to port 0 in the tests, and in the processes they start, "
+        "gets a port portsafe reserved (also: PORTSAFE_AUTO=1; PORTSAFE_AUTO=0 turns it off)."
+    )
+    group.addoption(
+        "--portsafe-auto", action="store_true", default=False, dest=_AUTO, help=auto_help
+    )
     group.addoption(
         "--portsafe-patch-asyncio",
         action="store_true",
         default=False,
         dest=_PATCH_ASYNCIO,
-        help="make pytest-asyncio's unused_*_port fixtures hand out reserved ports.",
+        help="alias of --portsafe-auto (its older name).",
     )
+    parser.addini(_AUTO, type="bool", default=False, help=auto_help)
     parser.addini(
-        _PATCH_ASYNCIO,
-        type="bool",
-        default=False,
-        help="make pytest-asyncio's unused_*_port fixtures hand out reserved ports.",
+        _PATCH_ASYNCIO, type="bool", default=False, help="alias of portsafe_auto (older name)."
     )
 
 
-# trylast: every other plugin and conftest has declared its markers by then.
-@pytest.hookimpl(trylast=True)
-def pytest_configure(config: pytest.Config) -> None:
-    """Register the markers nobody else declared; install the pytest-asyncio override."""
+def _warn(config: pytest.Config, message: str) -> None:
+    config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
+
+
+def _register_markers(config: pytest.Config) -> None:
     owned, clashing = markers_to_register(declared_marker_names(config.getini("markers")))
     for text in owned.values():
         config.addinivalue_line("markers", text)
     config.stash[_OWNED] = frozenset(owned)
     if clashing:
-        config.issue_config_time_warning(
-            pytest.PytestConfigWarning(
-                f"portsafe: marker(s) {', '.join(clashing)} are already declared by this "
-                "project or another plugin; portsafe leaves them alone and does not act "
-                "on them"
-            ),
-            stacklevel=2,
+        _warn(
+            config,
+            f"portsafe: marker(s) {', '.join(clashing)} are already declared by this "
+            "project or another plugin; portsafe leaves them alone and does not act on them",
         )
-    if config.getoption(_PATCH_ASYNCIO, False) or config.getini(_PATCH_ASYNCIO):
-        # Registered after every entry-point plugin, so these definitions win over
-        # pytest-asyncio's; a conftest's own definitions still win over both.
-        config.pluginmanager.register(asyncio_port_fixtures(), "portsafe-asyncio-ports")
+
+
+def _check_fixture_names(config: pytest.Config) -> None:
+    if _is_xdist_worker(config):  # the controller loads the same plugins and warns once
+        return
+    this = sys.modules[__name__]
+    ours = [this, *(getattr(this, name) for name in FIXTURE_NAMES)]
+    clashes = clashing_plugins(config.pluginmanager.list_name_plugin(), ignore=ours)
+    if clashes:
+        _warn(config, clash_message(clashes))
+
+
+def _auto_requested(config: pytest.Config) -> tuple[bool, str, str]:
+    """``(on, source, overridden)``: *overridden* names the setting PORTSAFE_AUTO=0 beat."""
+    try:
+        env = _settings.auto_mode()
+    except ValueError as exc:  # InvalidSettingError: a usage error, not a crash
+        raise pytest.UsageError(str(exc)) from None
+    asked = {
+        "flag": bool(config.getoption(_AUTO, False)),
+        "alias_flag": bool(config.getoption(_PATCH_ASYNCIO, False)),
+        "ini": bool(config.getini(_AUTO)),
+        "alias_ini": bool(config.getini(_PATCH_ASYNCIO)),
+    }
+    on, source = _pytest_auto.decide(**asked, env=env)
+    overridden = ""
+    if env is False:
+        _, overridden = _pytest_auto.decide(**asked, env=None)
+    return on, source, overridden
+
+
+def _start_auto(config: pytest.Config, source: str) -> None:
+    from portsafe import _auto  # lazily: runs that do not ask never import it
+
+    run = _AutoRun(source=source, fixtures_before=ports_handed_out())
+    if not _auto.enabled():  # with PORTSAFE_AUTO=1 the start-up hook has done it
+        _auto.enable(source="pytest")  # also sets PORTSAFE_AUTO=1 for child processes
+        run.enabled_here = True
+    config.stash[_AUTO_RUN] = run
+    # Registered after every entry-point plugin, so these definitions win over
+    # pytest-asyncio's; a conftest's own definitions still win over both.
+    config.pluginmanager.register(asyncio_port_fixtures(), "portsafe-asyncio-ports")
+
+
+# trylast: every other plugin and conftest has declared its markers by then.
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Register markers, report fixture-name clashes, start auto mode if asked."""
+    _register_markers(config)
+    _check_fixture_names(config)
+    on, source, overridden = _auto_requested(config)
+    if on:
+        _start_auto(config, source)
+    elif overridden:
+        config.stash[_OVERRIDDEN] = overridden
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Undo what auto mode changed in this process (in-process runs leave nothing)."""
+    run = config.stash.get(_AUTO_RUN, None)
+    if run is None:
+        return
+    del config.stash[_AUTO_RUN]
+    if run.enabled_here:  # disable() also gives PORTSAFE_AUTO back its old value
+        from portsafe import _auto
+
+        _auto.disable()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say that auto mode is on, and whether child processes get it too."""
+    run = config.stash.get(_AUTO_RUN, None)
+    if run is None:
+        overridden = config.stash.get(_OVERRIDDEN, "")
+        if overridden:
+            return [f"portsafe: auto mode off: {_pytest_auto.OFF_SOURCE} overrides {overridden}"]
+        return []
+    from portsafe import _auto
+
+    return _pytest_auto.header_lines(run.source, hook_installed=_auto.hook_installed())
+
+
+def _own_stats(run: _AutoRun) -> dict[str, object]:
+    from portsafe import _auto
+
+    return {**_auto.stats(), "fixtures": ports_handed_out() - run.fixtures_before}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker, hand this process's auto-mode figures to the controller."""
+    config = session.config
+    run = config.stash.get(_AUTO_RUN, None)
+    if run is not None and _is_xdist_worker(config):
+        config.workeroutput[_WORKER_OUTPUT_KEY] = _own_stats(run)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent without xdist
+def pytest_testnodedown(node: object, error: object) -> None:
+    """Collect a finished xdist worker's auto-mode figures."""
+    config = getattr(node, "config", None)
+    output = getattr(node, "workeroutput", None) or {}
+    stats = output.get(_WORKER_OUTPUT_KEY) if isinstance(output, dict) else None
+    if isinstance(config, pytest.Config) and isinstance(stats, dict):
+        run = config.stash.get(_AUTO_RUN, None)
+        if run is not None:
+            run.worker_stats.append(stats)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """Report auto mode: ports reserved (summed over xdist workers) and every fallback."""
+    run = config.stash.get(_AUTO_RUN, None)
+    if run is None or _is_xdist_worker(config):
+        return
+    merged = _pytest_auto.merge_stats([_own_stats(run), *run.worker_stats])
+    lines = _pytest_auto.summary_lines(run.source, merged, workers=len(run.worker_stats))
+    fell_back = bool(merged["fallbacks"])
+    terminalreporter.write_sep("=", "portsafe auto mode", yellow=fell_back, green=not fell_back)
+    for line in lines:
+        terminalreporter.write_line(line)
 
 
 def _owned_markers(item: pytest.Item) -> set[str]:
@@ -272,7 +304,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         internet_marker_options(mark)  # a malformed marker is an error, even when skipped
     reason = skip_reason(names, internet_opt_in=bool(item.config.getoption(_INTERNET_OPT_IN)))
     if reason is not None:
-        _skip_at_item(reason)
+        skip_at_item(reason)
 
 
 def _runtest_call(item: pytest.Item) -> Generator[None, object, object]:
@@ -289,7 +321,7 @@ def _runtest_call(item: pytest.Item) -> Generator[None, object, object]:
         with transient_internet(name, **options):  # type: ignore[arg-type]
             return (yield)
     except unittest.SkipTest as exc:  # ResourceDenied: report it as pytest's own skip
-        _skip_at_item(str(exc))
+        skip_at_item(str(exc))
 
 
 # pluggy < 1.1 has no wrapper=True. Stay importable there (this plugin loads in every
@@ -303,7 +335,7 @@ with contextlib.suppress(TypeError):
 
 
 @pytest.fixture
-def free_tcp_port() -> Iterator[int]:
+def reserved_tcp_port() -> Iterator[int]:
     """A TCP port on 127.0.0.1 reserved for this test; released at teardown.
 
     No other portsafe user on the machine (xdist worker, other pytest run) gets it
@@ -315,15 +347,15 @@ def free_tcp_port() -> Iterator[int]:
 
 
 @pytest.fixture
-def free_udp_port() -> Iterator[int]:
+def reserved_udp_port() -> Iterator[int]:
     """A UDP port on 127.0.0.1 reserved for this test; released at teardown."""
     with _new_factory() as take:
         yield take(socktype=socket.SOCK_DGRAM)
 
 
 @pytest.fixture
-def free_port_factory() -> Iterator[PortFactory]:
-    """Reserve any number of ports: ``free_port_factory(**reserve_port options) -> int``.
+def reserved_port_factory() -> Iterator[PortFactory]:
+    """Reserve any number of ports: ``reserved_port_factory(**reserve_port options) -> int``.
 
     Options are ``host``, ``family``, ``socktype``, ``ports`` and ``exclude``, as for
     ``portsafe.reserve_port``. Every port it gave is released at teardown.
@@ -333,22 +365,22 @@ def free_port_factory() -> Iterator[PortFactory]:
 
 
 @pytest.fixture(scope="session")
-def free_tcp_port_session() -> Iterator[int]:
+def reserved_tcp_port_session() -> Iterator[int]:
     """A TCP port on 127.0.0.1 reserved until the session (xdist: the worker) ends."""
     with _new_factory() as take:
         yield take(socktype=socket.SOCK_STREAM)
 
 
 @pytest.fixture(scope="session")
-def free_udp_port_session() -> Iterator[int]:
+def reserved_udp_port_session() -> Iterator[int]:
     """A UDP port on 127.0.0.1 reserved until the session (xdist: the worker) ends."""
     with _new_factory() as take:
         yield take(socktype=socket.SOCK_DGRAM)
 
 
 @pytest.fixture(scope="session")
-def free_port_factory_session() -> Iterator[PortFactory]:
-    """Like ``free_port_factory``, but ports are held until the session ends."""
+def reserved_port_factory_session() -> Iterator[PortFactory]:
+    """Like ``reserved_port_factory``, but ports are held until the session ends."""
     with _new_factory() as factory:
         yield factory
 
@@ -364,59 +396,3 @@ def tcp_listener() -> Iterator[socket.socket]:
 
     with open_tcp_listener() as sock:
         yield sock
-
-
-def _unused_tcp_port() -> Iterator[int]:
-    """A reserved TCP port on 127.0.0.1, released at teardown (portsafe)."""
-    with _new_factory() as take:
-        yield take(socktype=socket.SOCK_STREAM)
-
-
-def _unused_udp_port() -> Iterator[int]:
-    """A reserved UDP port on 127.0.0.1, released at teardown (portsafe)."""
-    with _new_factory() as take:
-        yield take(socktype=socket.SOCK_DGRAM)
-
-
-def _unused_tcp_port_factory() -> Iterator[Callable[[], int]]:
-    """A factory of distinct reserved TCP ports, held until the session ends (portsafe)."""
-    with _new_factory() as take:
-        yield lambda: take(socktype=socket.SOCK_STREAM)
-
-
-def _unused_udp_port_factory() -> Iterator[Callable[[], int]]:
-    """A factory of distinct reserved UDP ports, held until the session ends (portsafe)."""
-    with _new_factory() as take:
-        yield lambda: take(socktype=socket.SOCK_DGRAM)
-
-
-def asyncio_port_fixtures() -> types.ModuleType:
-    """A plugin replacing pytest-asyncio's port fixtures, same names and scopes.
-
-    pytest-asyncio defines ``unused_tcp_port`` and ``unused_udp_port`` (function scope)
-    and ``unused_tcp_port_factory`` and ``unused_udp_port_factory`` (session scope,
-    zero-argument callables) by binding port 0 and closing: the race. These hand out
-    reserved ports instead; the factories hold every port they gave until the session
-    ends, which is also how pytest-asyncio's avoid returning a number twice.
-
-    Returns:
-        A module object to register with ``config.pluginmanager.register``; the plugin
-        does so when ``--portsafe-patch-asyncio`` or ``portsafe_patch_asyncio`` is on.
-
-    Example:
-        >>> sorted(n for n in vars(asyncio_port_fixtures()) if n.startswith("unused"))
-        ['unused_tcp_port', 'unused_tcp_port_factory', 'unused_udp_port', 'unused_udp_port_factory']
-    """
-    # Plain functions turned into fixtures here, not at module level, so that they exist
-    # only in runs that opted in; a module (not a class) avoids pytest's deprecation of
-    # session-scoped fixtures defined as instance methods.
-    module = types.ModuleType(f"{__name__}.asyncio_ports", asyncio_port_fixtures.__doc__)
-    module.unused_tcp_port = pytest.fixture(_unused_tcp_port, name="unused_tcp_port")  # type: ignore[attr-defined]
-    module.unused_udp_port = pytest.fixture(_unused_udp_port, name="unused_udp_port")  # type: ignore[attr-defined]
-    module.unused_tcp_port_factory = pytest.fixture(  # type: ignore[attr-defined]
-        _unused_tcp_port_factory, scope="session", name="unused_tcp_port_factory"
-    )
-    module.unused_udp_port_factory = pytest.fixture(  # type: ignore[attr-defined]
-        _unused_udp_port_factory, scope="session", name="unused_udp_port_factory"
-    )
-    return module

@@ -10,6 +10,10 @@ For ``unittest`` (and anything built on it, such as ``IsolatedAsyncioTestCase``)
   a test or a whole ``TestCase`` class when the machine lacks what it needs. They decide
   when the test runs, never at import or decoration time.
 
+Suites that keep their own bind-and-close port helpers need no edit at all: run them
+with ``PORTSAFE_AUTO=1 python -m unittest`` (auto mode, through the start-up hook that
+portsafe installs; see docs/auto.md) and every bind to port 0 gets a reserved port.
+
 The pytest fixtures and markers of :mod:`portsafe.pytest_plugin` are thin wrappers over
 :class:`PortFactory`, :func:`ipv6_available`, :func:`unix_sockets_available` and
 :func:`internet_enabled`, so both frameworks behave the same.
@@ -256,7 +260,7 @@ class PortFactory:
     Each call reserves a new port with :func:`portsafe.reserve_port` (so no other
     portsafe user on the machine gets it while it is held) and returns its number.
     :meth:`release_all` (or leaving the ``with`` block) releases them all; it is what
-    the ``free_port_factory`` fixture runs at teardown.
+    the ``reserved_port_factory`` fixture runs at teardown.
 
     Example:
         >>> import socket

@@ -3,7 +3,7 @@
 A generated suite of tests each takes a port from the plugin's fixtures, waits a
 moment with only the reservation protecting it (the window a bind-and-close helper
 leaves open), binds it without SO_REUSEADDR, holds it, and records
-``(port, pid, parent pid, start, end)``. Half the tests take ``free_tcp_port``; the
+``(port, pid, parent pid, start, end)``. Half the tests take ``reserved_tcp_port``; the
 other half draw from a pool of a few ports so that workers really contend for the
 same numbers (with the default range of ~25,000 ports, a broken lock would almost
 never show). The checks:
@@ -87,9 +87,9 @@ def test_hold(i, request):
     if KIND == "naive":
         port = request.getfixturevalue("naive_port")
     elif i % 2:
-        port = request.getfixturevalue("free_port_factory")(ports=POOL)
+        port = request.getfixturevalue("reserved_port_factory")(ports=POOL)
     else:
-        port = request.getfixturevalue("free_tcp_port")
+        port = request.getfixturevalue("reserved_tcp_port")
     hold(port)
 """
 
@@ -137,9 +137,15 @@ def pick_pool() -> int:
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Write the generated suite; return the directory the tests record into."""
+    """Write the generated suite; return the directory the tests record into.
+
+    The runs share a private lock directory: the proof is about the processes of these
+    runs, and the machine's shared one may meanwhile hold thousands of ports for other
+    test runs (a benchmark holding 10,000), which would exhaust the 6-port pool.
+    """
     records = pytester.path / "records"
     records.mkdir()
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(pytester.path / "locks"))
     monkeypatch.setenv("STRESS_RECORDS", str(records))
     monkeypatch.setenv("STRESS_POOL_START", str(pick_pool()))
     monkeypatch.setenv("STRESS_POOL_SIZE", str(POOL_SIZE))
