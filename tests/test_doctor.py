@@ -335,3 +335,59 @@ class TestVerb:
         assert info["ok"] is False
         trust = next(c for c in info["checks"] if c["name"] == "lock_dir.trust")
         assert trust["advice"]
+
+
+def _made_by_a_child(lock_dir: Path) -> None:
+    """Complete *lock_dir* in format 1 the way every user does: by reserving in it."""
+    code = ("import portsafe\nwith portsafe.reserve_port():\n    pass\n")
+    env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+class TestFormat:
+    def test_not_made_yet_is_fine(self, tmp_path: Path) -> None:
+        """A directory that does not exist yet is made complete by the first reservation."""
+        result = _doctor_lockdir.check_format(str(tmp_path / "absent"))
+        assert result.ok, result
+
+    def test_a_used_directory_has_format_and_generation(self, lock_dir: Path) -> None:
+        """After a reservation, the marker is there: format 1, a generation, no stale users."""
+        _made_by_a_child(lock_dir)
+        result = _doctor_lockdir.check_format(str(lock_dir))
+        assert result.ok, result
+        assert "format 1, generation" in result.detail
+
+    def test_a_newer_format_is_a_problem(self, lock_dir: Path) -> None:
+        """A marker of a format this version cannot read: not ok, with what to do."""
+        (lock_dir / "portsafe-format").write_text(
+            "portsafe lock directory\nformat 99\ngeneration 0011223344556677\n")
+        result = _doctor_lockdir.check_format(str(lock_dir))
+        assert not result.ok
+        assert "format 99" in result.detail
+        assert result.advice
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets")
+    def test_users_of_a_deleted_copy_are_named(self, lock_dir: Path) -> None:
+        """A live user announced under another generation of the same path (the directory
+        was deleted and made again under it) is named by pid."""
+        from portsafe import _announce
+
+        _made_by_a_child(lock_dir)
+        fd = os.open(lock_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            key = _announce.dir_key(fd, str(lock_dir))
+        finally:
+            os.close(fd)
+        beacon = _announce.announce(key, "f" * 16)
+        assert beacon is not None
+        try:
+            result = _doctor_lockdir.check_format(str(lock_dir))
+        finally:
+            beacon.close()  # type: ignore[attr-defined]
+        assert not result.ok
+        assert str(os.getpid()) in result.detail
+
+    def test_doctor_runs_the_format_check(self, lock_dir: Path) -> None:
+        """run_checks includes lock_dir.format."""
+        names = [r.name for r in _doctor.run_checks(str(lock_dir))]
+        assert "lock_dir.format" in names

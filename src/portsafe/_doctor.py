@@ -16,6 +16,7 @@ from portsafe._doctor_lockdir import (
     CheckResult,
     _who,
     check_files,
+    check_format,
     check_path,
     check_setting,
     check_tmp_cleaner,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["CHECKS", "CheckResult", "check_candidates", "check_ephemeral", "check_files",
+           "check_format",
            "check_keeper", "check_path", "check_port_server", "check_record_locks",
            "check_reserved", "check_setting", "check_tmp_cleaner", "check_trust",
            "doctor_verb", "run_checks"]
@@ -181,7 +183,7 @@ def check_port_server(path: str | None = None) -> CheckResult:
 
 
 CHECKS: tuple[Callable[[str | None], CheckResult], ...] = (
-    check_setting, check_path, check_trust, check_files, check_tmp_cleaner,
+    check_setting, check_path, check_trust, check_format, check_files, check_tmp_cleaner,
     check_record_locks, check_ephemeral, check_reserved, check_candidates, check_keeper,
     check_port_server,
 )
@@ -203,7 +205,8 @@ def run_checks(path: str | None = None) -> list[CheckResult]:
     results: list[CheckResult] = []
     for check in CHECKS:
         if check is not check_setting and results and not results[0].ok and path is None:
-            lock_checks = check.__name__ in ("check_path", "check_trust", "check_files",
+            lock_checks = check.__name__ in ("check_path", "check_trust", "check_format",
+                                             "check_files",
                                              "check_tmp_cleaner", "check_record_locks")
             if lock_checks:
                 continue  # no usable directory to look at

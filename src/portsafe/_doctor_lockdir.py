@@ -11,8 +11,8 @@ import dataclasses
 import os
 import stat
 
-__all__ = ["CheckResult", "check_files", "check_path", "check_setting", "check_tmp_cleaner",
-           "check_trust"]
+__all__ = ["CheckResult", "check_files", "check_format", "check_path", "check_setting",
+           "check_tmp_cleaner", "check_trust"]
 
 _TMPFILES_DIRS = ("/etc/tmpfiles.d", "/run/tmpfiles.d", "/usr/local/lib/tmpfiles.d",
                   "/usr/lib/tmpfiles.d", "/lib/tmpfiles.d")
@@ -197,6 +197,53 @@ def check_files(path: str | None = None) -> CheckResult:
     who = ", ".join(_who(uid) for uid in sorted(owners)) or "nobody yet"
     return CheckResult(name, True, f"{len(names)} lock files, all plain and lockable by "
                        f"every user (created by {who})")
+
+
+def check_format(path: str | None = None) -> CheckResult:
+    """The directory's format marker, and no users left of a deleted earlier copy of it.
+
+    Example:
+        >>> check_format("/nonexistent/portsafe").ok
+        True
+    """
+    from portsafe import _announce, _lockformat
+    from portsafe._errors import LockDirError
+
+    name = "lock_dir.format"
+    where = _lock_dir(path)
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _lockformat.NOFOLLOW
+    try:
+        fd = os.open(where, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return CheckResult(name, True, "not made yet: the first reservation makes it complete")
+    except OSError as exc:
+        return CheckResult(name, False, f"cannot open {where}: {exc.strerror}",
+                           "see lock_dir.path and lock_dir.trust above")
+    try:
+        try:
+            marker = _lockformat.read_marker(fd, where)
+        except LockDirError as exc:
+            return CheckResult(name, False, exc.strerror or str(exc),
+                               "use the portsafe version that made it, or remove the "
+                               "directory when no portsafe process runs")
+        if marker is None:
+            return CheckResult(name, True, f"no {_lockformat.MARKER} yet (made by portsafe "
+                               f"0.1.0, or being completed): the next reservation completes "
+                               f"it in place, sharing it with 0.1.0 processes")
+        generation = marker[0]
+        others = [user for user in _announce.announced(_announce.dir_key(fd, where), None)
+                  if user[0] != generation]
+    finally:
+        os.close(fd)
+    if others:
+        return CheckResult(name, False, f"format {_lockformat.FORMAT}, generation "
+                           f"{generation}, but processes that used a deleted earlier copy "
+                           f"still run{_announce.pids(others)}: portsafe refuses to reserve "
+                           f"until they end",
+                           "let them finish or stop them; find what deleted the directory "
+                           "(a tmp cleaner, an rm -rf)")
+    return CheckResult(name, True, f"format {_lockformat.FORMAT}, generation {generation}; "
+                       f"no users of an earlier copy")
 
 
 def _tmpfiles_rules(where: str) -> tuple[list[str], list[str]]:
