@@ -318,8 +318,8 @@ class TestVerb:
             assert "all is well" in done.stdout
         info = json.loads(self._doctor(env, "--json").stdout)
         names = [check["name"] for check in info["checks"]]
-        assert names[:6] == ["lock_dir.setting", "lock_dir.path", "lock_dir.trust",
-                             "lock_dir.files", "lock_dir.tmp_cleaner",
+        assert names[:7] == ["lock_dir.setting", "lock_dir.path", "lock_dir.trust",
+                             "lock_dir.format", "lock_dir.files", "lock_dir.tmp_cleaner",
                              "lock_dir.record_locks"]
         assert info["ok"] is (done.returncode == 0)
 
