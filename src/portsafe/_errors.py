@@ -7,6 +7,8 @@ import errno
 __all__ = [
     "AddressNotAvailableError",
     "InvalidSettingError",
+    "KeeperError",
+    "KeeperNotRunningError",
     "LockDirError",
     "NoFreePortError",
     "PortsafeError",
@@ -128,6 +130,27 @@ class AddressNotAvailableError(PortsafeError, OSError):
     """
 
     __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
+
+class KeeperError(PortsafeError, OSError):
+    """Raised when the lease keeper cannot be reached, started or trusted.
+
+    ``portsafe reserve`` then exits 4 with this message (nothing would hold the port);
+    ``portsafe run`` and ``--lease 0`` need no keeper.
+
+    Example:
+        >>> str(KeeperError("the keeper is gone"))
+        'the keeper is gone'
+    """
+
+
+class KeeperNotRunningError(KeeperError):
+    """Raised by the keeper client with ``start=False`` when no keeper is running.
+
+    Example:
+        >>> issubclass(KeeperNotRunningError, KeeperError)
+        True
+    """
 
 
 # Their __module__ is "portsafe", which doctest's finder takes for "defined elsewhere".

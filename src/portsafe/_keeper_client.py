@@ -24,7 +24,7 @@ import errno
 import os
 import sys
 
-from portsafe._errors import PortsafeError
+from portsafe._errors import KeeperError, KeeperNotRunningError
 
 __all__ = [
     "DEFAULT_IDLE",
@@ -42,31 +42,7 @@ PROTOCOL = 2
 DEFAULT_IDLE = 30.0
 NAMES = 8  # abstract names tried before giving up on squatters
 MAX_REPLY = 1 << 20
-BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 _LINUX = sys.platform.startswith("linux")
-
-
-class KeeperError(PortsafeError, OSError):
-    """Raised when the lease keeper cannot be reached, started or trusted.
-
-    ``portsafe reserve`` then exits 4 with this message (nothing would hold the port);
-    ``portsafe run`` and ``--lease 0`` need no keeper.
-
-    Example:
-        >>> import portsafe._keeper_client as kc
-        >>> str(kc.KeeperError("the keeper is gone"))
-        'the keeper is gone'
-    """
-
-
-class KeeperNotRunningError(KeeperError):
-    """Raised by :func:`call` with ``start=False`` when no keeper is running.
-
-    Example:
-        >>> import portsafe._keeper_client as kc
-        >>> issubclass(kc.KeeperNotRunningError, kc.KeeperError)
-        True
-    """
 
 
 def _config_hash() -> str:
@@ -288,6 +264,7 @@ def _call(line: bytes, *, start: bool, timeout: float) -> dict[str, object]:
                 break
             from portsafe._keeper_start import start as start_keeper
 
+            _settings_check()  # a bad PORTSAFE_KEEPER_IDLE fails here, not in the keeper
             try:
                 if start_keeper(free, deadline - time.monotonic()):
                     started += 1

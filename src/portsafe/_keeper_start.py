@@ -16,9 +16,11 @@ import errno
 import os
 import sys
 
-from portsafe._keeper_client import BACKLOG, KeeperError, _raw, _settings_check
+from portsafe._errors import KeeperError
 
-__all__ = ["start"]
+__all__ = ["BACKLOG", "start"]
+
+BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 
 
 def start(address: str, timeout: float) -> bool:
@@ -34,13 +36,11 @@ def start(address: str, timeout: float) -> bool:
 
     Raises:
         KeeperError: The keeper could not be started (the message says why).
-        portsafe.InvalidSettingError: ``PORTSAFE_KEEPER_IDLE`` is bad.
 
     Example:
         >>> start("@portsafe-doctest-never-started", 1.0)  # doctest: +SKIP
         True
     """
-    _settings_check()
     if not hasattr(os, "fork"):  # pragma: no cover - Windows
         raise KeeperError(errno.ENOSYS, "no lease keeper on this OS")
     listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -55,7 +55,7 @@ def start(address: str, timeout: float) -> bool:
 
 
 def _bind(listener: _socket.socket, address: str) -> bool:
-    raw = _raw(address)
+    raw = "\0" + address[1:] if address.startswith("@") else address  # abstract name
     try:
         listener.bind(raw)
     except OSError as exc:
