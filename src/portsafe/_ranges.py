@@ -113,31 +113,38 @@ def parse_netsh_dynamic_ports(text: str) -> tuple[int, int]:
 
 
 def parse_services(text: str) -> frozenset[int]:
-    """Port numbers named in a services database (``/etc/services`` format)."""
-    ports: set[int] = set()
-    # Read by the first reservation of every process: one split per line, no more.
-    for line in text.splitlines():
-        if line[:1] in ("#", ""):
-            continue
-        fields = line.split(None, 2)
-        if len(fields) >= 2 and "#" not in fields[0]:
-            number = fields[1].partition("/")[0].partition("#")[0]
-            if number.isdigit():
-                ports.add(int(number))
-    return frozenset(ports)
+    """Port numbers named in a services database (``/etc/services`` format).
+
+    Every ``PORT/PROTOCOL`` field is the word just before a ``/``. Read by the first
+    reservation of every process, so it is split at each ``/`` rather than parsed line
+    by line (half the time). A number before a ``/`` in a comment (``1/29/99``) is taken
+    too: one more port skipped, never one wrongly handed out.
+    """
+    pieces = text.split("/")
+    pieces.pop()  # nothing follows the last "/"
+    return frozenset(int(word) for piece in pieces
+                     if (word := piece.rsplit(None, 1)[-1] if piece.strip() else "").isdecimal())
 
 
 # -- reading the OS (cached) -----------------------------------------------------------
 
 
 def _read(path: str) -> str | None:
-    # Bytes, decoded here: a text-mode open() looks up (imports) its codec, which cost
-    # the first reservation of every process more than all of its system calls.
+    # os.read and a bytes decode: open() in text mode looks up (imports) its codec, and
+    # its buffered layers cost the first reservation of every process more than the read.
     try:
-        with open(path, "rb") as file:
-            return file.read().decode("ascii", "replace")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     except OSError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii", "replace")
 
 
 def _run(args: list[str]) -> str | None:
