@@ -46,7 +46,7 @@ def latency(samples: int, repeats: int) -> list[dict]:
     ]
     if picker is not None:
         figures.append(figure(
-            "default_vs_portpicker", "reserve_port()+release() p50",
+            "default_vs_portpicker", "reserve_port()+release() p50, vs portpicker",
             "portpicker.pick_unused_port()", ratios(med["default"], med["portpicker"]),
             limit="portpicker binds TCP and UDP and may retry: its own cost dominates",
             absolute={"portpicker.pick_unused_port()": med["portpicker"]}))

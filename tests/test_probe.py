@@ -159,3 +159,15 @@ class TestArguments:
         with pytest.raises(portsafe.InvalidSettingError) as caught:
             _probe.targets("a" * 300, socket.AF_INET, socket.SOCK_STREAM)
         assert len(str(caught.value)) < 250
+
+    @pytest.mark.parametrize("name", ["host", "family", "socktype"])
+    def test_huge_int_argument_gets_the_documented_error(self, name):
+        """10**5000 cannot be printed (int_max_str_digits): the message must still be made."""
+        error = TypeError if name == "host" else portsafe.InvalidSettingError
+        with pytest.raises(error, match="an int of 16610 bits"):
+            portsafe.reserve_port(**{name: 10**5000})
+
+    def test_huge_port_gets_the_documented_error(self):
+        """ports=[10**5000] is out of range, said without printing the number."""
+        with pytest.raises(portsafe.InvalidSettingError, match=r"bits is outside 1\.\.65535"):
+            portsafe.reserve_port(ports=[10**5000])

@@ -17,25 +17,31 @@ from portsafe._locks import SHARD_BITS
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
     import random
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
-__all__ = ["CandidateSet", "collapse", "describe", "spans_of", "subtract"]
+__all__ = ["CandidateSet", "collapse", "describe", "spans_of", "strides", "subtract"]
 
 _SHARD_SIZE = 1 << SHARD_BITS
 
 
-def _stride(random_: Callable[[], float], count: int) -> int:
-    """A random step coprime to *count*: uniform over the coprimes, by rejection.
+_STRIDES: dict[int, Sequence[int]] = {}
 
-    Cheaper than a table of coprimes: one or two tries on average (at least a fifth of
-    the numbers below 256 are coprime to any count up to 256).
+
+def strides(count: int) -> Sequence[int]:
+    """The steps coprime to *count* (each gives a full cycle over *count* items), cached.
+
+    Example:
+        >>> list(strides(8)), list(strides(9))[:4]
+        ([1, 3, 5, 7], [1, 2, 4, 5])
     """
-    if count < 3:
-        return 1
-    while True:
-        step = 1 + int(random_() * (count - 1))
-        if math.gcd(step, count) == 1:
-            return step
+    found = _STRIDES.get(count)
+    if found is None:
+        if count & (count - 1) == 0:  # a power of two (a full shard): the odd numbers
+            found = range(1, max(count, 2), 2)
+        else:
+            found = [step for step in range(1, count) if math.gcd(step, count) == 1] or [1]
+        _STRIDES[count] = found
+    return found
 
 
 class CandidateSet:
@@ -47,8 +53,8 @@ class CandidateSet:
     shard of 256 ports, not the whole set.
     """
 
-    __slots__ = ("_built", "_count", "_highs", "_keys", "_keyset", "_lows", "_skip",
-                 "description", "fallback")
+    __slots__ = ("_built", "_count", "_highs", "_keys", "_lows", "_skip", "description",
+                 "fallback", "shard_keys")
 
     def __init__(self, ports: Iterable[int] | None, description: str, fallback: str = "",
                  *, spans: list[tuple[int, int]] | None = None,
@@ -58,10 +64,11 @@ class CandidateSet:
         self._lows = [low for low, _ in spans]
         self._highs = [high for _, high in spans]
         # dict.fromkeys: two spans may share a shard, which must be walked once
-        self._keyset = dict.fromkeys(key for low, high in spans
+        #: the shards the spans touch, as dict keys (``key in shard_keys``)
+        self.shard_keys = dict.fromkeys(key for low, high in spans
                                      for key in range(low >> SHARD_BITS,
                                                       (high >> SHARD_BITS) + 1))
-        self._keys = list(self._keyset)
+        self._keys = list(self.shard_keys)
         self._skip = skip
         self._built: dict[int, list[int]] = {}
         self._count: int | None = None
@@ -125,7 +132,7 @@ class CandidateSet:
         repetition-free permutation that costs two random numbers.
         """
         random_ = rng.random
-        if home in self._keyset:
+        if home in self.shard_keys:
             yield from self._walk(random_, home, excluded)
         for key in self.rest(rng, home):
             yield from self._walk(random_, key, excluded)
@@ -136,7 +143,8 @@ class CandidateSet:
         count = len(items)
         if count:
             index = int(random_() * count)
-            stride = _stride(random_, count)
+            steps = strides(count)
+            stride = steps[int(random_() * len(steps))]
             for _ in range(count):
                 port = items[index]
                 if port not in excluded:
@@ -149,10 +157,13 @@ class CandidateSet:
         Visiting ``ports[(start + i * stride) % len(ports)]`` for ``i`` in
         ``range(len(ports))`` is the walk :meth:`order` makes of that shard.
         """
-        random_ = rng.random
-        items = self.shard(key)
+        items = self._built.get(key)
+        if items is None:
+            items = self.shard(key)
         count = len(items)
-        return items, int(random_() * count), _stride(random_, count)
+        steps = _STRIDES.get(count) or strides(count)
+        random_ = rng.random
+        return items, int(random_() * count), steps[int(random_() * len(steps))]
 
     def rest(self, rng: random.Random, home: int | None) -> Iterator[int]:
         """The shard keys other than *home*, in a random order (start and coprime stride)."""
@@ -160,7 +171,8 @@ class CandidateSet:
         keys = self._keys
         total = len(keys)
         index = int(random_() * total)
-        stride = _stride(random_, total)
+        steps = strides(total)
+        stride = steps[int(random_() * len(steps))]
         for _ in range(total):
             if keys[index] != home:
                 yield keys[index]

@@ -16,6 +16,7 @@ import errno
 import socket
 
 from portsafe._errors import AddressNotAvailableError, InvalidSettingError
+from portsafe._settings import shown
 
 __all__ = ["Bind", "ProbeTarget", "Probes", "dual_stack_is_stricter", "ipv6_available",
            "is_free", "targets"]
@@ -101,16 +102,16 @@ def targets(host: str | None, family: int, socktype: int) -> Probes:
         if cached is not None:
             return cached
     if host is not None and not isinstance(host, str):
-        raise TypeError(f"host must be a str or None, not {host!r}")
+        raise TypeError(f"host must be a str or None, not {shown(host)}")
     for name, value in (("family", family), ("socktype", socktype)):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int from the socket module, not {value!r}")
+            raise TypeError(f"{name} must be an int from the socket module, not {shown(value)}")
     if family not in _FAMILIES:
         raise InvalidSettingError(f"family must be socket.AF_INET, socket.AF_INET6 or "
-                                  f"socket.AF_UNSPEC (both), not {family!r}")
+                                  f"socket.AF_UNSPEC (both), not {shown(family)}")
     if socktype not in _SOCKTYPES:
         raise InvalidSettingError(f"socktype must be socket.SOCK_STREAM, socket.SOCK_DGRAM "
-                                  f"or 0 (both), not {socktype!r}")
+                                  f"or 0 (both), not {shown(socktype)}")
     if family == socket.AF_UNSPEC:
         families: list[int] = [socket.AF_INET, socket.AF_INET6] if ipv6_available() \
             else [socket.AF_INET]
@@ -182,12 +183,11 @@ def _addresses(host: str | None, families: list[int],
         infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise AddressNotAvailableError(
-            errno.EADDRNOTAVAIL, f"cannot use host {host!r} for {_FAMILIES[family]}: "
+            errno.EADDRNOTAVAIL, f"cannot use host {shown(host)} for {_FAMILIES[family]}: "
             f"{exc.strerror}; pass an address of this machine, e.g. '127.0.0.1'") from exc
     except (UnicodeError, ValueError) as exc:  # a label over 63 characters, a surrogate
-        shown = host if len(host) <= 40 else host[:37] + "..."
         raise InvalidSettingError(
-            f"host {shown!r} is not a valid host name ({exc}); pass an address of this "
+            f"host {shown(host, 40)} is not a valid host name ({exc}); pass an address of this "
             f"machine, e.g. '127.0.0.1', or a name whose labels have at most 63 characters"
         ) from None
     found: list[tuple[int, str, tuple[int, ...]]] = []
@@ -198,7 +198,7 @@ def _addresses(host: str | None, families: list[int],
                 found.append(entry)
     if not found:
         raise AddressNotAvailableError(errno.EADDRNOTAVAIL,
-                                       f"host {host!r} has no {_FAMILIES[family]} address")
+                                       f"host {shown(host)} has no {_FAMILIES[family]} address")
     return found
 
 
@@ -236,7 +236,7 @@ def is_free(port: int, probes: tuple[ProbeTarget, ...]) -> int:
             if exc.errno in _IN_USE:
                 return exc.errno or errno.EADDRINUSE
             raise AddressNotAvailableError(
-                exc.errno, f"cannot bind {host!r} ({exc.strerror}): it is not an address "
+                exc.errno, f"cannot bind {shown(host)} ({exc.strerror}): it is not an address "
                 f"of this machine; pass host='127.0.0.1' or another local address") from exc
         finally:
             sock.close()

@@ -23,6 +23,7 @@ from portsafe._settings import (
     lock_dir,
     parse_port_list,
     range_ranges,
+    shown,
 )
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
@@ -354,14 +355,14 @@ def _empty() -> None:
 
 def _checked_frozenset(ports: Iterable[int]) -> frozenset[int]:
     if isinstance(ports, (str, bytes)) or not hasattr(ports, "__iter__"):
-        raise TypeError(f"ports must be an iterable of ints (e.g. a range), not {ports!r}")
+        raise TypeError(f"ports must be an iterable of ints (e.g. a range), not {shown(ports)}")
     items = ports if isinstance(ports, (list, tuple, set, frozenset)) else list(ports)
     # Checked on every call, cached or not: 8080.0 and True equal (and hash like) 8080
     # and 1, so a cache key alone would let them through.
     if not all(type(port) is int for port in items):
         for port in items:
             if not isinstance(port, int) or isinstance(port, bool):
-                raise TypeError(f"ports must contain ints, not {port!r}")
+                raise TypeError(f"ports must contain ints, not {shown(port)}")
         items = [int(port) for port in items]
     chosen = frozenset(items)
     if not chosen:
