@@ -169,5 +169,5 @@ class TestArguments:
 
     def test_huge_port_gets_the_documented_error(self):
         """ports=[10**5000] is out of range, said without printing the number."""
-        with pytest.raises(portsafe.InvalidSettingError, match=r"bits is outside 1\.\.65535"):
+        with pytest.raises(portsafe.InvalidSettingError, match=r"bits> is outside 1\.\.65535"):
             portsafe.reserve_port(ports=[10**5000])
