@@ -55,6 +55,8 @@ class Probes(tuple[ProbeTarget, ...]):
     ``plan``, the binds that check them (fewer where one bind is provably as strict)."""
 
     plan: tuple[Bind, ...]
+    #: (family, type, host) when the plan is one plain bind (the default request)
+    one: tuple[int, int, str] | None
 
 
 def ipv6_available() -> bool:
@@ -125,6 +127,9 @@ def targets(host: str | None, family: int, socktype: int) -> Probes:
     made.plan = tuple(
         [(socket.AF_INET6, kind, "::", (0, 0), True) for kind in _SOCKTYPES[socktype]]
         if dual else [(*target, False) for target in made])
+    first = made.plan[0]
+    made.one = (first[0], first[1], first[2]) if len(made.plan) == 1 and not first[3] \
+        and not first[4] and _EXCLUSIVE is None else None
     _cache[(host, family, socktype)] = made
     return made
 
@@ -218,26 +223,51 @@ def is_free(port: int, probes: tuple[ProbeTarget, ...]) -> int:
         ...     is_free(held.getsockname()[1], targets(None, socket.AF_INET, 0)) != 0
         True
     """
-    plan = probes.plan if type(probes) is Probes else [(*target, False) for target in probes]
+    if type(probes) is Probes:
+        one = probes.one
+        if one is not None:  # the default request: one plain bind, no option to set
+            try:
+                sock = _socket.socket(one[0], one[1])
+            except OSError as exc:
+                raise _no_family(exc, one[0]) from exc
+            try:
+                sock.bind((one[2], port))
+            except OSError as exc:
+                return _refused(exc, one[2])
+            finally:
+                sock.close()
+            return 0
+        plan = probes.plan
+    else:
+        plan = tuple((*target, False) for target in probes)
     for family, kind, host, rest, dual in plan:
         try:
             sock = _socket.socket(family, kind)
         except OSError as exc:
-            raise AddressNotAvailableError(
-                exc.errno, f"cannot create a {_FAMILIES[family]} socket ({exc.strerror}); "
-                f"this host lacks that family: use family=socket.AF_INET") from exc
+            raise _no_family(exc, family) from exc
         try:
             if dual:
                 sock.setsockopt(socket.IPPROTO_IPV6, _V6ONLY, 0)  # type: ignore[arg-type]
             if _EXCLUSIVE is not None:
                 sock.setsockopt(socket.SOL_SOCKET, _EXCLUSIVE, 1)
-            sock.bind((host, port, *rest))
+            sock.bind((host, port, *rest) if rest else (host, port))
         except OSError as exc:
-            if exc.errno in _IN_USE:
-                return exc.errno or errno.EADDRINUSE
-            raise AddressNotAvailableError(
-                exc.errno, f"cannot bind {shown(host)} ({exc.strerror}): it is not an address "
-                f"of this machine; pass host='127.0.0.1' or another local address") from exc
+            return _refused(exc, host)
         finally:
             sock.close()
     return 0
+
+
+def _no_family(exc: OSError, family: int) -> AddressNotAvailableError:
+    return AddressNotAvailableError(
+        exc.errno, f"cannot create a {_FAMILIES.get(family, family)} socket ({exc.strerror}); "
+        f"this host lacks that family: use family=socket.AF_INET")
+
+
+def _refused(exc: OSError, host: str) -> int:
+    """The errno of a failed probe bind if it means "not free"; else raise."""
+    if exc.errno in _IN_USE:
+        return exc.errno or errno.EADDRINUSE
+    raise AddressNotAvailableError(
+        exc.errno, f"cannot bind {shown(host)} ({exc.strerror}): it is not an address "
+        f"of this machine; pass host='127.0.0.1' or another local address") from exc
