@@ -9,6 +9,10 @@ from _yardsticks import find_unused_port
 
 import portsafe
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 FUP = "CPython's find_unused_port()"
 
 
@@ -21,54 +25,58 @@ def _portpicker() -> object | None:
 
 
 def latency(samples: int, repeats: int) -> list[dict]:
-    """reserve_port()+release() and its variants, each against find_unused_port."""
-    calls = {
-        "find_unused_port": find_unused_port,
-        "default": lambda: portsafe.reserve_port().release(),
-        "range300": lambda: portsafe.reserve_port(ports=range(30000, 30300)).release(),
-        "range10000": lambda: portsafe.reserve_port(ports=range(20000, 30000)).release(),
-        "unspec": lambda: portsafe.reserve_port(family=socket.AF_UNSPEC,
-                                                socktype=0).release(),
-        "three": lambda: portsafe.reserve_ports(3).release(),
-    }
+    """reserve_port()+release() and its variants, each against its yardstick.
+
+    Each figure has its own interleaved run of just the two calls it compares: with
+    more calls in one run, whichever follows another pays for the caches that one
+    left cold, and the figures came to depend on which calls shared the run.
+    """
+    def default() -> None:
+        portsafe.reserve_port().release()
+
+    def pair(call: Callable[[], object], yardstick: Callable[[], object]) -> tuple[
+            list[float], list[float]]:
+        med = interleaved({"call": call, "yardstick": yardstick}, samples, repeats)
+        return med["call"], med["yardstick"]
+
+    floor = ("the kernel's floor: lock, socket, bind, close, unlock (5 system calls; "
+             "find_unused_port makes 14, a resolver lookup of 'localhost' among them)")
+    ours, fup = pair(default, find_unused_port)
+    figures = [figure("default_vs_fup", "reserve_port()+release() p50", FUP,
+                      ratios(ours, fup), target=0.6, limit=floor,
+                      absolute={"reserve_port()+release()": ours,
+                                "find_unused_port()": fup})]
     picker = _portpicker()
     if picker is not None:
-        calls["portpicker"] = picker.pick_unused_port  # type: ignore[attr-defined]
-    med = interleaved(calls, samples, repeats)
-    fup = med["find_unused_port"]
-    floor = ("the kernel's floor: lock, socket, bind, close, unlock (5 system calls, "
-             "about half of find_unused_port's 6 plus a resolver call for 'localhost')")
-    figures = [
-        figure("default_vs_fup", "reserve_port()+release() p50", FUP,
-               ratios(med["default"], fup), target=0.6, limit=floor,
-               absolute={"reserve_port()+release()": med["default"],
-                         "find_unused_port()": fup}),
-    ]
-    if picker is not None:
+        ours, theirs = pair(default, picker.pick_unused_port)  # type: ignore[attr-defined]
         figures.append(figure(
             "default_vs_portpicker", "reserve_port()+release() p50, vs portpicker",
-            "portpicker.pick_unused_port()", ratios(med["default"], med["portpicker"]),
+            "portpicker.pick_unused_port()", ratios(ours, theirs),
             limit="portpicker binds TCP and UDP and may retry: its own cost dominates",
-            absolute={"portpicker.pick_unused_port()": med["portpicker"]}))
-    figures += [
-        figure("range300_vs_default", "reserve_port(ports=range(30000, 30300)) p50",
-               "reserve_port() (default) p50", ratios(med["range300"], med["default"]),
-               target=1.2, limit="one cached dict lookup more than the default; the "
-               "same lock+probe floor",
-               absolute={"ports=range(30000, 30300)": med["range300"]}),
-        figure("range10000_vs_default", "reserve_port(ports=range(20000, 30000)) p50",
-               "reserve_port() (default) p50", ratios(med["range10000"], med["default"]),
-               target=1.2, limit="as above: a range is its own cache key",
-               absolute={"ports=range(20000, 30000)": med["range10000"]}),
-        figure("unspec_vs_fup", "reserve_port(family=AF_UNSPEC, socktype=0) p50", FUP,
-               ratios(med["unspec"], fup), target=1.0,
-               limit="two dual-stack binds (TCP, UDP): 10 system calls",
-               absolute={"AF_UNSPEC, socktype=0": med["unspec"]}),
-        figure("three_vs_fup", "reserve_ports(3)+release() p50", FUP,
-               ratios(med["three"], fup), target=1.5,
-               limit="three times the single-port floor (15 system calls)",
-               absolute={"reserve_ports(3)+release()": med["three"]}),
-    ]
+            absolute={"portpicker.pick_unused_port()": theirs}))
+    for key, label, call, target, limit, name in (
+            ("range300_vs_default", "reserve_port(ports=range(30000, 30300)) p50",
+             lambda: portsafe.reserve_port(ports=range(30000, 30300)).release(), 1.2,
+             "a range is its own cache key: one dict lookup, then the same walk",
+             "ports=range(30000, 30300)"),
+            ("range10000_vs_default", "reserve_port(ports=range(20000, 30000)) p50",
+             lambda: portsafe.reserve_port(ports=range(20000, 30000)).release(), 1.2,
+             "as above", "ports=range(20000, 30000)")):
+        ours, base = pair(call, default)
+        figures.append(figure(key, label, "reserve_port() (default) p50", ratios(ours, base),
+                              target=target, limit=limit, absolute={name: ours}))
+    for key, label, call, target, limit, name in (
+            ("unspec_vs_fup", "reserve_port(family=AF_UNSPEC, socktype=0) p50",
+             lambda: portsafe.reserve_port(family=socket.AF_UNSPEC, socktype=0).release(),
+             1.0, "two dual-stack binds (TCP, UDP): 10 system calls",
+             "AF_UNSPEC, socktype=0"),
+            ("three_vs_fup", "reserve_ports(3)+release() p50",
+             lambda: portsafe.reserve_ports(3).release(), 1.5,
+             "three times the single-port floor (15 system calls)",
+             "reserve_ports(3)+release()")):
+        ours, base = pair(call, find_unused_port)
+        figures.append(figure(key, label, FUP, ratios(ours, base), target=target,
+                              limit=limit, absolute={name: ours}))
     return figures
 
 

@@ -1,13 +1,15 @@
 """Sampling and reporting: every figure is a ratio against a yardstick of the same run.
 
 A figure is measured as R repeats (at least 3). In each repeat every method is timed
-in interleaved samples (A, B, A, B, ...), so drift and noise hit the figure and its
-yardstick alike, and the repeat's figure is the ratio of their medians. The figure
-printed is the median of the repeats' ratios, with their min and max as its spread.
+in interleaved samples (one call of each, in a shuffled order, then again), so drift and
+noise hit the figure and its yardstick alike, and the repeat's figure is the ratio of
+their medians. The figure printed is the median of the repeats' ratios, with their min
+and max as its spread.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 
@@ -31,12 +33,13 @@ def interleaved(calls: dict[str, Callable[[], object]], samples: int,
     for call in calls.values():
         call()  # warm: caches, lock files, first-use checks
     medians: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        order = names[repeat % len(names):] + names[:repeat % len(names)]
+    shuffle = random.Random(1).shuffle  # an order, not a secret
+    for _ in range(repeats):
         times: dict[str, list[int]] = {name: [] for name in names}
-        pairs = [(name, calls[name], times[name].append) for name in order]
+        pairs = [(calls[name], times[name].append) for name in names]
         for _ in range(samples):
-            for _name, call, record in pairs:
+            shuffle(pairs)  # no method always runs after the same one (cache effects)
+            for call, record in pairs:
                 start = clock()
                 call()
                 record(clock() - start)
