@@ -125,7 +125,7 @@ def targets(host: str | None, family: int, socktype: int) -> Probes:
     dual = (family == socket.AF_UNSPEC and len(families) == 2 and host in (None, "localhost", "")
             and dual_stack_is_stricter())
     made.plan = tuple(
-        [(socket.AF_INET6, kind, "::", (0, 0), True) for kind in _SOCKTYPES[socktype]]
+        [(socket.AF_INET6, kind, "::", (), True) for kind in _SOCKTYPES[socktype]]
         if dual else [(*target, False) for target in made])
     first = made.plan[0]
     made.one = (first[0], first[1], first[2]) if len(made.plan) == 1 and not first[3] \
