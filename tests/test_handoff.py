@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
@@ -383,3 +384,85 @@ class TestRealServers:
                 assert _get(port) == (200, b"hello from uvicorn")
             finally:
                 _stop(proc)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else set()
+
+
+class TestListenBadInput:
+    @pytest.mark.parametrize("host", ["8.8.8.8", "192.0.2.1", "0.0.0.1"])
+    def test_address_of_another_machine(self, host: str) -> None:
+        """Binding an address this machine does not have (no traffic is sent) raises
+        AddressNotAvailableError naming local addresses, and leaves no socket open."""
+        before = _open_fds()
+        with pytest.raises(portsafe.AddressNotAvailableError, match=r"127\.0\.0\.1") as info:
+            listen(host)
+        assert info.value.errno == errno.EADDRNOTAVAIL
+        assert _open_fds() <= before
+
+    @pytest.mark.parametrize(("host", "family"), [("::1", socket.AF_INET),
+                                                  ("127.0.0.1", socket.AF_INET6),
+                                                  ("::", socket.AF_INET)])
+    def test_host_of_the_other_family(self, host: str, family: int) -> None:
+        """A numeric host of the other family is AddressNotAvailableError, not gaierror."""
+        with pytest.raises(portsafe.AddressNotAvailableError, match="for AF_INET"):
+            listen(host, family=family)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("host", ["a" * 300, "a\0b", "a..b"])
+    def test_malformed_host(self, host: str) -> None:
+        """Malformed host names raise InvalidSettingError (not UnicodeError)."""
+        before = _open_fds()
+        with pytest.raises(portsafe.InvalidSettingError, match="host"):
+            listen(host)
+        assert _open_fds() <= before
+
+    @pytest.mark.parametrize("backlog", [2**40, -1, 10**5000], ids=["2**40", "-1", "10**5000"])
+    def test_backlog_out_of_range(self, backlog: int) -> None:
+        """A backlog outside a C int is InvalidSettingError, not OverflowError."""
+        before = _open_fds()
+        with pytest.raises(portsafe.InvalidSettingError, match="backlog"):
+            listen(backlog=backlog)
+        assert _open_fds() <= before
+
+    @pytest.mark.parametrize(("kwargs", "error"), [
+        ({"backlog": 1.5}, TypeError), ({"backlog": True}, TypeError),
+        ({"family": 2.0}, TypeError), ({"family": "AF_INET"}, TypeError),
+        ({"family": 999}, portsafe.InvalidSettingError),
+        ({"family": socket.AF_UNIX}, portsafe.InvalidSettingError),
+        ({"host": b"127.0.0.1"}, TypeError), ({"port": 10**5000}, portsafe.InvalidSettingError),
+    ], ids=lambda value: repr(value)[:30] if not isinstance(value, dict) or "port" not in value
+        else "port=10**5000")
+    def test_wrong_types_and_values(self, kwargs: dict[str, object], error: type) -> None:
+        """Each bad argument gets its documented error."""
+        with pytest.raises(error):
+            listen(**kwargs)  # type: ignore[arg-type]
+
+    def test_privileged_port_says_so(self) -> None:
+        """A port below 1024 without the privilege: a PermissionError that says why."""
+        if os.getuid() == 0:
+            code = textwrap.dedent("""
+                import os, portsafe
+                listen = portsafe.listen  # import everything while still root
+                listen().close()
+                os.setgid(65534); os.setuid(65534)
+                try:
+                    listen(port=1)
+                except PermissionError as exc:
+                    print(exc)
+            """)
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                  text=True, timeout=60, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"cannot run as uid 65534 here: {done.stderr[-200:]}")
+            message = done.stdout
+        else:
+            try:
+                listen(port=1).close()
+            except PermissionError as exc:
+                message = str(exc)
+            else:
+                pytest.skip("this user may bind ports below 1024")
+        if not message:
+            pytest.skip("unprivileged users may bind port 1 here (ip_unprivileged_port_start)")
+        assert "below 1024" in message

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -14,10 +16,17 @@ from typing import TYPE_CHECKING
 import pytest
 
 import portsafe
-from portsafe import _keeper, _locks, _server
+from portsafe import _keeper, _keeper_client, _locks, _server
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from pathlib import Path
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0,
+                                reason="needs root to run a process as uid 65534")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="abstract socket names: Linux")
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX")
 
@@ -157,29 +166,287 @@ class TestDetachedKeeper:
         assert done.returncode == 0  # free again: the kernel dropped the dead keeper's lock
         assert int(_keeper.call({"op": "ping"})["pid"]) != pid  # type: ignore[call-overload]
 
-    @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root")
-    def test_squatter_of_another_user_is_refused(self, keeper_env: dict[str, str]) -> None:
-        """Abstract names carry no permissions: a keeper of another uid is not trusted."""
-        address = _keeper.keeper_address()
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the squatter child
-            try:
-                os.setuid(65534)
-                with socket.socket(socket.AF_UNIX) as squat:
-                    squat.bind(_server.unix_address(address))
-                    squat.listen()  # SO_PEERCRED reports the uid at listen() time
-                    os.write(write_end, b"up")
-                    time.sleep(60)
-            finally:
-                os._exit(0)
-        os.close(write_end)
+
+
+@contextlib.contextmanager
+def as_nobody(work: Callable[[], None],
+              then: Callable[[], None] = lambda: time.sleep(120)) -> Iterator[int]:
+    """Run *work* in a child process of uid 65534; yield once it returned, while the
+    child runs *then* until killed. Skips where uid 65534 is not usable."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the other user's process
         try:
-            with os.fdopen(read_end, "rb") as status:
-                if status.read(2) != b"up":
-                    pytest.skip("cannot run a process as uid 65534 here")
-            with pytest.raises(_keeper.KeeperError, match="uid 65534"):
-                _keeper.call({"op": "ping"})
+            os.close(read_end)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            work()
+            os.write(write_end, b"up")
+            then()
         finally:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            os._exit(0)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as status:
+            if status.read(2) != b"up":
+                pytest.skip("cannot run a process as uid 65534 here")
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _squat(addresses: list[str]) -> Callable[[], None]:
+    keep: list[socket.socket] = []
+
+    def work() -> None:
+        for address in addresses:
+            squat = socket.socket(socket.AF_UNIX)
+            squat.bind(_server.unix_address(address))
+            squat.listen()  # SO_PEERCRED reports the uid at listen() time
+            keep.append(squat)
+
+    return work
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "portsafe", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _held(env: dict[str, str]) -> dict[int, int]:
+    done = subprocess.run([sys.executable, "-c", ("import json; from portsafe import _locks; "
+                           "print(json.dumps(_locks.holders()))")], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return dict(json.loads(done.stdout))
+
+
+def _assert_held_or_failed(done: subprocess.CompletedProcess[str], env: dict[str, str]) -> None:
+    """The promise of `PORT=$(portsafe)`: exit 0 means the printed port is held by a
+    process of ours; anything else prints no port."""
+    if done.returncode != 0:
+        assert done.stdout == "", done.stdout
+        return
+    port = int(done.stdout)
+    holder = _held(env).get(port)
+    assert holder is not None, f"port {port} printed with exit 0 but held by nobody"
+    assert _server.process_identity(holder) is not None
+    with open(f"/proc/{holder}/status") as status:
+        uid_line = next(line for line in status if line.startswith("Uid:"))
+    assert int(uid_line.split()[1]) == os.getuid()
+
+
+@pytest.mark.timeout(180)
+class TestHostileNeighbours:
+    """Another user on the machine, or a broken client, cannot make `portsafe` print a
+    port nobody holds, nor take the keeper (and everyone's leases) down."""
+
+    @needs_root
+    @linux_only
+    def test_squatter_on_the_first_name_is_skipped(self, keeper_env: dict[str, str]) -> None:
+        """A uid-65534 process listening on the keeper's first name is not trusted:
+        the keeper starts on the next name, and the port is held by it."""
+        with as_nobody(_squat(_keeper_client.keeper_addresses()[:1])):
+            done = _cli(keeper_env)
+            assert done.returncode == 0, done.stderr
+            _assert_held_or_failed(done, keeper_env)
+            reply = _keeper_client.call({"op": "ping"}, start=False)
+            assert int(reply["pid"]) != os.getpid()  # type: ignore[call-overload]
+
+    @needs_root
+    @linux_only
+    def test_squatters_on_every_name_fail_loudly(self, keeper_env: dict[str, str]) -> None:
+        """With every keeper name squatted, `portsafe` prints nothing and exits 4 with a
+        message naming the other user and what to do; --lease 0 still works."""
+        with as_nobody(_squat(_keeper_client.keeper_addresses())):
+            done = _cli(keeper_env)
+            assert done.returncode == 4
+            assert done.stdout == ""
+            assert "uid 65534" in done.stderr
+            assert "portsafe run" in done.stderr
+            unheld = _cli(keeper_env, "--lease", "0")
+            assert unheld.returncode == 0
+            assert int(unheld.stdout) > 0
+
+    @needs_root
+    @linux_only
+    def test_idle_connections_of_another_user_cost_nothing(self, keeper_env, monkeypatch) -> None:
+        """3,000 idle connections from uid 65534 (and more arriving) are closed at
+        accept, before a byte is read: the owner's calls are still served and held."""
+        # The keeper must outlive the flood's set-up on a loaded machine: a one-second
+        # idle would let it exit before the first call, and the pid check below would
+        # compare two keepers.
+        monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "120")
+        keeper_env = dict(os.environ)
+        keeper = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
+        address = _server.unix_address(_keeper_client.keeper_address())
+
+        opened: list[socket.socket] = []
+
+        def flood() -> None:
+            while len(opened) < 3000:
+                sock = socket.socket(socket.AF_UNIX)
+                sock.setblocking(False)
+                try:
+                    sock.connect(address)
+                except BlockingIOError:  # the backlog is full: the keeper is behind
+                    sock.close()
+                    time.sleep(0.001)
+                    continue
+                opened.append(sock)
+
+        def more() -> None:  # keep flooding while the owner's calls run
+            while True:
+                with contextlib.suppress(OSError):
+                    extra = socket.socket(socket.AF_UNIX)
+                    extra.setblocking(False)
+                    extra.connect(address)
+                    opened.append(extra)
+                if len(opened) > 7000:
+                    for old in opened[:3000]:
+                        old.close()
+                    del opened[:3000]
+
+        with as_nobody(flood, more):
+            for _ in range(5):
+                done = _cli(keeper_env)
+                assert done.returncode == 0, done.stderr
+                _assert_held_or_failed(done, keeper_env)
+        assert int(_keeper_client.call({"op": "ping"})["pid"]) == keeper  # type: ignore[call-overload]
+
+    def test_malformed_requests_get_an_error_and_the_keeper_lives(self, keeper_env) -> None:
+        """2,000 `[` (RecursionError in json), garbage bytes, a JSON list, a NaN lease:
+        each gets an error reply; the keeper and an existing lease survive."""
+        reply = _keeper_client.call({"op": "reserve", "n": 1, "lease": 60})
+        keeper, port = int(reply["pid"]), reply["ports"][0]  # type: ignore[call-overload,index]
+        address = _server.unix_address(_keeper_client.keeper_address())
+        for line in (b"[" * 2000, b"\xff\xfe{", b"[1, 2]", b'{"op": "reserve", "lease": NaN}',
+                     b'{"op": "reserve", "n": 1, "lease": Infinity}', b'{"op": {}}',
+                     b'{"op": "reserve", "n": 100000, "lease": 1}'):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(10)
+                sock.connect(address)
+                sock.sendall(line + b"\n")
+                answer = json.loads(sock.makefile("rb").readline())
+            assert answer["ok"] is False, line
+            assert answer["error"], line
+        assert int(_keeper_client.call({"op": "ping"})["pid"]) == keeper  # type: ignore[call-overload]
+        assert _held(keeper_env).get(port) == keeper
+
+    def test_a_keeper_that_never_answers_means_no_port(self, keeper_env) -> None:
+        """Something of ours listening on the keeper's name without answering: after
+        its retries `portsafe` exits 4 and prints nothing."""
+        with _server.bind_unix(_keeper_client.keeper_address()) as mute:
+            with pytest.raises(_keeper_client.KeeperError, match="did not answer"):
+                _keeper_client.call({"op": "ping"}, timeout=1.0)
+            done = _cli(keeper_env, "--json")
+            assert mute.fileno() >= 0
+        assert done.returncode == 4
+        assert done.stdout == ""
+        assert "portsafe run" in done.stderr
+
+    def test_lease_zero_needs_no_keeper(self, keeper_env: dict[str, str]) -> None:
+        """--lease 0 asks for no hold: it exits 0 even when no keeper can answer."""
+        with _server.bind_unix(_keeper_client.keeper_address()):
+            done = _cli(keeper_env, "--lease", "0")
+        assert done.returncode == 0
+        assert int(done.stdout) > 0
+
+
+class TestStart:
+    def test_keeper_holds_no_descriptor_of_its_starter(self, keeper_env, tmp_path) -> None:
+        """The detached keeper keeps none of the starter's descriptors (a pipe held open
+        would keep `$(...)` or a harness waiting), only /dev/null and its own."""
+        read_end, write_end = os.pipe()
+        os.set_inheritable(write_end, True)
+        try:
+            done = subprocess.run([sys.executable, "-m", "portsafe"], env=keeper_env,
+                                  pass_fds=(write_end,), capture_output=True, timeout=60,
+                                  check=False)
+        finally:
+            os.close(write_end)
+        assert done.returncode == 0
+        os.set_blocking(read_end, False)
+        try:  # EOF at once: nobody else has the write end
+            assert os.read(read_end, 1) == b""
+        except BlockingIOError:
+            pytest.fail("the keeper inherited the starter's pipe")
+        finally:
+            os.close(read_end)
+
+    def test_a_bad_idle_setting_fails_before_starting(self, keeper_env, monkeypatch) -> None:
+        """PORTSAFE_KEEPER_IDLE=garbage: InvalidSettingError in the caller, no keeper."""
+        monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "garbage")
+        with pytest.raises(portsafe.InvalidSettingError, match="PORTSAFE_KEEPER_IDLE"):
+            _keeper_client.call({"op": "ping"})
+        with pytest.raises(_keeper_client.KeeperNotRunningError):
+            _keeper_client.call({"op": "ping"}, start=False)
+
+
+class TestReplies:
+    def test_fast_reply_reading_matches_json(self) -> None:
+        """The client reads the keeper's usual reserve reply without json; the result
+        is what json would give (so the keeper must keep writing it that way)."""
+        k = _keeper.Keeper(idle=60)
+        for n in (1, 3):
+            line = k.handle(json.dumps({"op": "reserve", "n": n, "lease": 60}).encode(),
+                            os.getpid(), os.getuid())
+            assert line is not None
+            assert line.startswith(_keeper_client._FAST_PREFIX)
+            fast = _keeper_client._decode(line, "test")
+            full = json.loads(line)
+            assert fast == {"ok": True, "ports": full["ports"], "pid": full["pid"]}
+            for port in full["ports"]:
+                _ask(k, {"op": "release", "port": port})
+
+    def test_other_replies_fall_back_to_json(self) -> None:
+        """Errors and lists are decoded in full; an empty answer is a reset."""
+        k = _keeper.Keeper(idle=60)
+        line = k.handle(b'{"op": "list"}', os.getpid(), os.getuid())
+        assert line is not None
+        assert _keeper_client._decode(line, "test")["leases"] == []
+        with pytest.raises(ConnectionResetError):
+            _keeper_client._decode(b"", "test")
+
+
+@pytest.mark.timeout(120)
+class TestPathSockets:
+    """The non-Linux layout (a socket file in a 0700 directory), exercised here."""
+
+    def test_path_keeper_and_stale_socket(self, monkeypatch, tmp_path) -> None:
+        """Without abstract names the keeper listens on a path in a private directory; a
+        socket file left by a killed keeper is replaced by the next start."""
+        import shutil
+        import tempfile
+
+        (tmp_path / "locks").mkdir(mode=0o700)
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
+        monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "1")
+        runtime = tempfile.mkdtemp(prefix="ps-", dir="/tmp")  # short: AF_UNIX paths <= 107
+        try:
+            monkeypatch.setattr(_keeper_client, "_LINUX", False)
+            monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+            (address,) = _keeper_client.keeper_addresses()
+            assert address.startswith(runtime)
+            assert os.stat(os.path.dirname(address)).st_mode & 0o777 == 0o700
+            first = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
+            os.kill(first, signal.SIGKILL)
+            _wait_gone(first)
+            assert os.path.exists(address)  # stale
+            second = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
+            assert second != first
+            os.kill(second, signal.SIGTERM)
+            _wait_gone(second)
+        finally:
+            shutil.rmtree(runtime, ignore_errors=True)
+
+    def test_unsafe_private_directory_is_refused(self, monkeypatch, tmp_path) -> None:
+        """A private directory that is not 0700 (or not ours) is an error, not used."""
+        monkeypatch.setattr(_keeper_client, "_LINUX", False)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+        (tmp_path / f"portsafe-keeper-{os.getuid()}").mkdir(mode=0o755)
+        (tmp_path / f"portsafe-keeper-{os.getuid()}").chmod(0o755)
+        with pytest.raises(_keeper_client.KeeperError, match="0700"):
+            _keeper_client.keeper_addresses()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -243,8 +245,11 @@ class TestPortServerBook:
         server = PortServer(ports=block)
         try:
             assert server.handle(b"%d" % os.getpid(), os.getpid()) == b"%d\n" % port
-            ident, reservation = server._grants[port]
-            server._grants[port] = ((ident[0], ident[1] - 1), reservation)
+            ident = server.owner(port)
+            assert ident is not None
+            older = (ident[0], ident[1] - 1)  # as if granted to an earlier process
+            server._owner_of[port] = older
+            server._by_owner[older] = server._by_owner.pop(ident)
             assert server.reclaim() == [port]
         finally:
             server.close()
@@ -256,6 +261,124 @@ class TestPortServerBook:
         assert server.handle(request_, os.getpid()) is None
         assert server.refused == 1
         assert server.grants() == {}
+
+
+class TestHandOver:
+    def test_take_releases_the_servers_lock_for_its_grantee(self) -> None:
+        """``take <port>`` from the grantee: the server lets go of the lock, keeps the
+        port booked (not granted again), and says ok."""
+        block = _free_block(2)
+        server = PortServer(ports=block)
+        try:
+            port = int(server.handle(b"%d" % os.getpid(), os.getpid()) or b"")
+            table = _locks.table()
+            assert table.holds(port)  # in-process server: its lock is ours
+            assert server.handle(b"take %d" % port, os.getpid()) == b"ok\n"
+            assert not table.holds(port)
+            assert server.grants() == {port: os.getpid()}
+            other = int(server.handle(b"%d" % os.getpid(), os.getpid()) or b"")
+            assert other != port  # still booked, even though nobody locks it now
+            assert server.handle(b"take %d" % port, os.getpid()) == b"ok\n"  # idempotent
+        finally:
+            server.close()
+
+    @pytest.mark.parametrize("payload", [b"take 99999x", b"take ", b"take 1"])
+    def test_take_of_what_is_not_yours_is_refused(self, payload: bytes) -> None:
+        """Garbage, or a port not granted to the sender, gets no answer."""
+        server = PortServer(ports=_free_block(1))
+        try:
+            assert server.handle(payload, os.getpid()) is None
+        finally:
+            server.close()
+
+    def test_take_from_another_process_is_refused(self) -> None:
+        """Only the grantee may take a grant over."""
+        (port,) = block = _free_block(1)
+        server = PortServer(ports=block)
+        child = _sleeper()
+        try:
+            assert server.handle(b"%d" % child.pid, child.pid) == b"%d\n" % port
+            assert server.handle(b"take %d" % port, os.getpid()) is None
+            assert server.handle(b"take %d" % port, None) is None
+            assert _locks.table().holds(port)
+        finally:
+            child.kill()
+            child.wait()
+            server.close()
+
+    def test_undelivered_grant_is_revoked(self) -> None:
+        """revoke() (what the loop calls when a reply is lost) frees the port at once,
+        unless it has changed hands since."""
+        (port,) = block = _free_block(1)
+        server = PortServer(ports=block)
+        try:
+            assert server.handle(b"%d" % os.getpid(), os.getpid()) == b"%d\n" % port
+            server.revoke(port, (os.getpid(), -1))  # another owner: not this grant
+            assert server.grants() == {port: os.getpid()}
+            server.revoke(port, server.owner(port))
+            assert server.grants() == {}
+            assert not _locks.table().holds(port)
+        finally:
+            server.close()
+
+
+class TestRequestLoop:
+    def test_reply_lost_when_the_client_left(self) -> None:
+        """A reply to a client that closed before it was written is reported lost."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(_server.unix_address(server_name()))
+        listener.listen()
+        lost: list[bytes] = []
+        answered = threading.Event()
+
+        def handler(line: bytes, _pid: int | None, _uid: int | None) -> _server.Reply:
+            answered.set()
+            return _server.Reply(b"x" * (1 << 22), on_lost=lambda: lost.append(line))
+
+        loop = _server.RequestLoop(listener, handler, max_request=32, timeout=5.0)
+        thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
+        thread.start()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(listener.getsockname())
+                client.sendall(b"123\n")
+                assert answered.wait(10)
+            for _ in range(200):
+                if lost:
+                    break
+                time.sleep(0.025)
+        finally:
+            loop.stop()
+            thread.join()
+            listener.close()
+        assert lost == [b"123"]
+
+    def test_admit_refuses_at_accept(self) -> None:
+        """A peer that admit() refuses is closed before it sends anything, and the
+        handler never sees it."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(_server.unix_address(server_name()))
+        listener.listen()
+        seen: list[tuple[int | None, int | None]] = []
+
+        def admit(pid: int | None, uid: int | None) -> bool:
+            seen.append((pid, uid))
+            return False
+
+        loop = _server.RequestLoop(listener, lambda line, pid, uid: b"no\n", max_request=32,
+                                   timeout=5.0, admit=admit)
+        thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
+        thread.start()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(10)
+                client.connect(listener.getsockname())
+                assert client.recv(16) == b""  # closed without a reply
+        finally:
+            loop.stop()
+            thread.join()
+            listener.close()
+        assert seen[0][0] in (os.getpid(), None)
 
 
 @pytest.mark.timeout(120)
@@ -330,8 +453,8 @@ class TestServe:
         listener = _server.bind_unix(path)
         listener.close()
 
-    def test_verbose_logs_grant_and_reclaim(self, served) -> None:
-        """--verbose writes one line per grant and per reclaim."""
+    def test_verbose_logs_grant_and_reclaim(self, served, lock_env: dict[str, str]) -> None:
+        """--verbose writes one line per grant and per reclaim (once a second)."""
         address, proc, _ports_served = served
         client = subprocess.run(
             [sys.executable, "-c",
@@ -339,7 +462,10 @@ class TestServe:
              f"print(request_port({address!r}))")],
             capture_output=True, text=True, timeout=60, check=True)
         port = int(client.stdout)
-        assert request_port(address) is not None  # triggers the reclaim of the first
+        for _ in range(100):
+            if port not in _server_held(lock_env, proc.pid):
+                break
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         log = proc.stderr.read().decode()
@@ -359,3 +485,155 @@ class TestServe:
         pid, port = done.stdout.split()
         assert pid == "1"
         assert int(port) in ports_served
+
+
+def _server_held(env: dict[str, str], server_pid: int) -> set[int]:
+    """The ports the server process holds in the lock directory of *env*."""
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import json; from portsafe import _locks; print(json.dumps(_locks.holders()))"],
+        env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+    return {port for port, pid in json.loads(out) if pid == server_pid}
+
+
+@pytest.fixture
+def served_wide(lock_env: dict[str, str]):
+    """``portsafe serve`` on 400 ports (held by this process in the default lock directory,
+    so no other portsafe user takes them), locking its grants in a private directory."""
+    address = server_name()
+    with portsafe.reserve_ports(400, contiguous=True) as block:
+        low, high = block.ports[0], block.ports[-1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portsafe", "serve", "--address", address,
+             "--range", f"{low}-{high}"], env=lock_env)
+        try:
+            wait_listening(address, proc)
+            yield address, proc
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.timeout(180)
+class TestBurst:
+    @pytest.mark.parametrize("clients", [120, 300])
+    def test_every_grant_is_delivered_or_released(self, served_wide, lock_env: dict[str, str],
+                                                  clients: int) -> None:
+        """Many simultaneous requests (each giving up after 2 s, as portsafe's client
+        does): the ports the server holds afterwards are exactly the ones delivered."""
+        address, proc = served_wide
+        got: list[int | None] = [None] * clients
+        start = threading.Barrier(clients)
+
+        def one(index: int) -> None:
+            start.wait()
+            got[index] = request_port(address, timeout=2.0)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        delivered = [port for port in got if port is not None]
+        assert len(delivered) == len(set(delivered)), "one port delivered twice"
+        held: set[int] = set()
+        for _ in range(100):  # connections the clients gave up on may still be queued
+            held = _server_held(lock_env, proc.pid)
+            if held == set(delivered):
+                break
+            time.sleep(0.1)
+        assert held - set(delivered) == set(), "grants held for nobody (undelivered)"
+        assert set(delivered) <= held, "delivered ports the server does not hold"
+        assert delivered, "the server served nobody"
+
+
+class TestOwners:
+    @pytest.mark.skipif(not LINUX, reason="pid 2 is Linux's kthreadd")
+    def test_pids_that_never_exit_do_not_exhaust_the_pool(self, lock_env: dict[str, str]
+                                                          ) -> None:
+        """Requests for pid 2 (a kernel thread) and for the server's own pid are
+        refused, so a later real client still gets a port."""
+        address, block = server_name(), _free_block(2)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portsafe", "serve", "--address", address,
+             "--range", f"{block[0]}-{block[-1]}"], env=lock_env)
+        try:
+            wait_listening(address, proc)
+            for claim in (2, proc.pid):
+                for _ in range(2):
+                    assert _raw_request(address, b"%d\n" % claim) == b""
+            assert request_port(address) in block
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+
+    def test_one_owner_cannot_take_the_whole_pool(self) -> None:
+        """Beyond max_per_owner grants, one process is refused; others are served."""
+        block = _free_block(4)
+        server = PortServer(ports=block, max_per_owner=2)
+        child = _sleeper()
+        try:
+            me = b"%d" % os.getpid()
+            assert server.handle(me, os.getpid()) is not None
+            assert server.handle(me, os.getpid()) is not None
+            assert server.handle(me, os.getpid()) is None
+            assert server.handle(b"%d" % child.pid, child.pid) is not None
+        finally:
+            child.kill()
+            child.wait()
+            server.close()
+
+    def test_claim_for_an_unrelated_process_is_refused(self) -> None:
+        """A sender may ask for itself or an ancestor (``portpicker $$``), not for a
+        process it is unrelated to, whose exit it cannot vouch for."""
+        child = _sleeper()
+        try:
+            assert resolve_owner(child.pid, os.getpid()) is None
+            assert resolve_owner(os.getppid(), os.getpid()) == os.getppid()
+        finally:
+            child.kill()
+            child.wait()
+
+    def test_reclaim_is_not_per_grant_per_request(self, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+        """With 200 grants to one live process, one more request looks at a few
+        processes, not at every grant."""
+        server = PortServer(ports=_free_block(220))
+        try:
+            me = b"%d" % os.getpid()
+            for _ in range(200):
+                assert server.handle(me, os.getpid()) is not None
+            calls: list[int] = []
+            real = _server.process_identity
+
+            def counting(pid: int) -> tuple[int, int] | None:
+                calls.append(pid)
+                return real(pid)
+
+            monkeypatch.setattr(_server, "process_identity", counting)
+            assert server.handle(me, os.getpid()) is not None
+            assert len(calls) <= 4
+        finally:
+            server.close()
+
+
+class TestLayering:
+    @pytest.mark.parametrize("module", ["_server", "_server_client", "_pool", "_unixserver",
+                                        "_owners"])
+    def test_imports_only_the_core_below_it(self, module: str) -> None:
+        """The port server and its client import only the core below _reserve (no
+        cycle _reserve -> _pool -> _server -> _reserve), at module level or inside."""
+        allowed = {"_errors", "_settings", "_locks", "_ranges", "_probe", "_unixserver",
+                   "_owners", "_server_client"}
+        source = Path(portsafe.__file__).with_name(f"{module}.py").read_text()
+        used: set[str] = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "portsafe":
+                    used.update(alias.name for alias in node.names)
+                elif node.module.startswith("portsafe."):
+                    used.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                used.update(alias.name.split(".")[1] for alias in node.names
+                            if alias.name.startswith("portsafe."))
+        assert used - allowed == set()

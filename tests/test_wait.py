@@ -210,3 +210,38 @@ class TestArguments:
         # each sleep lasts at least that long, so at most 12 attempts fit, however fast
         # or slow the machine is.
         assert 1 <= sum(info.value.seen.values()) <= 12
+
+
+class TestBadInput:
+    @pytest.mark.timeout(30)
+    @pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -float("inf"), -1e-9,
+                                         10**400],
+                             ids=["nan", "inf", "-inf", "-1e-9", "10**400"])
+    def test_timeouts_that_could_never_end_are_refused(self, timeout: float) -> None:
+        """nan (which used to wait for ever), infinities, negatives and ints too big for
+        a float raise InvalidSettingError at once."""
+        with pytest.raises(portsafe.InvalidSettingError, match="finite number of seconds"):
+            wait_for_port(1, timeout=timeout)
+
+    @pytest.mark.parametrize("timeout", ["1", None, b"1", [1], True])
+    def test_timeout_of_the_wrong_type(self, timeout: object) -> None:
+        """A timeout that is not an int or float (bools too) is a TypeError."""
+        with pytest.raises(TypeError, match="timeout"):
+            wait_for_port(1, timeout=timeout)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("host", ["a" * 300, "a\0b", "a..b"])
+    def test_malformed_host_names(self, host: str) -> None:
+        """Host names no resolver could take (too long, a NUL, an empty label) are an
+        InvalidSettingError saying what to pass instead, not a UnicodeError."""
+        with pytest.raises(portsafe.InvalidSettingError, match=r"127\.0\.0\.1"):
+            wait_for_port(1, host, timeout=0)
+
+    def test_process_without_poll(self) -> None:
+        """process= must look like a Popen."""
+        with pytest.raises(TypeError, match="process"):
+            wait_for_port(1, timeout=0, process=42)  # type: ignore[arg-type]
+
+    def test_huge_port_message(self) -> None:
+        """A port beyond Python's 4300-digit str() limit still gets a readable error."""
+        with pytest.raises(portsafe.InvalidSettingError, match="bits"):
+            wait_for_port(10**5000, timeout=0)

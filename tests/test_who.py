@@ -224,6 +224,22 @@ class TestExplainAddressInUse:
         message = str(explain_address_in_use(info.value, port))
         assert "TIME_WAIT" in message
         assert "SO_REUSEADDR" in message
+        # `portsafe who` tells a closing connection from an uninspectable process.
+        assert [h.describe() for h in who_holds(port)] == ["TIME_WAIT (no process)"]
+        done = subprocess.run([sys.executable, "-m", "portsafe", "who", str(port)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert "TIME_WAIT (no process" in done.stdout
+        assert "cannot inspect" not in done.stdout
+
+    def test_time_wait_is_not_an_unknown_process(self) -> None:
+        """Holder.describe(): TIME_WAIT without a pid is "no process", another state is a
+        process portsafe cannot inspect."""
+        def holder(state: str) -> Holder:
+            return Holder(None, None, state, "127.0.0.1", 80, socket.AF_INET,
+                          socket.SOCK_STREAM)
+
+        assert holder("TIME_WAIT").describe() == "TIME_WAIT (no process)"
+        assert "cannot inspect" in holder("LISTEN").describe()
 
     def test_pickles(self) -> None:
         """AddressInUseError survives pickling with its holders."""

@@ -28,8 +28,13 @@ Examples::
     python tools/cpython_suite.py --replace script_helper
     python tools/cpython_suite.py --modules test_httplib test_ftplib
 
+A module that runs no test in either run proves nothing: its row says "not compared".
+That is expected only of the modules in ``NO_TESTS_EXPECTED`` (``test_timeout``: every
+test needs the ``network`` resource); any other module that runs no test fails the run.
+
 Exit status: 0 identical (or nothing to compare: no ``test`` package, Python < 3.10),
-1 counts differ, 2 usage error, 3 the replacement could not be proven in use.
+1 counts differ, 2 usage error, 3 the replacement could not be proven in use,
+4 a module expected to run tests ran none.
 """
 
 from __future__ import annotations
@@ -83,6 +88,12 @@ MUST_CALL = {
 # script_helper's tests compare child output and byte-code files; these variables
 # change both, so neither run gets them.
 UNSET_FOR = {"script_helper": ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")}
+
+# Modules that run no test here, and why. Their rows read "not compared"; a module not
+# listed that runs no test is a failure (exit 4), since 0 = 0 would prove nothing.
+NO_TESTS_EXPECTED = {
+    "test_timeout": "every test needs the 'network' resource, which is never enabled",
+}
 
 STATUS_RE = re.compile(r"\[\s*\d+/\d+(?:/\d+)?\] (?P<name>test[\w.]*) (?P<status>.+)$")
 
@@ -267,23 +278,35 @@ def check_proof(replace: list[str], calls_file: Path) -> list[str]:
     return problems
 
 
-def print_table(version: str, modules: list[str], stock: RunResult, ours: RunResult) -> bool:
+def print_table(version: str, modules: list[str], stock: RunResult, ours: RunResult
+                ) -> tuple[bool, list[str]]:
+    """Print the comparison; return (identical, modules expected to run tests that ran none)."""
     header = (f"{'Python ' + version:<12} {'module':<31} {'stock run/pass/skip/fail/err':>29}"
               f"  {'portsafe run/pass/skip/fail/err':>32}  same")
     print(header)
     print("-" * len(header))
     identical = True
+    not_run: list[str] = []
     names = list(modules) + sorted((set(stock.counts) | set(ours.counts)) - set(modules))
     for module in names:
         a = stock.counts.get(module, Counts())
         b = ours.counts.get(module, Counts())
         sa, sb = stock.status.get(module, "?"), ours.status.get(module, "?")
-        same = a.row() == b.row() and sa == sb
-        identical &= same
         fa = "/".join(map(str, a.row()))
         fb = "/".join(map(str, b.row()))
-        status = "" if sa == sb else f"   status: {sa!r} vs {sb!r}"
-        print(f"{'':<12} {module:<31} {fa:>29}  {fb:>32}  {'yes' if same else 'NO'}{status}")
+        if a.run == 0 and b.run == 0:
+            why = NO_TESTS_EXPECTED.get(module)
+            if why is None:
+                not_run.append(module)
+                why = "expected to run tests"
+            verdict = f"not compared (0 tests run: {why})"
+        else:
+            same = a.row() == b.row() and sa == sb
+            identical &= same
+            verdict = "yes" if same else "NO"
+            if sa != sb:
+                verdict += f"   status: {sa!r} vs {sb!r}"
+        print(f"{'':<12} {module:<31} {fa:>29}  {fb:>32}  {verdict}")
     ta = [sum(x) for x in zip(*(c.row() for c in stock.counts.values()), strict=False)] or [0] * 5
     tb = [sum(x) for x in zip(*(c.row() for c in ours.counts.values()), strict=False)] or [0] * 5
     print(f"{'':<12} {'TOTAL':<31} {'/'.join(map(str, ta)):>29}  {'/'.join(map(str, tb)):>32}"
@@ -292,7 +315,7 @@ def print_table(version: str, modules: list[str], stock: RunResult, ours: RunRes
     print(f"{'':<12} {'regrtest exit / seconds':<31} "
           f"{f'{stock.returncode} / {stock.seconds:.0f}s':>29}  "
           f"{f'{ours.returncode} / {ours.seconds:.0f}s':>32}")
-    return identical
+    return identical, not_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,12 +372,17 @@ def main(argv: list[str] | None = None) -> int:
             env_ours = dict(env, PORTSAFE_CPYTHON_REPLACE=",".join(replace),
                             PORTSAFE_CPYTHON_CALLS_FILE=str(calls_file))
             ours = run_suite(python, "portsafe", present, env_ours, here, args)
-            identical = print_table(version, present, stock, ours)
+            identical, not_run = print_table(version, present, stock, ours)
             problems = check_proof(replace, calls_file)
             for problem in problems:
                 print(f"  NOT PROVEN: {problem}")
+            for module in not_run:
+                print(f"  NOT RUN: {module} ran no test in either run; it is expected to"
+                      f" (see {stock.log})")
             if problems:
                 exit_code = max(exit_code, 3)
+            elif not_run:
+                exit_code = max(exit_code, 4)
             elif not identical:
                 print(f"  MISMATCH: see {stock.log} and {ours.log}")
                 exit_code = max(exit_code, 1)

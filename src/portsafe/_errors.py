@@ -29,6 +29,8 @@ class PortsafeError(Exception):
         InvalidSettingError
     """
 
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
 
 class NoFreePortError(PortsafeError, OSError):
     """Raised when no candidate port could be reserved.
@@ -47,6 +49,8 @@ class NoFreePortError(PortsafeError, OSError):
         2
     """
 
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
     def __init__(self, message: str, *, attempts: int = 0, candidates: int = 0) -> None:
         super().__init__(errno.EADDRINUSE, message)
         self.attempts = attempts
@@ -64,8 +68,14 @@ class LockDirError(PortsafeError, OSError):
     """Raised when the shared lock directory cannot be used safely.
 
     The directory (``PORTSAFE_LOCK_DIR``, default ``/tmp/portsafe-locks``) must be a real
-    directory (not a symlink) that is either owned by you or world-writable with the
-    sticky bit, like ``/tmp``. The message says what was found and how to fix it.
+    directory (not a symlink, unless ``PORTSAFE_LOCK_DIR`` names one that you or root
+    own) that is owned by you or root or is sticky, like ``/tmp``, and in which you can
+    create files if it is new. It is raised too when the directory is in a format this
+    version cannot read (a newer portsafe made it), when it was deleted and made again
+    while processes that used the old one still run (the message names their pids), when
+    lock files under ports this process holds were deleted or replaced (the message
+    names the ports: they are no longer exclusive), and when every candidate's lock file
+    is unusable. The message says what was found and how to fix it.
 
     Example:
         >>> import os, portsafe
@@ -78,6 +88,8 @@ class LockDirError(PortsafeError, OSError):
         ...     del os.environ["PORTSAFE_LOCK_DIR"]
         True
     """
+
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
 
 
 class InvalidSettingError(PortsafeError, ValueError):
@@ -96,6 +108,8 @@ class InvalidSettingError(PortsafeError, ValueError):
         ports: port 70000 is outside 1..65535
     """
 
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
 
 class AddressNotAvailableError(PortsafeError, OSError):
     """Raised when the address to reserve for cannot be bound at all on this machine.
@@ -112,3 +126,10 @@ class AddressNotAvailableError(PortsafeError, OSError):
         ...     print(exc.errno == __import__("errno").EADDRNOTAVAIL)
         True
     """
+
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
+
+# Their __module__ is "portsafe", which doctest's finder takes for "defined elsewhere".
+__test__ = {cls.__name__: cls for cls in (PortsafeError, NoFreePortError, LockDirError,
+                                         InvalidSettingError, AddressNotAvailableError)}

@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from portsafe._errors import InvalidSettingError
-from portsafe._who import explain_address_in_use
+from portsafe._args import bind_error, check_backlog, check_family, resolve, shown
+from portsafe._errors import AddressNotAvailableError, InvalidSettingError
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 
@@ -38,14 +38,14 @@ _NAME_OK = frozenset(chr(c) for c in range(0x21, 0x7F)) - {":"}
 
 def _port_and_host(port: object) -> tuple[int, str | None]:
     if isinstance(port, bool):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {port!r}")
+        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
     if isinstance(port, int):
         if not 0 <= port <= 65535:
-            raise InvalidSettingError(f"port must be in 0..65535 (0 = any), not {port}")
+            raise InvalidSettingError(f"port must be in 0..65535 (0 = any), not {shown(port)}")
         return port, None
     number = getattr(port, "port", None)
     if not isinstance(number, int):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {port!r}")
+        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
     if getattr(port, "released", False):
         raise InvalidSettingError(
             f"reservation of port {number} was already released, so another process may "
@@ -89,12 +89,20 @@ def listen(
         A blocking, listening ``socket.socket`` (a context manager; close it when done).
 
     Raises:
-        TypeError: ``port`` is neither an int nor a reservation.
-        portsafe.InvalidSettingError: a port out of range, a released reservation, or
-            ``dual_stack`` with an IPv4 host or family.
+        TypeError: ``port`` is neither an int nor a reservation, ``host`` not a str,
+            ``family`` or ``backlog`` not an int.
+        portsafe.InvalidSettingError: a port out of range, a released reservation, a
+            family other than ``AF_INET``/``AF_INET6``, a backlog out of range, a
+            malformed host (a NUL in it, too long a name), or ``dual_stack`` with an
+            IPv4 host or family.
         portsafe.AddressInUseError: the port is taken; the message names who holds it.
-        OSError: any other bind or listen failure (e.g. ``EAFNOSUPPORT`` when the OS
-            has no IPv6 or no dual-stack sockets).
+        portsafe.AddressNotAvailableError: the host is not an address of this machine,
+            does not resolve for the family, or the OS lacks the family (no IPv6, no
+            dual-stack sockets).
+        PermissionError: a port below 1024 without the privilege to bind it.
+        OSError: any other bind or listen failure.
+
+    Nothing is left open when an error is raised.
 
     Example:
         >>> import socket, portsafe
@@ -107,31 +115,34 @@ def listen(
         '127.0.0.1'
     """
     number, reserved_host = _port_and_host(port)
+    if family is not None:
+        family = check_family(family)
     if host is None:
         host = reserved_host
     if host is None:
         host = "::" if dual_stack else "::1" if family == socket.AF_INET6 else "127.0.0.1"
     if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {host!r}")
+        raise TypeError(f"host must be a str, not {shown(host)}")
     if family is None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if dual_stack:
         if family != socket.AF_INET6:
             raise InvalidSettingError(
-                f"dual_stack=True needs an IPv6 host such as '::', not {host!r}"
+                f"dual_stack=True needs an IPv6 host such as '::', not {shown(host)}"
             )
         if not socket.has_dualstack_ipv6():
-            raise OSError(
+            raise AddressNotAvailableError(
                 errno.EAFNOSUPPORT,
                 "this OS has no dual-stack sockets; call listen() once per family instead",
             )
-    if backlog is None:
-        backlog = socket.SOMAXCONN
-    infos = socket.getaddrinfo(
-        host or None, number, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-    )
-    address = infos[0][4]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    backlog = check_backlog(backlog)
+    address = tuple(resolve(host or None, number, family, socket.AI_PASSIVE)[0][4])
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise AddressNotAvailableError(
+            exc.errno, f"cannot create an {family.name} socket ({exc.strerror}); this "
+            "host lacks that family: use an IPv4 host such as '127.0.0.1'") from exc
     try:
         if os.name == "nt":
             if hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
@@ -144,7 +155,7 @@ def listen(
         try:
             sock.bind(address)
         except OSError as exc:
-            raise explain_address_in_use(exc, number) from exc
+            raise bind_error(exc, host, number) from exc
         sock.listen(backlog)
     except BaseException:
         sock.close()

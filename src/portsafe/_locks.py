@@ -1,7 +1,8 @@
 """The cross-process lock behind a reservation: one byte per port in sharded lock files.
 
 Port ``p`` is locked by a one-byte record lock at offset ``p`` of the lock file of its
-shard (``p >> 8``: 256 ports a file) in a shared lock directory. Why this shape:
+shard (``p >> 8``: 256 ports a file) in a shared lock directory (``_lockdir``: how it is
+opened, verified, completed and watched). Why this shape:
 
 * POSIX record locks (``lockf``/``F_SETLK``) belong to the process: the kernel drops
   them when it dies, even by SIGKILL (G4); a ``fork()`` child does not inherit them
@@ -10,202 +11,195 @@ shard (``p >> 8``: 256 ports a file) in a shared lock directory. Why this shape:
 * One file descriptor holds any number of ports, so 10,000 reservations cost a few
   dozen fds, not 10,000 (abstract unix sockets would cost one fd each).
 * The kernel keeps a file's locks in a linear list; sharding caps that list at 256
-  entries, so the cost of one more lock does not grow with the number held.
+  entries, so the cost of one more lock does not grow with the number held. A file
+  whose list someone floods with locks outside its ports' range is detected after a
+  streak of misses and skipped, so a flood cannot make a reservation slow.
 * The catch of POSIX locks: closing *any* descriptor of a file drops *all* of this
-  process's locks on it. So each shard file is opened once per process, and closed
-  only when this process holds nothing in it.
+  process's locks on it. So directories are keyed by (device, inode), whatever path
+  names them, each shard file is opened once per process, and closed only when this
+  process holds nothing in it.
 * Threads of one process share the owner, so the kernel would let two threads lock the
   same byte: an in-process set of held ports, under a mutex, arbitrates between them.
 
 Windows uses ``msvcrt.locking`` on the same byte layout (per-handle locks, released
 when the process exits); it cannot name holders, so :func:`holders` reports pid 0.
-
-The directory must not follow ``TMPDIR`` (test runners give each worker its own), so it
-is fixed: ``PORTSAFE_LOCK_DIR``, else ``/tmp/portsafe-locks`` (``%ProgramData%`` on
-Windows). Because ``/tmp`` is shared by all users, the directory is created
-world-writable with the sticky bit, must not be a symlink, and files are opened with
-``O_NOFOLLOW`` and checked to be plain, singly linked files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import stat
-import struct
-import sys
 import threading
 
 from portsafe._errors import LockDirError
+from portsafe._lockdir import (
+    SHARD_BITS,
+    SHARD_COUNT,
+    LockDir,
+    Shard,
+    open_lockdir,
+    shard_name,
+    unusable_error,
+)
+from portsafe._recordlock import flock_layout, foreign_locks, query_shard
+from portsafe._recordlock import try_lock as _try_lock
+from portsafe._recordlock import unlock as _unlock
 from portsafe._settings import lock_dir, lock_dir_is_explicit
 
-__all__ = ["SHARD_BITS", "LockTable", "holders", "lock_dir", "table"]
-
-#: Ports per lock file: a power of two so a port's shard is ``port >> 8``.
-SHARD_BITS = 8
+__all__ = ["SHARD_BITS", "LockDir", "LockTable", "flock_layout", "holders", "lock_dir",
+           "shard_name", "table", "unusable_error"]
 
 _SHARD_SIZE = 1 << SHARD_BITS
-_WINDOWS = sys.platform == "win32"
-_BUSY = frozenset({errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK)})
-
-
-def shard_name(shard: int) -> str:
-    """The file name of a shard, naming the ports it covers (``ports-20224-20479``)."""
-    start = shard << SHARD_BITS
-    return f"ports-{start:05d}-{start + _SHARD_SIZE - 1:05d}"
-
-
-def ensure_dir(path: str, *, explicit: bool) -> None:
-    """Create the lock directory if needed and check it is safe to share.
-
-    An *explicit* directory (``PORTSAFE_LOCK_DIR``) is trusted to be shared as its owner
-    intends; the default one, in world-writable ``/tmp``, must be a real directory that
-    is ours or has mode 1777.
-    """
-    try:
-        os.mkdir(path, 0o700 if explicit else 0o1777)
-        if not explicit and not _WINDOWS:
-            # mkdir's mode is masked by umask; every user's tests must share the directory
-            os.chmod(path, 0o1777)  # noqa: S103 - sticky, like /tmp: no one deletes others' files
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise LockDirError(exc.errno, f"cannot create the portsafe lock directory {path}: "
-                           f"{exc.strerror}; set PORTSAFE_LOCK_DIR to a writable "
-                           f"directory shared by every test process") from exc
-    try:
-        info = os.lstat(path)
-    except OSError as exc:
-        raise LockDirError(exc.errno, f"cannot stat lock directory {path}: {exc.strerror}"
-                           ) from exc
-    if explicit:
-        if not stat.S_ISDIR(os.stat(path).st_mode):
-            raise LockDirError(errno.ENOTDIR, f"PORTSAFE_LOCK_DIR={path} is not a directory")
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        raise LockDirError(errno.ENOTDIR, f"{path} is not a directory (a symlink or file "
-                           f"there could redirect portsafe's locks); remove it, or set "
-                           f"PORTSAFE_LOCK_DIR")
-    if _WINDOWS:
-        return
-    shared = info.st_mode & 0o1777 == 0o1777
-    if not shared and info.st_uid != os.getuid():
-        raise LockDirError(errno.EACCES, f"{path} belongs to uid {info.st_uid} with mode "
-                           f"{stat.S_IMODE(info.st_mode):o}, so it cannot be shared safely "
-                           f"(expected mode 1777, like /tmp); remove it, or set "
-                           f"PORTSAFE_LOCK_DIR")
-
-
-def open_shard_file(directory: str, shard: int) -> int:
-    """Open (creating if needed) a shard's lock file, refusing links and odd files."""
-    path = os.path.join(directory, shard_name(shard))
-    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | \
-        getattr(os, "O_BINARY", 0)
-    for _ in range(3):
-        try:
-            fd = os.open(path, flags)
-        except FileNotFoundError:
-            # O_EXCL, not a plain O_CREAT: with fs.protected_regular, O_CREAT on another
-            # user's existing file in a sticky directory fails even when it may be opened.
-            try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            if not _WINDOWS:
-                os.fchmod(fd, 0o666)  # every user's tests must be able to lock it
-        except OSError as exc:
-            raise LockDirError(exc.errno, f"cannot open lock file {path}: {exc.strerror}; "
-                               f"remove it, or set PORTSAFE_LOCK_DIR") from exc
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            os.close(fd)
-            raise LockDirError(errno.EPERM, f"lock file {path} is not a plain file with one "
-                               f"link; remove it, or set PORTSAFE_LOCK_DIR")
-        return fd
-    raise LockDirError(errno.EAGAIN, f"lock file {path} keeps appearing and vanishing")
-
-
-# -- the per-OS primitive ---------------------------------------------------------------
-
-if sys.platform == "win32":
-    import msvcrt
-
-    def _try_lock(fd: int, port: int) -> bool:
-        os.lseek(fd, port, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _unlock(fd: int, port: int) -> None:
-        os.lseek(fd, port, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _try_lock(fd: int, port: int) -> bool:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
-        except OSError as exc:
-            if exc.errno in _BUSY:
-                return False
-            raise
-        return True
-
-    def _unlock(fd: int, port: int) -> None:
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, port)
-
-
-def flock_layout(platform: str) -> tuple[str, int, int, int]:
-    """``struct flock`` as (format, index of l_type, l_start, l_pid) for F_GETLK."""
-    if platform.startswith("linux"):
-        return "hhqqi4x", 0, 2, 4
-    if platform.startswith("freebsd"):
-        return "qqihhi", 3, 0, 2
-    return "qqihh", 3, 0, 2  # macOS and the other BSDs
-
-
-class _Shard:
-    """One open lock file: its fd and how many of its ports this process holds."""
-
-    __slots__ = ("count", "directory", "fd", "index")
-
-    def __init__(self, directory: str, index: int, fd: int) -> None:
-        self.directory = directory
-        self.index = index
-        self.fd = fd
-        self.count = 0
+#: Misses in a row in one shard after which its file is checked for a flood.
+MISS_LIMIT = 16
+_IDLE_DIRS = 4  # directories kept open with nothing held in them (reopening costs)
 
 
 class LockTable:
-    """This process's locks: open shard files, the held ports, and the home shard.
+    """This process's locks: open lock directories and shard files, the held ports.
 
     One instance per process (:func:`table`); it resets itself in a ``fork()`` child,
-    which holds none of its parent's locks. Files are keyed by (directory, shard), so a
-    change of ``PORTSAFE_LOCK_DIR`` mid-process takes effect for new reservations while
-    the ones already held stay locked, and are released, in the directory they were
-    made in.
+    which holds none of its parent's locks. Directories are keyed by (device, inode), so
+    every alias of one (``//``, a symlink, a bind mount) shares one set of descriptors,
+    and a change of ``PORTSAFE_LOCK_DIR`` mid-process takes effect for new reservations
+    while the ones already held stay locked, and are released, where they were made.
+
+    Example:
+        >>> lockdir = table().current()
+        >>> table().try_acquire(20000, lockdir) in (True, False)
+        True
+        >>> table().release(20000)
     """
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         #: port -> the shard file it is locked in, for every port this process holds
         #: (read-only outside this class)
-        self.held: dict[int, _Shard] = {}
-        self._shards: dict[tuple[str, int], _Shard] = {}
-        self._checked: set[str] = set()  # directories found safe to use
-        self._home: _Shard | None = None
+        self.held: dict[int, Shard] = {}
+        self._dirs: dict[tuple[int, int], LockDir] = {}
+        self._paths: dict[str, tuple[LockDir, object]] = {}  # path -> (dir, os.stat/lstat)
+        self._last_path: str | None = None  # the hot path's one-entry cache of _paths
+        self._last_dir: LockDir | None = None
+        self._last_look: object = None
+        self._home: Shard | None = None
+        self._miss_dir: LockDir | None = None
+        self._miss_index = self._misses = 0
+        self._warned: set[tuple[str, int]] = set()
         self.pid = os.getpid()
 
-    def home(self, directory: str) -> int | None:
-        """The shard to search first: the one used last in *directory* (its file is open),
+    # -- the directory -------------------------------------------------------------
+
+    def current(self, path: str | None = None) -> LockDir:
+        """The lock directory to reserve in now (``PORTSAFE_LOCK_DIR``), opened once.
+
+        Called once per reservation: one ``stat`` of the path checks that it still
+        names the directory opened (a holder learns of a deletion at its next call).
+
+        Raises:
+            LockDirError: unusable, or changed under ports this process holds there.
+        """
+        if path is None:
+            path = lock_dir()  # the same str object each call while the setting stays
+        lockdir = self._last_dir
+        if path is self._last_path and lockdir is not None:
+            try:
+                info = self._last_look(path)  # type: ignore[operator]
+            except OSError:
+                info = None
+            if info is not None and info.st_mtime_ns == lockdir.mtime and \
+                    info.st_ino == lockdir.ino and info.st_dev == lockdir.dev and \
+                    not lockdir.broken:  # LockDir.changed(), inlined: once per reservation
+                return lockdir
+        with self._mutex:
+            made = self._current_locked(path)
+            self._last_path, self._last_dir, self._last_look = path, made, self._paths[path][1]
+            return made
+
+    def _current_locked(self, path: str) -> LockDir:
+        entry = self._paths.get(path)
+        if entry is not None:
+            lockdir, look = entry
+            try:
+                info = look(path)  # type: ignore[operator]
+            except OSError:
+                info = None
+            if info is not None and lockdir.same_directory(info):
+                if info.st_mtime_ns != lockdir.mtime:
+                    lockdir.recheck(info)
+                    self._forget_home_if_closed()
+                if lockdir.broken:
+                    raise self._held_error(lockdir, set(lockdir.broken),
+                                           "lock files were deleted or replaced")
+                return lockdir
+            if lockdir.holding():
+                raise self._held_error(lockdir, None, "the directory was removed" if info is None
+                                       else "the directory was replaced by another")
+            self._drop(lockdir)
+        made = open_lockdir(path, explicit=lock_dir_is_explicit())
+        key = (made.dev, made.ino)
+        lockdir = self._dirs.get(key, made)
+        if lockdir is not made and lockdir.generation != made.generation:
+            # Not an alias: a deleted directory's inode number, reused. Retire the old one
+            # (its ports stay held in it until released; then it is closed).
+            del self._dirs[key]
+            if lockdir.holding():
+                lockdir.retired = True
+            else:
+                self._drop(lockdir)
+            lockdir = made
+        if lockdir is made:
+            self._dirs[key] = made
+            self._trim(made)
+        else:  # an alias of a directory already open: ours holds the locks, keep it
+            made.close()
+        self._paths[path] = (lockdir, os.stat if made.via_link else os.lstat)
+        return lockdir
+
+    def _held_error(self, lockdir: LockDir, shards: set[int] | None, what: str) -> LockDirError:
+        ports = sorted(port for port, shard in self.held.items() if shard.lockdir is lockdir
+                       and (shards is None or shard.index in shards))
+        shown = ", ".join(map(str, ports[:10])) + (", ..." if len(ports) > 10 else "")
+        return LockDirError(errno.ESTALE, f"in the lock directory {lockdir.path}, {what} while "
+                            f"this process holds ports {shown} there: other processes may "
+                            f"now be given them. Release them (they are no longer exclusive) "
+                            f"and find out what deletes files there (a tmp cleaner?)")
+
+    def _drop(self, lockdir: LockDir) -> None:
+        for path, (other, _) in list(self._paths.items()):
+            if other is lockdir:
+                del self._paths[path]
+        if self._last_dir is lockdir:
+            self._last_path = self._last_dir = None
+        if self._dirs.get((lockdir.dev, lockdir.ino)) is lockdir:
+            del self._dirs[(lockdir.dev, lockdir.ino)]
+        if self._home is not None and self._home.lockdir is lockdir:
+            self._home = None
+        lockdir.close()
+
+    def _trim(self, keep: LockDir) -> None:
+        idle = [d for d in self._dirs.values() if not d.holding() and d is not keep]
+        for lockdir in idle[:max(0, len(idle) - _IDLE_DIRS)]:
+            self._drop(lockdir)
+
+    def _forget_home_if_closed(self) -> None:
+        home = self._home
+        if home is not None and home.lockdir.shards.get(home.index) is not home:
+            self._home = None
+
+    def _resolve(self, where: LockDir | str | None) -> LockDir:
+        if isinstance(where, LockDir):
+            return where
+        return self._current_locked(where or lock_dir())
+
+    # -- ports -----------------------------------------------------------------------
+
+    def home(self, where: LockDir | str) -> int | None:
+        """The shard to search first: the one used last in *where* (its file is open),
         unless this process already holds half of it (walking past its own ports would
         cost more than opening another file)."""
         home = self._home
-        if home is None or home.directory != directory or home.count >= _SHARD_SIZE // 2:
+        if home is None or home.count >= _SHARD_SIZE // 2 or (
+                home.lockdir is not where and home.lockdir.path != where):
             return None
         return home.index
 
@@ -221,27 +215,35 @@ class LockTable:
     @property
     def open_fds(self) -> int:
         """How many lock files this process has open."""
-        return len(self._shards)
+        return sum(len(lockdir.shards) for lockdir in self._dirs.values())
 
-    def try_acquire(self, port: int, directory: str | None = None) -> bool:
-        """Lock *port* for this process; False if any process (this one too) holds it.
+    def try_acquire(self, port: int, where: LockDir | str | None = None) -> bool:
+        """Lock *port* for this process; False if any process (this one too) holds it,
+        or its lock file is unusable (see :meth:`unusable`).
 
-        *directory* is :func:`lock_dir`, passed in by callers that already looked it up.
+        *where* is :meth:`current`, passed in by callers that already looked it up.
         """
         with self._mutex:
             if port in self.held:
                 return False
+            index = port >> SHARD_BITS
             home = self._home
-            if home is not None and home.index == port >> SHARD_BITS and (
-                    directory is None or home.directory == directory):
-                shard = home  # the common case: no key to build, no lookup
+            if home is not None and home.index == index and home.lockdir is where:
+                shard = home  # the common case: no lookup
             else:
-                key = (directory or lock_dir(), port >> SHARD_BITS)
-                found = self._shards.get(key)
-                if found is None:
-                    found = self._shards[key] = _Shard(*key, self._open(*key))
+                lockdir = self._resolve(where)
+                found = lockdir.shards.get(index)
+                if found is None or lockdir.poisoned:
+                    if index in lockdir.poisoned:
+                        return False
+                    if found is None:
+                        found = lockdir.open_shard(index)
+                        if found is None:
+                            self._warn(lockdir, index)
+                            return False
                 shard = found
             if not _try_lock(shard.fd, port):
+                self._missed(shard)
                 self._close_if_idle(shard)
                 return False
             self.held[port] = shard
@@ -252,13 +254,53 @@ class LockTable:
                     self._close_if_idle(home)
             return True
 
+    def _missed(self, shard: Shard) -> None:
+        if self._miss_dir is shard.lockdir and self._miss_index == shard.index:
+            self._misses += 1
+        else:
+            self._miss_dir, self._miss_index, self._misses = shard.lockdir, shard.index, 1
+        if self._misses >= MISS_LIMIT:
+            self._misses = 0
+            if foreign_locks(shard.fd, shard.index):
+                shard.lockdir.poisoned[shard.index] = (
+                    "someone holds locks outside its ports' range in it (a flood, which "
+                    "would slow every lock call)")
+                self._warn(shard.lockdir, shard.index)
+                if self._home is shard:
+                    self._home = None
+
+    def _warn(self, lockdir: LockDir, index: int) -> None:
+        key = (lockdir.generation, index)
+        if key not in self._warned:
+            self._warned.add(key)
+            import warnings
+
+            first, last = index << SHARD_BITS, ((index + 1) << SHARD_BITS) - 1
+            warnings.warn(f"portsafe: skipping lock file {lockdir.describe(index)}: "
+                          f"{lockdir.poisoned[index]}; ports {first}-{last} are not "
+                          f"reserved from it. Remove the lock directory when no portsafe "
+                          f"process runs (it is then made again)", RuntimeWarning,
+                          stacklevel=4)
+
+    def unusable(self, where: LockDir, shards: object) -> dict[int, str]:
+        """Of the shard indexes *shards*, those whose file is skipped, with why."""
+        poisoned = where.poisoned
+        return {index: poisoned[index] for index in shards  # type: ignore[attr-defined]
+                if index in poisoned}
+
     def _release_locked(self, port: int) -> None:
         shard = self.held.pop(port, None)
         if shard is not None:
             _unlock(shard.fd, port)
             shard.count -= 1
             if shard.count == 0:
-                self._close_if_idle(shard)
+                lockdir = shard.lockdir
+                if lockdir.broken:
+                    lockdir.broken.pop(shard.index, None)
+                if shard is not self._home:
+                    self._close_if_idle(shard)
+                if lockdir.retired and not lockdir.holding():
+                    self._drop(lockdir)
 
     def release(self, port: int) -> None:
         """Unlock *port* if this process holds it (idempotent)."""
@@ -279,76 +321,69 @@ class LockTable:
             self._mutex.release()
         return True
 
-    def _open(self, directory: str, shard: int) -> int:
-        if directory not in self._checked:
-            ensure_dir(directory, explicit=lock_dir_is_explicit())
-            self._checked.add(directory)
-        return open_shard_file(directory, shard)
-
-    def _close_if_idle(self, shard: _Shard) -> None:
+    def _close_if_idle(self, shard: Shard) -> None:
         # Closing drops every lock this process has on the file: only when it holds none.
-        if shard.count == 0 and shard is not self._home:
-            os.close(shard.fd)
-            del self._shards[(shard.directory, shard.index)]
+        if shard.count == 0 and (shard is not self._home or shard.index in
+                                 shard.lockdir.poisoned):
+            if self._home is shard:
+                self._home = None
+            lockdir = shard.lockdir
+            if lockdir.shards.get(shard.index) is shard:
+                del lockdir.shards[shard.index]
+                os.close(shard.fd)
+
+    # -- who holds what ---------------------------------------------------------------
+
+    def _query(self, lockdir: LockDir, index: int, only: int | None) -> list[tuple[int, int]]:
+        shard = lockdir.shards.get(index)
+        if shard is None:
+            if index in lockdir.poisoned:
+                return []
+            shard = lockdir.open_shard(index)
+            if shard is None:
+                return []
+        try:
+            return query_shard(shard.fd, index, only)
+        finally:
+            self._close_if_idle(shard)  # safe: closed only if this process holds none
 
     def holder(self, port: int) -> int | None:
         """The pid holding *port* in the current lock directory, or None if nobody does."""
-        directory, shard = lock_dir(), port >> SHARD_BITS
         if port in self.held:
             return self.pid
         with self._mutex:
-            cached = self._shards.get((directory, shard))
-            if cached is not None:
-                return next((pid for p, pid in _query_shard(cached.fd, shard, port) if p == port),
-                            None)
             try:
-                fd = open_shard_file(directory, shard)
+                lockdir = self._current_locked(lock_dir())
             except LockDirError:
                 return None
-            try:  # safe to close: this process holds nothing in this file
-                return next((pid for p, pid in _query_shard(fd, shard, port) if p == port),
-                            None)
-            finally:
-                os.close(fd)
+            return next((pid for p, pid in self._query(lockdir, port >> SHARD_BITS, port)
+                         if p == port), None)
 
     def holders(self) -> list[tuple[int, int]]:
         """Every (port, pid) locked in the current lock directory, this process's too."""
-        directory = lock_dir()
+        path = lock_dir()
+        if not os.path.isdir(path):
+            return []
         with self._mutex:
+            lockdir = self._current_locked(path)
             found = [(port, self.pid) for port, shard in self.held.items()
-                     if shard.directory == directory]
-            try:
-                names = os.listdir(directory)
-            except OSError:
-                return sorted(found)
-            for name in names:
-                shard = _shard_of(name)
-                if shard is None:
-                    continue
-                cached = self._shards.get((directory, shard))
-                if cached is not None:
-                    found.extend(_query_shard(cached.fd, shard))
-                    continue
-                # Safe to close afterwards: this process holds nothing in this file.
-                try:
-                    fd = open_shard_file(directory, shard)
-                except LockDirError:
-                    continue
-                try:
-                    found.extend(_query_shard(fd, shard))
-                finally:
-                    os.close(fd)
+                     if shard.lockdir is lockdir]
+            for index in range(SHARD_COUNT):
+                found.extend(self._query(lockdir, index, None))
             return sorted(found)
+
+    # -- fork ------------------------------------------------------------------------
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's locks: the kernel did not give them to this process."""
         self._mutex = threading.Lock()
-        for shard in self._shards.values():
-            with contextlib.suppress(OSError):
-                os.close(shard.fd)  # drops this process's locks only, and it has none
-        self._shards.clear()
+        for lockdir in self._dirs.values():
+            lockdir.forget()  # closes our copies only: the parent keeps its locks
+        self._dirs.clear()
+        self._paths.clear()
+        self._last_path = self._last_dir = None
         self.held.clear()
-        self._home = None
+        self._home = self._miss_dir = None
         self.pid = os.getpid()
 
     def before_fork(self) -> None:
@@ -358,57 +393,6 @@ class LockTable:
     def after_fork_in_parent(self) -> None:
         """Give back the mutex taken in :meth:`before_fork`."""
         self._mutex.release()
-
-
-def _shard_of(name: str) -> int | None:
-    parts = name.split("-")
-    if len(parts) != 3 or parts[0] != "ports" or not parts[1].isdigit():
-        return None
-    start = int(parts[1])
-    return start >> SHARD_BITS if start % _SHARD_SIZE == 0 else None
-
-
-def _query_shard(fd: int, shard: int, only: int | None = None) -> list[tuple[int, int]]:
-    """The (port, pid) locks other processes hold in one shard file (or on port *only*)."""
-    if _WINDOWS:
-        return _query_shard_windows(fd, shard, only)
-    layout, type_at, start_at, pid_at = flock_layout(sys.platform)
-    field_count = len(layout.replace("4x", ""))
-    found: list[tuple[int, int]] = []
-    # F_GETLK answers with *a* conflicting lock, not the lowest: split around each answer.
-    pending = [(shard << SHARD_BITS, (shard + 1) << SHARD_BITS) if only is None
-               else (only, only + 1)]
-    while pending:
-        start, end = pending.pop()
-        fields = [0] * field_count
-        fields[type_at] = fcntl.F_WRLCK
-        fields[start_at] = start
-        fields[start_at + 1] = end - start  # l_len follows l_start in every layout
-        answer = struct.unpack(layout, fcntl.fcntl(fd, fcntl.F_GETLK,
-                                                   struct.pack(layout, *fields)))
-        if answer[type_at] == fcntl.F_UNLCK:
-            continue
-        lock_start, lock_len = answer[start_at], answer[start_at + 1]
-        lock_start = max(start, lock_start)
-        lock_end = end if lock_len == 0 else min(end, answer[start_at] + lock_len)
-        found.extend((port, answer[pid_at]) for port in range(lock_start, lock_end))
-        if start < lock_start:
-            pending.append((start, lock_start))
-        if lock_end < end:
-            pending.append((lock_end, end))
-    return found
-
-
-def _query_shard_windows(fd: int, shard: int, only: int | None) -> list[tuple[int, int]]:
-    found: list[tuple[int, int]] = []
-    ports = range(max(shard << SHARD_BITS, 1), (shard + 1) << SHARD_BITS) if only is None \
-        else (only,)
-    for port in ports:
-        if _try_lock(fd, port):
-            _unlock(fd, port)
-        else:
-            found.append((port, 0))  # Windows cannot say who holds a byte-range lock
-    return found
 
 
 _table: LockTable | None = None

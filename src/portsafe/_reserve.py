@@ -24,9 +24,11 @@ The invariants, each tested in ``tests/test_reserve.py`` and ``tests/stress/``:
 4. **The kernel releases (G4).** ``release()``, context exit and garbage collection
    (with a ResourceWarning) unlock; process death, even SIGKILL, unlocks too, because
    record locks die with their process. There is no daemon and no state to clean up.
-5. **Bounded (G5).** Each candidate is tried at most once per call, so a call makes at
-   most as many attempts as there are candidates, then raises NoFreePortError naming
-   the range and what was found.
+5. **Bounded (G5).** Each usable candidate is tried at most once per call, so a call
+   makes at most as many attempts as there are candidates, then raises NoFreePortError
+   naming the range and what was found. A candidate whose lock file is unusable (a FIFO,
+   a link, a foreign or flooded file: ``_locks``) is skipped without a lock call, and a
+   call raises LockDirError only when no candidate's file is usable.
 6. **fork and exec.** A fork child holds none of its parent's reservations (record
    locks are not inherited); its copies of Reservation objects are inert. ``exec()``
    closes the lock files (O_CLOEXEC), which releases the reservations: a port outlives
@@ -43,7 +45,7 @@ import warnings
 from collections.abc import Sequence
 
 from portsafe import _locks, _probe
-from portsafe._errors import InvalidSettingError, NoFreePortError
+from portsafe._errors import InvalidSettingError, LockDirError, NoFreePortError
 from portsafe._ranges import CandidateSet, default_candidates, explicit_candidates
 from portsafe._settings import portserver_address
 
@@ -250,7 +252,7 @@ class _Search:
         self.probes = probes
         self.excluded = excluded
         self.table = _locks.table()
-        self.directory = _locks.lock_dir()
+        self.directory = self.table.current()
         self.attempts = self.held = self.in_use = 0
 
     def order(self) -> Iterator[int]:
@@ -274,8 +276,13 @@ class _Search:
             return False
         return True
 
-    def failure(self, wanted: str, found: int = 0) -> NoFreePortError:
+    def failure(self, wanted: str, found: int = 0) -> NoFreePortError | LockDirError:
         candidates = self.candidates
+        # -- lock-file hardening: skipped (poisoned) shards; raise only if nothing was usable
+        unusable = self.table.unusable(self.directory, candidates.shards)
+        if unusable and len(unusable) == len(candidates.shards):
+            return _locks.unusable_error(self.directory, unusable)
+        # -- end lock-file hardening
         partial = f", found only {found}" if found else ""
         excluded = len(self.excluded)
         where = ", ".join(sorted({f"{host}" for _, _, host, _ in self.probes}))
@@ -359,13 +366,14 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
     excluded = _excluded(exclude)
-    table, directory, is_free = _locks.table(), _locks.lock_dir(), _probe.is_free
+    table, is_free = _locks.table(), _probe.is_free
+    directory = table.current()  # one stat: raises LockDirError if it changed under us
     if ports is None:
         server = portserver_address()
         if server:
             from portsafe import _pool
 
-            granted = _pool.take(server, probes, excluded, directory)
+            granted = _pool.take(server, probes, excluded, directory.path)
             if granted is not None:
                 return Reservation(granted, probes[0][2] if host is None else host, family,
                                    socktype, granted=True)

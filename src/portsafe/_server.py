@@ -6,31 +6,54 @@ namespace), sends its pid in decimal and a newline, and reads a port in decimal 
 newline; a closed connection (or ``0``) means "none". There is no release message: a
 grant is taken back when the process it was made for is gone.
 
+portsafe adds one request, ``take <port>``: the grantee asks the server to drop its own
+lock on a grant so that the grantee can lock the port itself (see ``_pool``). Servers
+that do not know it (portpicker's) close the connection, which means "no".
+
+Layering: this module, its client (``_server_client``), ``_owners`` and ``_unixserver``
+sit on the core's bottom layer (``_errors``, ``_settings``, ``_locks``, ``_ranges``,
+``_probe``) and never import ``_reserve`` or anything above it; ``_pool`` builds on the
+client, ``_reserve`` on ``_pool``. So there is no import cycle, even inside functions.
+
 Theory of operation of :class:`PortServer`:
 
-1. Every grant is a reservation made *through the core* and held by the server until it
-   reclaims the grant, so local portsafe users never get a port the server handed out,
-   and the server never hands out a port some portsafe user holds.
-2. A grant belongs to one process, identified by pid *and* start time (``/proc/<pid>/stat``
-   field 22 on Linux), so a recycled pid does not keep a dead owner's ports.
-3. A grant is reclaimed when its owner has exited (or is a zombie); the check runs before
-   every grant and once a second.
-4. Where the OS says who is on the other end (``SO_PEERCRED``), the claimed pid is checked
-   against it: see :func:`resolve_owner`.
+1. Every grant is a lock taken *through the core* (``_locks``) and held by the server
+   until the grantee takes it over or the grant is reclaimed, so local portsafe users
+   never get a port the server handed out, and the server never hands out a port some
+   portsafe user holds. Ports in the grant book are never handed out twice, whoever
+   holds their lock.
+2. A grant is made only when its reply reaches the client: a connection that ends
+   before the reply is written (the client gave up, the server is stopping) undoes it.
+3. A grant belongs to one process, identified by pid *and* start time, and only to the
+   sender or one of its ancestors (``_owners.resolve_owner``): pid 2 or the server's
+   own pid, which never exit, get nothing. One owner holds at most ``max_per_owner``.
+4. Grants are booked per owner. Once a second, and when no port is left, each owner is
+   looked at once; an owner that has exited (or is a zombie) loses its grants. A
+   request costs O(1) process look-ups, however many grants are held.
 5. One request per connection, at most :data:`MAX_REQUEST` bytes, answered or dropped
    within a deadline; garbage costs one closed connection and nothing else.
+
+A portsafe client never relies on the server's lock while it uses a port: it holds its
+own (via ``take``), so a server killed with SIGKILL, and a new one started in its place,
+leave every port in use covered (G1). Clients that take no locks (portpicker's) are
+covered only while the server that granted their port lives, as with portpicker's own
+server.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import sys
-import time
 
-from portsafe._errors import InvalidSettingError, NoFreePortError
+from portsafe import _locks, _probe, _ranges, _settings
+from portsafe._errors import PortsafeError
+from portsafe._owners import command_line, process_identity, resolve_owner
+from portsafe._server_client import request_grant, request_handover, request_port
 from portsafe._unixserver import (
+    Reply,
     RequestLoop,
     ServerAddressInUseError,
     bind_unix,
@@ -42,17 +65,20 @@ TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from portsafe._reserve import Reservation
-
 __all__ = [
     "DEFAULT_ADDRESS",
     "PortServer",
     "ServerAddressInUseError",
     "peer_credentials",
+    "process_identity",
+    "request_grant",
+    "request_handover",
     "request_port",
     "resolve_owner",
     "serve",
 ]
+
+_command_line = command_line  # the name _cli used before _owners existed
 
 DEFAULT_ADDRESS = "@unittest-portserver"
 """portpicker's default address, so existing ``PORTSERVER_ADDRESS`` settings just work."""
@@ -63,210 +89,9 @@ MAX_REQUEST = 32
 REQUEST_TIMEOUT = 2.0
 """Seconds a client has to send its request once connected."""
 
-
-def request_port(address: str, *, timeout: float = 2.0) -> int | None:
-    """Ask the port server at *address* for a port, speaking portpicker's protocol.
-
-    See :func:`request_grant`, which also says which process answered.
-
-    Example:
-        >>> request_port("@no-such-portserver-here", timeout=0.5) is None
-        True
-    """
-    grant = request_grant(address, timeout=timeout)
-    return None if grant is None else grant[0]
-
-
-def request_grant(address: str, *, timeout: float = 2.0) -> tuple[int, int | None] | None:
-    """Ask the port server at *address* for a port; return ``(port, server pid)``.
-
-    The request is made on behalf of this process (``os.getpid()``); the server holds the
-    port for it until it exits. Use the port at once: the protocol has no release, so a
-    caller that no longer needs it should keep it in a pool for reuse.
-
-    Note that a portsafe server holds each grant through the reservation core itself, so
-    the caller cannot take portsafe's lock on the port as well (the server's pid holds
-    it); the grant *is* the reservation.
-
-    Args:
-        address: The server's unix socket: a path, or ``@name`` for the abstract
-            namespace (the format of ``PORTSERVER_ADDRESS``).
-        timeout: Seconds to wait for the whole exchange.
-
-    Returns:
-        The port (1..65535) and the pid of the server process (from ``SO_PEERCRED``;
-        None where the OS does not say), or None if no server answers or it has none
-        to give.
-
-    Raises:
-        TypeError: *address* is not a str or *timeout* not a number.
-        InvalidSettingError: *address* is empty or *timeout* is not positive.
-
-    Example:
-        >>> request_grant("@no-such-portserver-here", timeout=0.5) is None
-        True
-    """
-    target = unix_address(address)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-    if not timeout > 0:
-        raise InvalidSettingError(f"timeout must be positive, not {timeout!r}")
-    if not hasattr(socket, "AF_UNIX"):
-        return None
-    deadline = time.monotonic() + timeout
-    data = b""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(target)
-            server_pid = peer_credentials(sock)[0]
-            sock.sendall(b"%d\n" % os.getpid())
-            while b"\n" not in data and len(data) < 64:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                chunk = sock.recv(64)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return None
-    try:
-        port = int(data.split(b"\n", 1)[0])
-    except ValueError:
-        return None
-    return (port, server_pid) if 1 <= port <= 65535 else None
-
-
-# --- whose request is it: pids, namespaces, process identity ----------------------------
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """``(state, ppid, starttime)`` from ``/proc/<pid>/stat``, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    fields = text[text.rfind(")") + 2:].split()
-    try:
-        return fields[0], int(fields[1]), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _nspids(pid: int) -> list[int]:
-    """The pid of *pid* in each nested pid namespace, outermost first (Linux)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return [int(x) for x in line.split()[1:]]
-    except (OSError, ValueError):
-        pass
-    return []
-
-
-def process_identity(pid: int) -> tuple[int, int] | None:
-    """Return ``(pid, start time)`` of a live process, or None if it is gone.
-
-    The start time (clock ticks since boot on Linux, 0 where the OS does not tell) tells
-    a process from a later one that got the same pid. A zombie counts as gone.
-
-    Args:
-        pid: A process id in this process's pid namespace.
-
-    Returns:
-        The identity, or None.
-
-    Example:
-        >>> import os
-        >>> process_identity(os.getpid()) is not None
-        True
-    """
-    if pid <= 0:
-        return None
-    if os.path.isdir("/proc/self"):
-        info = _proc_stat(pid)
-        if info is None or info[0] in ("Z", "X"):
-            return None
-        return pid, info[2]
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return pid, 0
-    except OSError:
-        return None
-    return pid, 0
-
-
-def resolve_owner(claimed: int, peer_pid: int | None) -> int | None:
-    """Decide which process a request is for, from the claimed pid and the real sender.
-
-    * no peer credentials: trust the claim, as portpicker does (it must be a live pid
-      other than 1);
-    * claim equals the sender: the sender;
-    * the sender is in a nested pid namespace (a container; its own pid, or a parent's,
-      means nothing here): the sender's ancestor that has the claimed pid in the sender's
-      namespace (pid 1 there is the container's init), else the sender itself;
-    * same namespace: a live claimed pid other than 1 (a script asking for its shell,
-      ``python -m portpicker $$``); pid 1 means the asker was orphaned, so nothing.
-
-    Args:
-        claimed: The pid the client sent.
-        peer_pid: The pid the OS says sent it, or None if unknown.
-
-    Returns:
-        The pid to hold the grant for, or None to refuse.
-
-    Example:
-        >>> import os
-        >>> resolve_owner(os.getpid(), os.getpid()) == os.getpid()
-        True
-        >>> resolve_owner(-5, None) is None
-        True
-    """
-    if claimed <= 0:
-        return None
-    if peer_pid is None:
-        return claimed if claimed != 1 and process_identity(claimed) else None
-    if peer_pid == claimed:
-        return claimed
-    depth = len(_nspids(os.getpid()))
-    peer_ns = _nspids(peer_pid)
-    if depth and len(peer_ns) > depth:
-        return _owner_in_nested_namespace(claimed, peer_pid, len(peer_ns))
-    if claimed == 1:
-        return None
-    return claimed if process_identity(claimed) else None
-
-
-def _owner_in_nested_namespace(claimed: int, peer_pid: int, depth: int) -> int:
-    """The sender's ancestor whose pid in the sender's namespace is *claimed*, else the
-    sender."""
-    pid = peer_pid
-    for _ in range(64):  # bounded: pid namespaces nest at most 32 deep
-        ns = _nspids(pid)
-        if len(ns) != depth:
-            break
-        if ns[-1] == claimed:
-            return pid
-        stat_ = _proc_stat(pid)
-        if stat_ is None or stat_[1] <= 1:
-            break
-        pid = stat_[1]
-    return peer_pid
-
-
-def _command_line(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read(4096)
-    except OSError:
-        return "?"
-    return " ".join(p.decode("utf-8", "replace") for p in raw.split(b"\0") if p) or "?"
-
-
-# --- the server ------------------------------------------------------------------------
+MAX_PER_OWNER = 256
+"""Grants one process may hold at once (a long-lived shell asking for ``$$`` in a loop
+must not take the whole pool)."""
 
 
 class PortServer:
@@ -276,6 +101,10 @@ class PortServer:
         ports: Candidate ports to serve (None: the core's default candidates, outside the
             ephemeral range).
         log: Called with one line per grant and reclaim, or None for silence.
+        max_per_owner: Grants one process may hold at once.
+
+    Raises:
+        InvalidSettingError: *ports* is empty or has a number outside 1..65535.
 
     Example:
         >>> import os
@@ -287,10 +116,15 @@ class PortServer:
     """
 
     def __init__(self, *, ports: Sequence[int] | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
-        self._ports = ports
+                 log: Callable[[str], None] | None = None,
+                 max_per_owner: int = MAX_PER_OWNER) -> None:
+        self._candidates = None if ports is None else _ranges.explicit_candidates(ports)
         self._log = log
-        self._grants: dict[int, tuple[tuple[int, int], Reservation]] = {}
+        self._max_per_owner = max_per_owner
+        self._rng = random.Random()  # noqa: S311 - spreading picks, not secrecy
+        self._owner_of: dict[int, tuple[int, int]] = {}  # port -> owner identity
+        self._by_owner: dict[tuple[int, int], set[int]] = {}  # owner -> its ports
+        self._locked: set[int] = set()  # granted ports whose lock this server holds
         self.granted = 0
         self.refused = 0
 
@@ -304,67 +138,155 @@ class PortServer:
             >>> PortServer().grants()
             {}
         """
-        return {port: ident[0] for port, (ident, _r) in self._grants.items()}
+        return {port: ident[0] for port, ident in self._owner_of.items()}
+
+    def owner(self, port: int) -> tuple[int, int] | None:
+        """The identity ``(pid, start time)`` *port* is granted to, or None.
+
+        Example:
+            >>> PortServer().owner(20000) is None
+            True
+        """
+        return self._owner_of.get(port)
 
     def reclaim(self) -> list[int]:
         """Take back every grant whose process is gone; return the ports reclaimed.
 
+        Costs one process look-up per owner, not per grant.
+
         Returns:
-            The ports released back to the core.
+            The ports taken back (their locks released to the core).
 
         Example:
             >>> PortServer().reclaim()
             []
         """
-        gone = [port for port, (ident, _r) in self._grants.items()
-                if process_identity(ident[0]) != ident]
-        for port in gone:
-            ident, reservation = self._grants.pop(port)
-            reservation.release()
+        gone = [ident for ident in self._by_owner if process_identity(ident[0]) != ident]
+        reclaimed: list[int] = []
+        for ident in gone:
+            for port in sorted(self._by_owner[ident]):
+                self._forget(port)
+                reclaimed.append(port)
+                if self._log:
+                    self._log(f"reclaim port {port} from pid {ident[0]} (exited)")
+        return reclaimed
+
+    def _forget(self, port: int) -> None:
+        ident = self._owner_of.pop(port)
+        ports = self._by_owner[ident]
+        ports.discard(port)
+        if not ports:
+            del self._by_owner[ident]
+        if port in self._locked:
+            self._locked.discard(port)
+            _locks.table().release(port)
+
+    def revoke(self, port: int, owner: tuple[int, int] | None = None) -> None:
+        """Undo the grant of *port* (its reply never reached the client).
+
+        Args:
+            port: The port granted.
+            owner: The identity it was granted to; if the port has changed hands since
+                (reclaimed and granted again), nothing is undone.
+
+        Example:
+            >>> PortServer().revoke(20000)  # not granted: nothing to do
+        """
+        ident = self._owner_of.get(port)
+        if ident is not None and owner in (None, ident):
+            self._forget(port)
+            self.granted -= 1
             if self._log:
-                self._log(f"reclaim port {port} from pid {ident[0]} (exited)")
-        return gone
+                self._log(f"revoke port {port}: the reply was not delivered")
 
     def handle(self, request: bytes, peer_pid: int | None) -> bytes | None:
         """Answer one request: the reply to send, or None to close without one.
 
         Args:
-            request: What the client sent (its pid in decimal, newline optional).
+            request: What the client sent: its pid in decimal (newline optional), or
+                ``take <port>`` to take over a grant's lock.
             peer_pid: The sender's pid according to the OS, or None if unknown.
 
         Returns:
-            ``b"<port>\\n"``, or None when the request is refused or no port is free.
+            ``b"<port>\\n"`` (or ``b"ok\\n"`` to ``take``), or None when the request is
+            refused or no port is free.
 
         Example:
             >>> PortServer().handle(b"not a pid\\n", None) is None
             True
         """
         text = request.strip()
+        if text.startswith(b"take "):
+            return self._hand_over(text[5:], peer_pid)
         if not text.isdigit() or len(text) > 20:
             return self._refuse(f"refuse request {request[:24]!r}: not a pid")
         owner = resolve_owner(int(text), peer_pid)
         ident = process_identity(owner) if owner is not None else None
         if ident is None:
             return self._refuse(f"refuse request for pid {int(text)} (sender pid "
-                                f"{peer_pid}): no such live process")
-        owner = ident[0]
-        self.reclaim()
-        # Imported here: _reserve imports this module for its client side.
-        from portsafe._reserve import reserve_port
+                                f"{peer_pid}): not the sender or a live ancestor of it")
+        return self._grant(ident)
 
+    def _grant(self, ident: tuple[int, int]) -> bytes | None:
+        held = self._by_owner.get(ident, ())
+        if len(held) >= self._max_per_owner:
+            return self._refuse(f"refuse pid {ident[0]}: it holds {len(held)} grants "
+                                f"already (at most {self._max_per_owner})")
         try:
-            # Free for TCP and UDP on the wildcard address of IPv4 and IPv6 (where the
-            # host has it), as portpicker's grants are: the client may bind any of them.
-            reservation = reserve_port(host="", family=socket.AF_UNSPEC,
-                                       socktype=0, ports=self._ports)
-        except NoFreePortError as exc:
-            return self._refuse(f"no port for pid {owner}: {exc.strerror}")
-        self._grants[reservation.port] = (ident, reservation)
+            port = self._pick()
+            if port is None and self.reclaim():
+                port = self._pick()
+        except PortsafeError as exc:
+            return self._refuse(f"no port for pid {ident[0]}: {exc}")
+        if port is None:
+            return self._refuse(f"no port for pid {ident[0]}: all "
+                                f"{self._candidate_set().count} candidates are taken")
+        self._owner_of[port] = ident
+        self._by_owner.setdefault(ident, set()).add(port)
+        self._locked.add(port)
         self.granted += 1
         if self._log:
-            self._log(f"grant port {reservation.port} to pid {owner} "
-                      f"({_command_line(owner)})")
-        return b"%d\n" % reservation.port
+            self._log(f"grant port {port} to pid {ident[0]} ({command_line(ident[0])})")
+        return b"%d\n" % port
+
+    def _candidate_set(self) -> _ranges.CandidateSet:
+        if self._candidates is None:
+            self._candidates = _ranges.default_candidates()
+        return self._candidates
+
+    def _pick(self) -> int | None:
+        """Lock and probe a port that is in nobody's book; None if none is left."""
+        candidates = self._candidate_set()
+        table, directory = _locks.table(), _settings.lock_dir()
+        # Free for TCP and UDP on the wildcard address of IPv4 and IPv6 (where the host
+        # has it), as portpicker's grants are: the client may bind any of them.
+        probes = _probe.targets("", socket.AF_UNSPEC, 0)
+        for port in candidates.order(self._rng, table.home(directory)):
+            if port in self._owner_of or not table.try_acquire(port, directory):
+                continue
+            try:
+                busy = _probe.is_free(port, probes)
+            except BaseException:
+                table.release(port)
+                raise
+            if not busy:
+                return port
+            table.release(port)
+        return None
+
+    def _hand_over(self, text: bytes, peer_pid: int | None) -> bytes | None:
+        if not text.isdigit() or len(text) > 5:
+            return self._refuse(f"refuse take {text[:8]!r}: not a port")
+        port = int(text)
+        ident = self._owner_of.get(port)
+        if ident is None or peer_pid != ident[0] or process_identity(peer_pid) != ident:
+            return self._refuse(f"refuse take {port} from pid {peer_pid}: not its grantee")
+        if port in self._locked:
+            self._locked.discard(port)
+            _locks.table().release(port)
+            if self._log:
+                self._log(f"hand over port {port} to pid {peer_pid}")
+        return b"ok\n"
 
     def _refuse(self, message: str) -> bytes | None:
         self.refused += 1
@@ -378,9 +300,8 @@ class PortServer:
         Example:
             >>> PortServer().close()
         """
-        for _ident, reservation in self._grants.values():
-            reservation.release()
-        self._grants.clear()
+        for port in list(self._owner_of):
+            self._forget(port)
 
 
 def serve(address: str = DEFAULT_ADDRESS, *, ports: Sequence[int] | None = None,
@@ -405,15 +326,20 @@ def serve(address: str = DEFAULT_ADDRESS, *, ports: Sequence[int] | None = None,
         print(f"portsafe serve: {line}", file=sys.stderr, flush=True)
 
     server = PortServer(ports=ports, log=log if verbose else None)
-    listener = bind_unix(address)
+    listener = bind_unix(address, backlog=1024)
     target = unix_address(address)
     try:
 
-        def handler(line: bytes, pid: int | None, _uid: int | None) -> bytes | None:
-            return server.handle(line, pid)
+        def handler(line: bytes, pid: int | None, _uid: int | None) -> bytes | Reply | None:
+            reply = server.handle(line, pid)
+            if reply is None or not reply[:1].isdigit():
+                return reply
+            port = int(reply)
+            owner = server.owner(port)
+            return Reply(reply, on_lost=lambda: server.revoke(port, owner))
 
         loop = RequestLoop(listener, handler, max_request=MAX_REQUEST,
-                           timeout=REQUEST_TIMEOUT, tick=server.reclaim)
+                           timeout=REQUEST_TIMEOUT, max_connections=512, tick=server.reclaim)
         if verbose:
             log(f"serving on {address}")
         if ready is not None:

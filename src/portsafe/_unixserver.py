@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
 __all__ = [
+    "Reply",
     "RequestLoop",
     "ServerAddressInUseError",
     "bind_unix",
@@ -113,32 +114,61 @@ def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
     return None, None  # pragma: no cover
 
 
+class Reply:
+    """A handler's answer that must be taken back if it never reaches the client.
+
+    Args:
+        data: The bytes to send.
+        on_lost: Called once if the connection ends (error, deadline, eviction, server
+            stop) before every byte was written: a grant the client never saw is undone.
+
+    Example:
+        >>> undone = []
+        >>> reply = Reply(b"42", on_lost=lambda: undone.append(42))
+        >>> reply.data
+        b'42'
+    """
+
+    __slots__ = ("data", "on_lost")
+
+    def __init__(self, data: bytes, *, on_lost: Callable[[], object] | None = None) -> None:
+        self.data = data
+        self.on_lost = on_lost
+
+
 class _Conn:
-    __slots__ = ("deadline", "inbuf", "outbuf", "sock")
+    __slots__ = ("deadline", "inbuf", "on_lost", "outbuf", "sock")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
         self.deadline = deadline
         self.inbuf = b""
         self.outbuf: bytes | None = None  # None while still reading the request
+        self.on_lost: Callable[[], object] | None = None  # until outbuf is all written
 
 
 class RequestLoop:
     """Serve a one-request-per-connection line protocol on a listening unix socket.
 
     Single-threaded (selectors). Each connection gets *timeout* seconds and
-    *max_request* bytes to send one line; the handler's reply is written and the
-    connection closed. Beyond *max_connections*, the oldest connection is dropped, so
-    idle clients cannot starve the others.
+    *max_request* bytes to send one line; the handler's reply is written at once (the
+    rest when the socket is writable) and the connection closed. Beyond
+    *max_connections*, the oldest connection is dropped, so idle clients cannot starve
+    the others. A :class:`Reply` whose connection ends before it is all written is
+    reported to its ``on_lost``, so nothing is granted to a client that never got it.
 
     Args:
         listener: A bound, listening socket (the loop does not close it).
-        handler: ``handler(request_line, peer_pid, peer_uid) -> reply or None``.
+        handler: ``handler(request_line, peer_pid, peer_uid)`` returning the reply
+            (bytes or a :class:`Reply`), or None to close without one.
         max_request: Longest acceptable request, in bytes, newline included.
         timeout: Seconds per connection, from accept to the last byte written.
         max_connections: Connections served at once.
         tick: Called about every *tick_interval* seconds (housekeeping).
         tick_interval: Seconds between ticks.
+        admit: ``admit(peer_pid, peer_uid) -> bool``, asked at accept, before the
+            connection costs anything: a refused peer is closed at once, so it cannot
+            fill the *max_connections* slots (e.g. another user's idle connections).
 
     Example:
         >>> import socket
@@ -149,9 +179,10 @@ class RequestLoop:
     """
 
     def __init__(self, listener: socket.socket,
-                 handler: Callable[[bytes, int | None, int | None], bytes | None], *,
+                 handler: Callable[[bytes, int | None, int | None], bytes | Reply | None], *,
                  max_request: int, timeout: float, max_connections: int = 128,
-                 tick: Callable[[], object] | None = None, tick_interval: float = 1.0) -> None:
+                 tick: Callable[[], object] | None = None, tick_interval: float = 1.0,
+                 admit: Callable[[int | None, int | None], bool] | None = None) -> None:
         self._listener = listener
         self._handler = handler
         self._max_request = max_request
@@ -159,6 +190,7 @@ class RequestLoop:
         self._max_connections = max_connections
         self._tick = tick
         self._tick_interval = tick_interval
+        self._admit = admit
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -238,6 +270,9 @@ class RequestLoop:
                 return
             except OSError:  # e.g. EMFILE: leave it in the backlog for now
                 return
+            if self._admit is not None and not self._admit(*peer_credentials(sock)):
+                sock.close()
+                continue
             if len(self._conns) >= self._max_connections:
                 self._drop(sel, min(self._conns, key=lambda fd: self._conns[fd].deadline))
             sock.setblocking(False)
@@ -260,18 +295,31 @@ class RequestLoop:
                         return
                     pid, uid = peer_credentials(sock)
                     reply = self._handler(line, pid, uid)
+                    if isinstance(reply, Reply):
+                        conn.on_lost = reply.on_lost
+                        reply = reply.data
                     if not reply:
                         self._drop(sel, fd)
                         return
                     conn.outbuf = reply
-                    sel.modify(sock, selectors.EVENT_WRITE, "conn")
+                    self._write(sel, fd, conn)  # most replies fit: no extra select round
+                    if fd in self._conns:
+                        sel.modify(sock, selectors.EVENT_WRITE, "conn")
                 elif len(conn.inbuf) >= self._max_request:
                     self._drop(sel, fd)
             elif conn.outbuf is not None and mask & selectors.EVENT_WRITE:
-                conn.outbuf = conn.outbuf[sock.send(conn.outbuf):]
-                if not conn.outbuf:
-                    self._drop(sel, fd)
+                self._write(sel, fd, conn)
         except OSError:
+            self._drop(sel, fd)
+
+    def _write(self, sel: selectors.BaseSelector, fd: int, conn: _Conn) -> None:
+        assert conn.outbuf is not None
+        try:
+            conn.outbuf = conn.outbuf[conn.sock.send(conn.outbuf):]
+        except (BlockingIOError, InterruptedError):
+            return
+        if not conn.outbuf:
+            conn.on_lost = None  # delivered: in the client's socket buffer
             self._drop(sel, fd)
 
     def _drop(self, sel: selectors.BaseSelector, fd: int) -> None:
@@ -281,14 +329,19 @@ class RequestLoop:
         with contextlib.suppress(KeyError, ValueError):
             sel.unregister(conn.sock)
         conn.sock.close()
+        if conn.on_lost is not None:
+            lost, conn.on_lost = conn.on_lost, None
+            lost()
 
 
-def bind_unix(address: str, *, mode: int | None = None) -> socket.socket:
+def bind_unix(address: str, *, mode: int | None = None, backlog: int = 128) -> socket.socket:
     """Bind and listen on a unix socket address; a stale path socket is replaced.
 
     Args:
         address: ``@name`` (abstract) or a filesystem path.
         mode: chmod the path socket to this mode (path addresses only).
+        backlog: Connections the kernel queues before accept (a burst of clients that
+            connect with a timeout gets EAGAIN beyond it, not a wait).
 
     Returns:
         The listening socket.
@@ -315,7 +368,7 @@ def bind_unix(address: str, *, mode: int | None = None) -> socket.socket:
             sock.bind(target)
         if mode is not None and not target.startswith("\0"):
             os.chmod(target, mode)
-        sock.listen(128)
+        sock.listen(backlog)
     except BaseException:
         sock.close()
         raise

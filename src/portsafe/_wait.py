@@ -24,6 +24,7 @@ import signal
 import socket
 import time
 
+from portsafe._args import check_timeout, resolve, shown
 from portsafe._errors import InvalidSettingError, PortsafeError
 from portsafe._who import _listening
 
@@ -106,19 +107,19 @@ def _rebuild(message: str, attributes: dict[str, Any]) -> PortNotReadyError:
 
 def _target(port: object, host: str | None) -> tuple[int, str]:
     if isinstance(port, bool):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {port!r}")
+        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
     reserved_host = None if isinstance(port, int) else getattr(port, "host", None)
     number = port if isinstance(port, int) else getattr(port, "port", None)
     if not isinstance(number, int):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {port!r}")
+        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
     if not 1 <= number <= 65535:
-        raise InvalidSettingError(f"port must be in 1..65535, not {number}")
+        raise InvalidSettingError(f"port must be in 1..65535, not {shown(number)}")
     if host is None:
         host = reserved_host if isinstance(reserved_host, str) and reserved_host else None
     if host is None:
         host = "127.0.0.1"
     if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {host!r}")
+        raise TypeError(f"host must be a str, not {shown(host)}")
     return number, host
 
 
@@ -178,10 +179,13 @@ def wait_for_port(
     Raises:
         portsafe.PortNotReadyError: the timeout passed or ``process`` exited first; the
             message says how long it waited and what it saw (also as attributes).
-        portsafe.InvalidSettingError: a port out of range, a negative timeout, or
+        portsafe.InvalidSettingError: a port out of range, a timeout that is negative,
+            infinite or nan, a malformed ``host`` (too long, a NUL in it), or
             ``passive=True`` on an OS without ``/proc/net/tcp``.
-        TypeError: ``port`` is neither an int nor a reservation.
-        OSError: ``host`` could not be resolved.
+        portsafe.AddressNotAvailableError: ``host`` could not be resolved (an
+            ``OSError``).
+        TypeError: ``port`` is neither an int nor a reservation, ``host`` not a str,
+            ``timeout`` not a number, or ``process`` has no ``poll()`` and ``pid``.
 
     Example:
         >>> import portsafe
@@ -189,16 +193,17 @@ def wait_for_port(
         ...     portsafe.wait_for_port(sock.getsockname()[1], timeout=5)
     """
     number, host = _target(port, host)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-    if timeout < 0:
-        raise InvalidSettingError(f"timeout must be >= 0 seconds, not {timeout}")
+    timeout = check_timeout(timeout)
+    if process is not None and not (callable(getattr(process, "poll", None))
+                                    and isinstance(getattr(process, "pid", None), int)):
+        raise TypeError(f"process must be a subprocess.Popen (poll() and pid), "
+                        f"not {shown(process)}")
     if passive and not os.path.exists("/proc/net/tcp"):
         raise InvalidSettingError(
             "passive=True reads /proc/net/tcp, which this OS does not have; "
             "use passive=False (a probe connection) here"
         )
-    infos = socket.getaddrinfo(host, number, 0, socket.SOCK_STREAM)
+    infos = resolve(host, number, 0)
     hosts = {str(info[4][0]) for info in infos}
     start = time.monotonic()
     deadline = start + timeout

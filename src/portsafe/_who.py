@@ -81,6 +81,8 @@ class Holder:
         [(True, 'LISTEN')]
     """
 
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
     pid: int | None
     command: str | None
     state: str
@@ -102,6 +104,8 @@ class Holder:
             'pid 42 (sleep 9)'
         """
         if self.pid is None:
+            if self.state == "TIME_WAIT":  # a closed connection: no process has it
+                return "TIME_WAIT (no process)"
             return "a process portsafe cannot inspect (another user's?)"
         if not self.command:
             return f"pid {self.pid}"
@@ -125,6 +129,8 @@ class AddressInUseError(PortsafeError, OSError):
         True
     """
 
+    __module__ = "portsafe"  # its public name, in reprs and tracebacks
+
     def __init__(self, message: str, *, port: int, holders: Iterable[Holder] = ()) -> None:
         super().__init__(errno.EADDRINUSE, message)
         self.port = port
@@ -139,6 +145,10 @@ class AddressInUseError(PortsafeError, OSError):
 
 def _rebuild_address_in_use(message: str, port: int, holders: list[Holder]) -> AddressInUseError:
     return AddressInUseError(message, port=port, holders=holders)
+
+
+# Their __module__ is "portsafe", which doctest's finder takes for "defined elsewhere".
+__test__ = {"Holder": Holder, "AddressInUseError": AddressInUseError}
 
 
 def _check_port(port: object) -> int:

@@ -95,3 +95,32 @@ class TestPortpickerFleet:
             server.send_signal(signal.SIGTERM)
             assert server.wait(timeout=60) == 0
             block.release()
+
+
+class TestColdStarts:
+    def test_200_first_calls_at_once_all_get_held_ports(self, tmp_path) -> None:
+        """200 `portsafe` calls at once with no keeper running: one keeper is started,
+        every call exits 0 with its own port, and every printed port is held by it."""
+        import json
+
+        lock_dir = tmp_path / "locks"
+        lock_dir.mkdir(mode=0o700)
+        env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir), PORTSAFE_KEEPER_IDLE="5")
+        procs = [subprocess.Popen([sys.executable, "-m", "portsafe"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(200)]
+        results = [(proc.wait(timeout=150), *proc.communicate(timeout=30)) for proc in procs]
+        failures = [err.decode() for code, _out, err in results if code != 0]
+        ports = [int(out) for code, out, _err in results if code == 0]
+        listed = subprocess.run(
+            [sys.executable, "-c", ("import json; from portsafe import _locks; "
+                                    "print(json.dumps(_locks.holders()))")],
+            env=env, capture_output=True, text=True, timeout=60, check=True)
+        held = dict(json.loads(listed.stdout))
+        keepers = {held.get(port) for port in ports}
+        for pid in keepers - {None}:
+            os.kill(pid, signal.SIGTERM)
+        assert not failures, failures[:3]
+        assert len(set(ports)) == 200
+        assert None not in keepers, "a printed port is held by nobody"
+        assert len(keepers) == 1, f"{len(keepers)} keepers started"

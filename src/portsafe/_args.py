@@ -1,0 +1,165 @@
+"""Argument checks shared by the socket-facing public functions (listen, wait_for_port).
+
+Each turns what the socket module would raise for bad input (``gaierror``,
+``UnicodeError`` from the IDNA codec, ``OverflowError`` from a C int, a bare
+``OSError``) into the documented portsafe error, with a message that says what to pass
+instead. Messages show values through :func:`shown`, which stays short and works for
+ints beyond Python's 4,300-digit ``str()`` limit (where an f-string would itself raise).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import socket
+
+from portsafe._errors import AddressNotAvailableError, InvalidSettingError
+
+TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["bind_error", "check_backlog", "check_family", "check_timeout", "resolve", "shown"]
+
+_C_INT_MAX = 2**31 - 1
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, at most 60 characters; huge ints by their size.
+
+    Example:
+        >>> shown(10**5000)
+        'an int of 16610 bits'
+        >>> shown("a" * 300)[:8]
+        "'aaaaaaa"
+    """
+    if isinstance(value, int) and not -(10**15) < value < 10**15:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_timeout(timeout: object) -> float:
+    """*timeout* as finite seconds >= 0.
+
+    Raises:
+        TypeError: not an int or float (bools too).
+        InvalidSettingError: negative, infinite, nan, or an int too big for a float.
+
+    Example:
+        >>> check_timeout(2)
+        2.0
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {shown(timeout)}")
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int too big for a float: no deadline could be computed
+        seconds = math.inf
+    if not 0 <= seconds < math.inf:  # also false for nan, which would never time out
+        raise InvalidSettingError(
+            f"timeout must be a finite number of seconds >= 0, not {shown(timeout)}; "
+            "pass e.g. timeout=10 (0 checks once)"
+        )
+    return seconds
+
+
+def check_family(family: object) -> socket.AddressFamily:
+    """*family* as ``AF_INET`` or ``AF_INET6``.
+
+    Raises:
+        TypeError: not an int (bools too).
+        InvalidSettingError: another family.
+
+    Example:
+        >>> check_family(socket.AF_INET).name
+        'AF_INET'
+    """
+    if isinstance(family, bool) or not isinstance(family, int):
+        raise TypeError(f"family must be socket.AF_INET or socket.AF_INET6, not "
+                        f"{shown(family)}")
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        raise InvalidSettingError(f"family must be socket.AF_INET or socket.AF_INET6, not "
+                                  f"{shown(family)}; listen() makes TCP sockets for IP")
+    return socket.AddressFamily(family)
+
+
+def check_backlog(backlog: object) -> int:
+    """*backlog* for ``listen()``: None means ``SOMAXCONN``.
+
+    Raises:
+        TypeError: not an int (bools too).
+        InvalidSettingError: outside 0..2**31-1 (``listen()`` takes a C int).
+
+    Example:
+        >>> check_backlog(None) == socket.SOMAXCONN
+        True
+    """
+    if backlog is None:
+        return socket.SOMAXCONN
+    if isinstance(backlog, bool) or not isinstance(backlog, int):
+        raise TypeError(f"backlog must be an int, not {shown(backlog)}")
+    if not 0 <= backlog <= _C_INT_MAX:  # the kernel caps it at somaxconn anyway
+        raise InvalidSettingError(f"backlog must be in 0..{_C_INT_MAX}, not "
+                                  f"{shown(backlog)}; leave it out for SOMAXCONN")
+    return backlog
+
+
+def resolve(host: str | None, port: int, family: int,
+            flags: int = 0) -> list[tuple[Any, ...]]:
+    """``socket.getaddrinfo(host, port, family, SOCK_STREAM, 0, flags)``, with documented
+    errors.
+
+    Raises:
+        InvalidSettingError: *host* has a NUL (the resolver would see only the part
+            before it) or is not a valid host name (too long a label, for one).
+        AddressNotAvailableError: *host* does not resolve for *family*.
+
+    Example:
+        >>> resolve("127.0.0.1", 80, socket.AF_INET)[0][4]
+        ('127.0.0.1', 80)
+    """
+    example = "'::1'" if family == socket.AF_INET6 else "'127.0.0.1'"
+    if host is not None and "\0" in host:
+        raise InvalidSettingError(f"host {shown(host)} contains a NUL character; pass an "
+                                  f"address such as {example}")
+    try:
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, flags)
+    except socket.gaierror as exc:
+        family_name: dict[int, str] = {socket.AF_INET: " for AF_INET",
+                                       socket.AF_INET6: " for AF_INET6"}
+        raise AddressNotAvailableError(
+            errno.EADDRNOTAVAIL, f"cannot use host {shown(host)}"
+            f"{family_name.get(family, '')}: {exc.strerror}; pass an address such as "
+            f"{example}") from exc
+    except (UnicodeError, ValueError) as exc:  # too long for IDNA, for one
+        raise InvalidSettingError(
+            f"host {shown(host)} is not a valid host name ({exc}); pass an address such "
+            f"as {example}") from exc
+
+
+def bind_error(exc: OSError, host: str, port: int) -> OSError:
+    """The documented error for a failed ``bind()`` of *host*:*port* (raise it from *exc*).
+
+    ``EADDRNOTAVAIL``/``EAFNOSUPPORT``/``EINVAL``: :class:`AddressNotAvailableError`;
+    ``EACCES``: a ``PermissionError`` about privileged ports; ``EADDRINUSE``: the
+    ``AddressInUseError`` naming the holders; anything else: *exc* itself.
+
+    Example:
+        >>> import errno
+        >>> type(bind_error(OSError(errno.EADDRNOTAVAIL, "x"), "8.8.8.8", 1)).__name__
+        'AddressNotAvailableError'
+    """
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL):
+        return AddressNotAvailableError(
+            exc.errno, f"cannot bind {shown(host)} ({exc.strerror}): it is not an "
+            "address of this machine; pass '127.0.0.1', '::1', '' (all) or another "
+            "local address")
+    if exc.errno == errno.EACCES:
+        return PermissionError(
+            errno.EACCES, f"binding port {port} on {shown(host)} was refused "
+            f"({exc.strerror}): ports below 1024 need root or CAP_NET_BIND_SERVICE; use "
+            "port=0 or a portsafe.reserve_port() reservation")
+    from portsafe._who import explain_address_in_use  # reads /proc: only when needed
+
+    return explain_address_in_use(exc, port)

@@ -1,0 +1,312 @@
+"""Talking to the lease keeper, and starting it: the client half, kept cheap to import.
+
+``PORT=$(portsafe)`` runs this module and nothing heavier: raw ``_socket`` (not the
+``socket`` module, whose enum set-up costs more than the whole exchange), no
+``subprocess``, no ``json`` until a reply arrives.
+
+Finding the keeper (Linux): the abstract names ``@portsafe-keeper-<uid>-<hash>-<i>``,
+``i`` = 0..7, are tried in order. Abstract names carry no permissions, so a name held
+by another user (``SO_PEERCRED`` of the listener) is skipped: a squatter costs one name,
+and taking all of them makes ``portsafe`` fail loudly instead of printing an unheld port.
+Elsewhere the keeper listens on one socket in a ``0700`` directory of the user's.
+
+Starting it: the client *binds and listens on the free name itself*, then hands the
+listening socket to a detached keeper it starts (double fork, ``exec``). Binding is the
+lock: of 200 clients starting at once, one wins and starts one keeper; the others'
+connections wait in that socket's backlog until the keeper answers. A keeper that
+stops (idle, killed) between a client's connect and its reply costs a retry.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import os
+import sys
+
+from portsafe._errors import PortsafeError
+
+__all__ = [
+    "DEFAULT_IDLE",
+    "PROTOCOL",
+    "KeeperError",
+    "KeeperNotRunningError",
+    "call",
+    "keeper_address",
+    "keeper_addresses",
+]
+
+# Part of the address: a keeper speaking another protocol (another portsafe version)
+# is never asked.
+PROTOCOL = 2
+DEFAULT_IDLE = 30.0
+NAMES = 8  # abstract names tried before giving up on squatters
+MAX_REPLY = 1 << 20
+BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
+_LINUX = sys.platform.startswith("linux")
+
+
+class KeeperError(PortsafeError, OSError):
+    """Raised when the lease keeper cannot be reached, started or trusted.
+
+    ``portsafe reserve`` then exits 4 with this message (nothing would hold the port);
+    ``portsafe run`` and ``--lease 0`` need no keeper.
+
+    Example:
+        >>> import portsafe._keeper_client as kc
+        >>> str(kc.KeeperError("the keeper is gone"))
+        'the keeper is gone'
+    """
+
+
+class KeeperNotRunningError(KeeperError):
+    """Raised by :func:`call` with ``start=False`` when no keeper is running.
+
+    Example:
+        >>> import portsafe._keeper_client as kc
+        >>> issubclass(kc.KeeperNotRunningError, kc.KeeperError)
+        True
+    """
+
+
+def _config_hash() -> str:
+    from portsafe import _settings
+
+    # The lock directory normalised ("/x/" and "/x" are one keeper; a relative one
+    # raises); the ranges as written (the keeper validates them when it reserves).
+    settings = [str(PROTOCOL), _settings.lock_dir() if _settings.lock_dir_is_explicit() else ""]
+    settings += [_settings.getenv(name) for name in (_settings.RANGE, _settings.EXCLUDE)]
+    blob = "\0".join(settings).encode(errors="surrogateescape")
+    try:  # the bare C module: hashlib would load OpenSSL, a few ms
+        from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found]  # 3.10-3.11
+        except ImportError:  # pragma: no cover - a build without the builtin module
+            from hashlib import sha256
+    return str(sha256(blob).hexdigest()[:12])
+
+
+def _private_dir() -> str:
+    """The user's ``0700`` directory for the keeper's path socket (non-Linux)."""
+    import contextlib
+    import stat
+
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"  # noqa: S108 - checked below
+    path = os.path.join(base, f"portsafe-keeper-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise KeeperError(
+            f"{path} must be a directory owned by you with mode 0700 (found mode "
+            f"{stat.filemode(st.st_mode)}, owner uid {st.st_uid}); remove it and retry"
+        )
+    return path
+
+
+def keeper_addresses() -> list[str]:
+    """Return the addresses this user's keeper may listen on, in the order tried.
+
+    Returns:
+        ``@portsafe-keeper-<uid>-<hash>-<i>`` for i in 0..7 on Linux, else one path in a
+        private directory.
+
+    Raises:
+        KeeperError: The private directory is unsafe (not ours, or not 0700).
+        portsafe.InvalidSettingError: ``PORTSAFE_LOCK_DIR`` is relative.
+
+    Example:
+        >>> len(keeper_addresses()) >= 1
+        True
+    """
+    if _LINUX:
+        base = f"@portsafe-keeper-{os.getuid()}-{_config_hash()}"
+        return [f"{base}-{i}" for i in range(NAMES)]
+    return [os.path.join(_private_dir(), f"{_config_hash()}.sock")]
+
+
+def keeper_address() -> str:
+    """Return the first address this user's keeper is looked for at.
+
+    Example:
+        >>> keeper_address().startswith(("@portsafe-keeper-", "/"))
+        True
+    """
+    return keeper_addresses()[0]
+
+
+def _raw(address: str) -> str:
+    return "\0" + address[1:] if address.startswith("@") else address
+
+
+def _peer(sock: _socket.socket) -> tuple[int | None, int | None]:
+    option = getattr(_socket, "SO_PEERCRED", None)
+    if option is None:  # pragma: no cover - macOS: the directory's mode protects us
+        return None, None
+    raw = sock.getsockopt(_socket.SOL_SOCKET, option, 12)
+    return (int.from_bytes(raw[0:4], sys.byteorder, signed=True) or None,
+            int.from_bytes(raw[4:8], sys.byteorder, signed=True))
+
+
+class _SquattedError(Exception):
+    def __init__(self, pid: int | None, uid: int) -> None:
+        super().__init__(pid, uid)
+        self.pid, self.uid = pid, uid
+
+
+def _connect(address: str, timeout: float) -> _socket.socket:
+    """A connection to our own keeper at *address*; _SquattedError if another user's."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(_raw(address))
+        _check_owner(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _check_owner(sock: _socket.socket) -> None:
+    pid, uid = _peer(sock)
+    if uid is not None and uid != os.getuid():
+        raise _SquattedError(pid, uid)
+
+
+def _exchange(sock: _socket.socket, request: bytes) -> bytes:
+    try:
+        sock.sendall(request)
+        data = b""
+        while not data.endswith(b"\n") and len(data) < MAX_REPLY:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    return data
+
+
+_FAST_PREFIX = b'{"ok": true, "ports": ['
+
+
+def _decode(data: bytes, address: str) -> dict[str, object]:
+    if data.startswith(_FAST_PREFIX):
+        # The common answer, read without importing json (the keeper writes it so).
+        ports, sep, rest = data[len(_FAST_PREFIX):].partition(b"]")
+        pid = rest.partition(b'"pid": ')[2].partition(b",")[0]
+        if sep and pid.isdigit() and ports.replace(b", ", b"").isdigit():
+            return {"ok": True, "ports": [int(p) for p in ports.split(b", ")],
+                    "pid": int(pid)}
+    import json
+
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        # Empty: the keeper stopped (idle) or died between our connect and its answer.
+        raise ConnectionResetError(errno.ECONNRESET, f"the keeper at {address} sent no answer")
+    return reply
+
+
+def _settings_check() -> None:
+    """Fail on a bad PORTSAFE_KEEPER_IDLE here, with exit 2, not in a detached keeper."""
+    from portsafe import _settings
+
+    _settings.keeper_idle(DEFAULT_IDLE)
+
+
+def call(request: dict[str, object], *, start: bool = True,
+         timeout: float = 10.0) -> dict[str, object]:
+    """Send one request to this user's keeper, starting it first if needed.
+
+    Args:
+        request: The JSON request (``{"op": "reserve" | "release" | "list" | "ping", ...}``).
+        start: Start a keeper if none is running.
+        timeout: Seconds for the whole call, start included.
+
+    Returns:
+        The keeper's JSON reply; ``reply["ok"]`` says whether it succeeded.
+
+    Raises:
+        KeeperNotRunningError: No keeper runs and *start* is false.
+        KeeperError: The keeper could not be started, reached or trusted.
+        portsafe.InvalidSettingError: ``PORTSAFE_KEEPER_IDLE`` or ``PORTSAFE_LOCK_DIR``
+            is bad.
+
+    Example:
+        >>> call({"op": "ping"})["ok"]  # doctest: +SKIP
+        True
+    """
+    import json
+
+    line = (json.dumps(request) + "\n").encode()
+    return _call(line, start=start, timeout=timeout)
+
+
+def _call(line: bytes, *, start: bool, timeout: float) -> dict[str, object]:
+    import time
+
+    addresses = keeper_addresses()
+    deadline = time.monotonic() + timeout
+    squatters: list[_SquattedError] = []
+    last: OSError | None = None
+    started = 0
+    delay = 0.005
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        free: str | None = None
+        squatters.clear()
+        for address in addresses:
+            try:
+                sock = _connect(address, left)
+            except _SquattedError as exc:
+                squatters.append(exc)
+                continue
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                free = free or address
+                last = exc
+                continue
+            except OSError as exc:  # a full backlog timed out, ...
+                last = exc
+                break
+            try:
+                return _decode(_exchange(sock, line), address)
+            except OSError as exc:  # it stopped meanwhile: look again
+                last = exc
+                break
+        else:
+            if free is None:
+                raise _squatted_error(squatters)
+            if not start:
+                raise KeeperNotRunningError(errno.ECONNREFUSED, "no lease keeper is running")
+            if started >= 3:  # each start failed: give up with the last reason
+                break
+            from portsafe._keeper_start import start as start_keeper
+
+            try:
+                if start_keeper(free, deadline - time.monotonic()):
+                    started += 1
+                    continue
+            except KeeperError as exc:
+                started += 1
+                last = exc
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    if started >= 3:
+        raise KeeperError(errno.ECHILD, f"could not start the lease keeper (3 tries): {last}")
+    raise KeeperError(errno.ETIMEDOUT, f"the lease keeper did not answer in {timeout:g} s"
+                      f" (last error: {last})")
+
+
+def _squatted_error(squatters: list[_SquattedError]) -> KeeperError:
+    who = ", ".join(sorted({f"pid {s.pid} of uid {s.uid}" for s in squatters}))
+    return KeeperError(
+        errno.EADDRINUSE,
+        f"every lease keeper address of yours is held by another user ({who}); ask them "
+        "to stop, or ask an administrator",
+    )

@@ -1,0 +1,337 @@
+"""``portsafe doctor``: each check on private directories, and the verb itself.
+
+Nothing here touches the shared default lock directory: every check gets a directory
+under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from portsafe import _doctor, _doctor_lockdir, _doctor_locks, _keeper_client, _server
+from portsafe._doctor import CheckResult
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX checks")
+NOBODY = 65534
+needs_root = pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0,
+                                reason="needs root to make another user's directory")
+
+
+@pytest.fixture
+def lock_dir(tmp_path: Path) -> Path:
+    """A private, healthy lock directory (0700, ours)."""
+    path = tmp_path / "locks"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@contextlib.contextmanager
+def as_nobody(work: Callable[[], None]) -> Iterator[None]:
+    """Run *work* in a uid-65534 child, which then sleeps until killed."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the other user's process
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            work()
+            os.write(write_end, b"up")
+            time.sleep(120)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as status:
+            if status.read(2) != b"up":
+                pytest.skip("cannot run a process as uid 65534 here")
+        yield
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _listen(address: str) -> Callable[[], None]:
+    keep: list[socket.socket] = []
+
+    def work() -> None:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(_server.unix_address(address))
+        sock.listen()
+        keep.append(sock)
+
+    return work
+
+
+class TestLockDirChecks:
+    def test_setting_must_be_absolute(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A relative PORTSAFE_LOCK_DIR fails the setting check, naming the variable."""
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", "relative/locks")
+        result = _doctor.check_setting()
+        assert not result.ok
+        assert "PORTSAFE_LOCK_DIR" in result.detail
+        assert result.advice
+
+    def test_path_kinds(self, lock_dir: Path, tmp_path: Path) -> None:
+        """A directory is fine, a missing one too (created on use); a symlink or a file
+        at its place is not."""
+        assert _doctor.check_path(str(lock_dir)).ok
+        assert _doctor.check_path(str(tmp_path / "missing")).ok
+        link = tmp_path / "link"
+        link.symlink_to(lock_dir)
+        result = _doctor.check_path(str(link))
+        assert not result.ok
+        assert "symlink" in result.detail
+        assert str(lock_dir) in result.advice
+        plain = tmp_path / "plain"
+        plain.write_text("")
+        assert not _doctor.check_path(str(plain)).ok
+
+    def test_trust_of_our_own_directory(self, lock_dir: Path) -> None:
+        """A 0700 directory of ours, under root's or our own parents, is trusted."""
+        result = _doctor.check_trust(str(lock_dir))
+        assert result.ok, result.detail
+
+    def test_world_writable_without_sticky_bit(self, lock_dir: Path) -> None:
+        """Mode 0777 (no sticky bit) lets every user delete the lock files."""
+        lock_dir.chmod(0o777)
+        result = _doctor.check_trust(str(lock_dir))
+        assert not result.ok
+        assert "every user" in result.detail
+        assert "sticky" in result.advice
+        lock_dir.chmod(0o1777)
+        assert _doctor.check_trust(str(lock_dir)).ok
+
+    @needs_root
+    def test_another_users_directory(self, lock_dir: Path) -> None:
+        """A 0755 directory of uid 65534: its owner can remove or replace what is in it."""
+        lock_dir.chmod(0o755)
+        os.chown(lock_dir, NOBODY, NOBODY)
+        result = _doctor.check_trust(str(lock_dir))
+        assert not result.ok
+        assert f"uid {NOBODY}" in result.detail
+
+    @needs_root
+    def test_another_users_parent(self, tmp_path: Path) -> None:
+        """The trust check walks up: a parent owned by another user fails it too."""
+        parent = tmp_path / "theirs"
+        parent.mkdir(mode=0o755)
+        os.chown(parent, NOBODY, NOBODY)
+        (parent / "locks").mkdir(mode=0o700)
+        result = _doctor.check_trust(str(parent / "locks"))
+        assert not result.ok
+        assert str(parent) in result.detail
+
+    def test_lock_files(self, lock_dir: Path) -> None:
+        """Plain 0666 files pass; a 0600 one (others cannot lock it) and a FIFO fail."""
+        good = lock_dir / "ports-20224-20479"
+        good.write_text("")
+        good.chmod(0o666)
+        (lock_dir / "unrelated.txt").write_text("")
+        assert _doctor.check_files(str(lock_dir)).ok
+        private = lock_dir / "ports-20480-20735"
+        private.write_text("")
+        private.chmod(0o600)
+        os.mkfifo(lock_dir / "ports-20736-20991")
+        result = _doctor.check_files(str(lock_dir))
+        assert not result.ok
+        assert "ports-20480-20735" in result.detail
+        assert "ports-20736-20991" in result.detail
+
+    def test_tmp_cleaner_rules(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An age-based systemd-tmpfiles rule covering the directory fails the check; an
+        exclusion rule (x) for it passes; a rule without an age does not count."""
+        rules = tmp_path / "tmpfiles.d"
+        rules.mkdir()
+        monkeypatch.setattr(_doctor_lockdir, "_TMPFILES_DIRS", (str(rules),))
+        monkeypatch.setattr(_doctor_lockdir, "_CRON_CLEANERS", ())
+        where = str(tmp_path / "scratch" / "locks")
+        (rules / "tmp.conf").write_text(f"D {tmp_path}/scratch 1777 root root -\n")
+        assert _doctor.check_tmp_cleaner(where).ok
+        (rules / "tmp.conf").write_text(f"q {tmp_path}/scratch 1777 root root 10d\n")
+        result = _doctor.check_tmp_cleaner(where)
+        assert not result.ok
+        assert "10d" in result.detail
+        assert f"x {where}" in result.advice
+        (rules / "portsafe.conf").write_text(f"x {where}\n")
+        assert _doctor.check_tmp_cleaner(where).ok
+
+    def test_cron_cleaner(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An installed tmpreaper/tmpwatch cron job is reported."""
+        job = tmp_path / "tmpreaper"
+        job.write_text("")
+        monkeypatch.setattr(_doctor_lockdir, "_TMPFILES_DIRS", ())
+        monkeypatch.setattr(_doctor_lockdir, "_CRON_CLEANERS", (str(job),))
+        assert not _doctor.check_tmp_cleaner(str(tmp_path)).ok
+
+
+class TestRecordLocks:
+    def test_record_locks_work_here(self, lock_dir: Path) -> None:
+        """On this machine's local file system the child's lock is seen, then gone; the
+        probe file is removed afterwards."""
+        before = set(os.listdir(lock_dir.parent))
+        result = _doctor.check_record_locks(str(lock_dir))
+        assert result.ok, result.detail
+        assert set(os.listdir(lock_dir.parent)) == before
+        assert not os.listdir(lock_dir)
+
+    def test_locks_that_fail_are_reported(self, lock_dir: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """A file system refusing locks (ENOLCK, as some NFS set-ups do) fails the check
+        with advice. Simulated: this machine has no such file system to mount."""
+        real = _doctor_locks._lockf
+
+        def refuse(fd: int, kind: int, start: int, *, query: bool = False) -> int | None:
+            if not query:
+                raise OSError(errno.ENOLCK, "No locks available")
+            return real(fd, kind, start, query=query)
+
+        monkeypatch.setattr(_doctor_locks, "_lockf", refuse)
+        result = _doctor.check_record_locks(str(lock_dir))
+        assert not result.ok
+        assert "No locks available" in result.detail
+        assert "local file system" in result.advice
+
+    def test_locks_not_seen_by_others_are_reported(self, lock_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        """Locks that other processes cannot see (local-only emulation) fail the check."""
+        real = _doctor_locks._lockf
+
+        def blind(fd: int, kind: int, start: int, *, query: bool = False) -> int | None:
+            return None if query else real(fd, kind, start)
+
+        monkeypatch.setattr(_doctor_locks, "_lockf", blind)
+        result = _doctor.check_record_locks(str(lock_dir))
+        assert not result.ok
+        assert "not seen" in result.detail
+
+    def test_a_file_system_without_record_locks(self) -> None:
+        """The real thing needs a file system whose locks fail (NFS without lockd, some
+        FUSE mounts): none can be mounted here."""
+        pytest.skip("no file system without working record locks can be mounted here "
+                    "(the failure paths are covered by the simulated tests above)")
+
+
+class TestOtherChecks:
+    def test_ranges_checks(self) -> None:
+        """The ephemeral range, reserved ports and candidates are described."""
+        for check in (_doctor.check_ephemeral, _doctor.check_reserved,
+                      _doctor.check_candidates):
+            result = check(None)
+            assert isinstance(result, CheckResult)
+            assert result.detail
+        if sys.platform.startswith("linux"):
+            assert "/proc/sys/net/ipv4/ip_local_port_range" in _doctor.check_ephemeral().detail
+
+    def test_too_few_candidates(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A PORTSAFE_RANGE of 10 ports is reported as too few."""
+        monkeypatch.setenv("PORTSAFE_RANGE", "20000-20009")
+        result = _doctor.check_candidates()
+        assert not result.ok
+        assert "PORTSAFE_RANGE" in result.advice
+
+    def test_keeper_idle_setting(self, monkeypatch: pytest.MonkeyPatch, lock_dir) -> None:
+        """A bad PORTSAFE_KEEPER_IDLE fails the keeper check, naming it."""
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
+        monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "garbage")
+        result = _doctor.check_keeper()
+        assert not result.ok
+        assert "PORTSAFE_KEEPER_IDLE" in result.detail
+
+    @needs_root
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract names")
+    def test_keeper_squatter(self, monkeypatch: pytest.MonkeyPatch, lock_dir) -> None:
+        """Another user listening on one of our keeper names is reported."""
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
+        address = _keeper_client.keeper_addresses()[3]
+        with as_nobody(_listen(address)):
+            result = _doctor.check_keeper()
+        assert not result.ok
+        assert f"uid {NOBODY}" in result.detail
+        assert address in result.detail
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract names")
+    def test_port_server(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """PORTSERVER_ADDRESS: unset is fine, nobody answering is not, ours is."""
+        monkeypatch.delenv("PORTSERVER_ADDRESS", raising=False)
+        assert _doctor.check_port_server().ok
+        address = f"@portsafe-doctor-test-{os.getpid()}"
+        monkeypatch.setenv("PORTSERVER_ADDRESS", address)
+        assert not _doctor.check_port_server().ok
+        with _server.bind_unix(address):
+            assert _doctor.check_port_server().ok
+
+    @needs_root
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract names")
+    def test_port_server_of_another_user(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A port server run by uid 65534 could hand out ports others hold: reported."""
+        address = f"@portsafe-doctor-test-nobody-{os.getpid()}"
+        monkeypatch.setenv("PORTSERVER_ADDRESS", address)
+        with as_nobody(_listen(address)):
+            result = _doctor.check_port_server()
+        assert not result.ok
+        assert f"uid {NOBODY}" in result.detail
+
+    def test_a_crashing_check_is_reported(self, monkeypatch: pytest.MonkeyPatch,
+                                          lock_dir: Path) -> None:
+        """One broken check is a failed result; the others still run."""
+        def broken(path: str | None = None) -> CheckResult:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(_doctor, "CHECKS", (broken, _doctor.check_path))
+        results = _doctor.run_checks(str(lock_dir))
+        assert [r.ok for r in results] == [False, True]
+        assert "boom" in results[0].detail
+
+
+class TestVerb:
+    def _doctor(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "portsafe", "doctor", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    def test_healthy_private_directory(self, lock_dir: Path) -> None:
+        """A healthy private set-up: exit 0 ("all is well"), --json with every check."""
+        env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
+        env.pop("PORTSERVER_ADDRESS", None)
+        done = self._doctor(env)
+        if done.returncode != 0:  # the machine itself may have a real problem
+            assert "FAIL" in done.stdout
+            assert "lock_dir." not in "".join(
+                line for line in done.stdout.splitlines() if line.startswith("FAIL"))
+        else:
+            assert "all is well" in done.stdout
+        info = json.loads(self._doctor(env, "--json").stdout)
+        names = [check["name"] for check in info["checks"]]
+        assert names[:6] == ["lock_dir.setting", "lock_dir.path", "lock_dir.trust",
+                             "lock_dir.files", "lock_dir.tmp_cleaner",
+                             "lock_dir.record_locks"]
+        assert info["ok"] is (done.returncode == 0)
+
+    def test_a_problem_exits_1_with_advice(self, lock_dir: Path) -> None:
+        """A world-writable, non-sticky lock directory: exit 1, FAIL and what to do."""
+        lock_dir.chmod(0o777)
+        env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
+        done = self._doctor(env)
+        assert done.returncode == 1
+        assert "FAIL  lock_dir.trust" in done.stdout
+        assert "->" in done.stdout
+        info = json.loads(self._doctor(env, "--json").stdout)
+        assert info["ok"] is False
+        trust = next(c for c in info["checks"] if c["name"] == "lock_dir.trust")
+        assert trust["advice"]

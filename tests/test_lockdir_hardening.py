@@ -1,0 +1,653 @@
+"""The guarantee survives hostile users, deletions, tmp cleaners, floods and old versions.
+
+Each test reproduces one finding of the adversarial review (issue 10) with real
+processes, real other users (uid 65534) and a private lock directory under ``tmp_path``
+or a private 1777 directory; none touches the shared default directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import portsafe
+from portsafe import _announce, _lockdir, _lockformat, _locks
+
+AGENT = str(Path(__file__).with_name("_agent.py"))
+NOBODY = 65534
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX record locks")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+needs_root = pytest.mark.skipif(sys.platform == "win32" or os.getuid() != 0,
+                                reason="needs root to run a child as uid 65534")
+
+SHARD = 90  # ports 23040-23295: a shard the tests below use on purpose
+SHARD_PORTS = range(max(SHARD << 8, 1024), (SHARD + 1) << 8)
+
+
+class Agent:
+    """A child process running portsafe calls on command (tests/_agent.py)."""
+
+    def __init__(self, lock_dir: Path | str, uid: int | None = None) -> None:
+        env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
+        args = [sys.executable, AGENT] + ([] if uid is None else [str(uid)])
+        self.proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd="/")
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def ask(self, **command: object) -> dict:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "agent died"
+        return json.loads(line)
+
+    def reserve(self, **kwargs: object) -> dict:
+        return self.ask(op="reserve", kwargs=kwargs)
+
+    def close(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def agents() -> Iterator[list[Agent]]:
+    """Agents made by a test, closed after it."""
+    made: list[Agent] = []
+    yield made
+    for agent in made:
+        agent.close()
+
+
+@pytest.fixture
+def shared_parent() -> Iterator[Path]:
+    """A 1777 directory (like /tmp) in which uid 65534 may make the lock directory."""
+    parent = Path(tempfile.mkdtemp(prefix="portsafe-hardening-"))
+    parent.chmod(0o1777)
+    yield parent
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def as_nobody(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run *code* as uid 65534 (file operations only: no interpreter files are needed)."""
+    script = f"import os\nos.setgid({NOBODY})\nos.setuid({NOBODY})\n{code}"
+    return subprocess.run([sys.executable, "-c", script], env=dict(os.environ, **env),
+                          capture_output=True, text=True, check=True, cwd="/")
+
+
+def shard_file(directory: Path, port: int) -> Path:
+    return directory / _locks.shard_name(port >> 8)
+
+
+@posix_only
+class TestNoWriteOutsideTheDirectory:
+    """Item 1: a root process never creates or opens files where another user points it."""
+
+    @needs_root
+    def test_symlink_swap_after_first_use(self, shared_parent, monkeypatch, agents):
+        """uid 65534 owns the directory and swaps it for a symlink after root used it:
+        root's next reservation raises and makes nothing in the link's target."""
+        locks, target = shared_parent / "locks", shared_parent / "target"
+        agents.append(nobody := Agent(locks, uid=NOBODY))  # 65534 makes the directory
+        assert "port" in nobody.reserve()
+        assert locks.stat().st_uid == NOBODY
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        portsafe.reserve_port(ports=range(23040, 23050)).release()  # root's first use
+        as_nobody(f"os.rename({str(locks)!r}, {str(locks) + '.old'!r})\n"
+                  f"os.mkdir({str(target)!r}, 0o777)\nos.chmod({str(target)!r}, 0o777)\n"
+                  f"os.symlink({str(target)!r}, {str(locks)!r})")
+        with pytest.raises(portsafe.LockDirError, match="symbolic link owned by uid 65534"):
+            portsafe.reserve_port(ports=range(30000, 30010))  # a shard not yet opened
+        with pytest.raises(portsafe.LockDirError):
+            _locks.holders()
+        fresh = subprocess.run([sys.executable, "-c", "import portsafe; portsafe.reserve_port()"],
+                               env=dict(os.environ, PORTSAFE_LOCK_DIR=str(locks)),
+                               capture_output=True, text=True, check=False)
+        assert fresh.returncode != 0
+        assert "LockDirError" in fresh.stderr
+        assert os.listdir(target) == []
+
+    @needs_root
+    def test_swap_under_held_ports_is_reported(self, shared_parent, monkeypatch, agents):
+        """A process holding ports in a directory that is swapped learns of it at its
+        next call: LockDirError naming the ports it can no longer vouch for."""
+        locks = shared_parent / "locks"
+        agents.append(nobody := Agent(locks, uid=NOBODY))
+        assert "port" in nobody.reserve()
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        held = portsafe.reserve_port()
+        try:
+            as_nobody(f"os.rename({str(locks)!r}, {str(locks) + '.old'!r})\n"
+                      f"os.mkdir({str(locks)!r})")
+            with pytest.raises(portsafe.LockDirError, match=f"ports {held.port}"):
+                portsafe.reserve_port()
+        finally:
+            held.release()
+        with pytest.raises(portsafe.LockDirError, match="not sticky"):
+            portsafe.reserve_port()  # the new one is 65534's and not sticky: refused
+
+    @needs_root
+    @linux_only
+    def test_owner_cannot_forge_a_complete_directory(self, shared_parent, agents):
+        """uid 65534 owns the directory, moves it away under root's holder and puts a
+        complete, valid-looking one in its place: a new root process refuses it, naming
+        the holder, instead of handing out the holder's port."""
+        locks = shared_parent / "locks"
+        agents.append(nobody := Agent(locks, uid=NOBODY))
+        assert "port" in nobody.reserve()
+        agents.append(holder := Agent(locks))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        names = [_locks.shard_name(i) for i in range(_lockformat.SHARD_COUNT)]
+        as_nobody(f"""
+locks = {str(locks)!r}
+os.rename(locks, locks + ".old")
+os.mkdir(locks)
+os.chmod(locks, 0o1777)
+for name in {names!r}:
+    fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT, 0o666)
+    os.fchmod(fd, 0o666)
+    os.close(fd)
+with open(os.path.join(locks, {_lockformat.MARKER!r}), "wb") as marker:
+    marker.write(b"portsafe lock directory\\nformat 1\\ngeneration ffffffffffffffff\\n")
+""")
+        agents.append(other := Agent(locks))
+        answer = other.reserve(ports=[port, port + 1])
+        assert "port" not in answer, "a held port was handed out again"
+        assert str(holder.pid) in answer["message"]
+
+    def test_proc_is_refused_with_a_clear_error(self, monkeypatch):
+        """PORTSAFE_LOCK_DIR=/proc gives LockDirError, not a raw OSError."""
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", "/proc")
+        with pytest.raises(portsafe.LockDirError, match="PORTSAFE_LOCK_DIR"):
+            portsafe.reserve_port()
+
+    @needs_root
+    def test_foreign_private_directory_is_refused(self, tmp_path, monkeypatch):
+        """Another user's 0755 directory gives LockDirError saying why and what to do."""
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o755)
+        os.chown(foreign, NOBODY, NOBODY)
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(foreign))
+        with pytest.raises(portsafe.LockDirError, match="uid 65534 with mode 755"):
+            portsafe.reserve_port()
+        assert os.listdir(foreign) == []
+
+    def test_regular_file_as_directory(self, tmp_path, monkeypatch):
+        """A plain file where the directory should be gives LockDirError."""
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "file"))
+        with pytest.raises(portsafe.LockDirError, match="not a directory"):
+            portsafe.reserve_port()
+
+
+@posix_only
+class TestDeletion:
+    """Item 2: deleting lock state never hands a held port out again silently."""
+
+    def test_rm_of_a_shard_file(self, tmp_path, agents):
+        """After `rm` of the file holding a port, nobody else gets that port, and its
+        holder is told at its next call."""
+        locks = tmp_path / "locks"
+        agents.append(holder := Agent(locks))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        shard_file(locks, port).unlink()
+        agents.append(other := Agent(locks))
+        answer = other.reserve(ports=[port, port + 1])
+        assert "port" not in answer, "a held port was handed out again"
+        assert answer["error"] == "LockDirError"
+        assert _locks.shard_name(port >> 8) in answer["message"]
+        told = holder.reserve()
+        assert told["error"] == "LockDirError"
+        assert str(port) in told["message"]
+
+    def test_shard_file_made_again_is_not_trusted(self, tmp_path, agents):
+        """A lock file deleted and made again (as a 0.1.0 process would) under a holder
+        is newer than the marker: skipped, so the held port is not handed out."""
+        locks = tmp_path / "locks"
+        agents.append(holder := Agent(locks))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        path = shard_file(locks, port)
+        path.unlink()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        os.fchmod(fd, 0o666)
+        os.close(fd)
+        agents.append(other := Agent(locks))
+        answer = other.reserve(ports=[port, port + 1])
+        assert "port" not in answer, "a held port was handed out again"
+        assert "after the directory was completed" in answer["message"]
+
+    @linux_only
+    def test_rm_rf_of_the_directory(self, tmp_path, agents):
+        """After `rm -rf` of the directory, a new process refuses to reserve while the
+        old holder lives (naming its pid), and reserves again once it is gone."""
+        locks = tmp_path / "locks"
+        agents.append(holder := Agent(locks))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        shutil.rmtree(locks)
+        agents.append(other := Agent(locks))
+        answer = other.reserve(ports=[port, port + 1])
+        assert "port" not in answer, "a held port was handed out again"
+        assert answer["error"] == "LockDirError"
+        assert str(holder.pid) in answer["message"]
+        assert holder.reserve()["error"] == "LockDirError"  # told at its next call
+        holder.ask(op="release", port=port)
+        assert "port" in holder.reserve()  # holding nothing: it moves to the new directory
+        agents.remove(holder)
+        holder.close()
+        other.close()
+        agents.remove(other)
+        agents.append(later := Agent(locks))
+        assert "port" in later.reserve(ports=[port, port + 1])
+
+    def test_rm_rf_while_holding_nothing_is_transparent(self, tmp_path, monkeypatch):
+        """A process that holds nothing in a deleted directory just uses the new one."""
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
+        portsafe.reserve_port().release()
+        shutil.rmtree(tmp_path / "locks")
+        with portsafe.reserve_port() as again:
+            assert (again.port, os.getpid()) in _locks.holders()
+        assert (tmp_path / "locks" / _lockformat.MARKER).exists()
+
+
+def _tmpfiles() -> str:
+    found = shutil.which("systemd-tmpfiles")
+    if found is None or not sys.platform.startswith("linux"):
+        pytest.skip("systemd-tmpfiles is not installed")
+    return found
+
+
+@posix_only
+class TestTmpCleaner:
+    """Item 2: an age-based tmp cleaner (systemd-tmpfiles) cannot break a live hold.
+
+    The cleaner is pointed at a private parent directory standing for /tmp (never at
+    /tmp itself), with a 1-second age rule; lock files are never written, so they are
+    all old enough after a short wait.
+    """
+
+    def _clean(self, tmp_path: Path, parent: Path) -> None:
+        config = tmp_path / "clean.conf"
+        config.write_text(f"e {parent} - - - 1s\n")
+        time.sleep(2.2)  # every file must be older than the age
+        subprocess.run([_tmpfiles(), "--clean", str(config)], check=True,
+                       capture_output=True)
+
+    def test_cleaner_skips_a_directory_in_use(self, tmp_path, agents):
+        """While a port is held, systemd-tmpfiles --clean deletes nothing in the lock
+        directory and nobody else gets the port; a directory nobody uses is cleaned."""
+        _tmpfiles()
+        parent = tmp_path / "tmp"
+        parent.mkdir()
+        locks, idle = parent / "locks", parent / "idle"
+        agents.append(holder := Agent(locks))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        _lockdir.open_lockdir(str(idle), explicit=True).close()
+        self._clean(tmp_path, parent)
+        assert not idle.exists() or os.listdir(idle) == [], \
+            "control: the rule cleans a lock directory nobody uses"
+        assert shard_file(locks, port).exists()
+        assert len(os.listdir(locks)) == _lockformat.SHARD_COUNT + 1
+        agents.append(other := Agent(locks))
+        assert "port" not in other.reserve(ports=[port, port + 1])
+
+    def test_cleaned_directory_is_repaired(self, tmp_path, monkeypatch):
+        """A directory cleaned while nobody used it is completed again at next use."""
+        _tmpfiles()
+        parent = tmp_path / "tmp"
+        parent.mkdir()
+        locks = parent / "locks"
+        _lockdir.open_lockdir(str(locks), explicit=True).close()
+        self._clean(tmp_path, parent)
+        assert not locks.exists() or os.listdir(locks) == []
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        with portsafe.reserve_port():
+            assert len(os.listdir(locks)) == _lockformat.SHARD_COUNT + 1
+
+
+class TestOneDirectory:
+    """Item 3: one directory however it is spelled; aliases never drop locks."""
+
+    def test_relative_path_refused_in_library_and_child(self, monkeypatch):
+        """A relative PORTSAFE_LOCK_DIR is refused the same way here and in a child
+        running in / (the keeper's working directory)."""
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", "relative/locks")
+        with pytest.raises(portsafe.InvalidSettingError, match="absolute"):
+            portsafe.reserve_port()
+        child = subprocess.run([sys.executable, "-c", "import portsafe; portsafe.reserve_port()"],
+                               env=dict(os.environ), capture_output=True, text=True, cwd="/",
+                               check=False)
+        assert child.returncode != 0
+        assert "InvalidSettingError" in child.stderr
+        assert not os.path.exists("/relative/locks")
+
+    @posix_only
+    @pytest.mark.parametrize("alias", ["slash", "double", "symlink", "bind"])
+    def test_alias_does_not_drop_own_locks(self, tmp_path, monkeypatch, agents, alias):
+        """Reserving and releasing through an alias of the directory (trailing slash,
+        //, a symlink) keeps this process's other locks in the same file."""
+        locks = tmp_path / "locks"
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        held = portsafe.reserve_port(ports=SHARD_PORTS)
+        try:
+            if alias == "bind":
+                self._bind_alias(tmp_path, locks)
+                return
+            spelled = {"slash": f"{locks}/", "double": str(locks).replace("/", "//"),
+                       "symlink": str(tmp_path / "link")}[alias]
+            if alias == "symlink":
+                (tmp_path / "link").symlink_to(locks)
+            monkeypatch.setenv("PORTSAFE_LOCK_DIR", spelled)
+            portsafe.reserve_port(ports=SHARD_PORTS, exclude=[held.port]).release()
+            far = range((SHARD + 2) << 8, (SHARD + 3) << 8)
+            portsafe.reserve_port(ports=far).release()  # moves on: idle files get closed
+            _locks.holders()  # opens and closes shard files: must not close ours
+            agents.append(other := Agent(locks))
+            assert "port" not in other.reserve(ports=[held.port, held.port + 1]), \
+                "the alias dropped this process's lock"
+        finally:
+            held.release()
+
+
+    def _bind_alias(self, tmp_path: Path, locks: Path) -> None:
+        """The same through a bind mount, in a private mount namespace (unshare -m)."""
+        if shutil.which("unshare") is None or shutil.which("mount") is None:
+            pytest.skip("needs unshare and mount")
+        bind = tmp_path / "bind"
+        bind.mkdir()
+        script = f"""
+import os, subprocess, sys, portsafe
+from portsafe import _locks
+os.environ["PORTSAFE_LOCK_DIR"] = {str(locks)!r}
+held = portsafe.reserve_port(ports=range({SHARD_PORTS.start}, {SHARD_PORTS.stop}))
+subprocess.run(["mount", "--bind", {str(locks)!r}, {str(bind)!r}], check=True)
+os.environ["PORTSAFE_LOCK_DIR"] = {str(bind)!r}
+portsafe.reserve_port(ports=range({SHARD_PORTS.start}, {SHARD_PORTS.stop}),
+                      exclude=[held.port]).release()
+_locks.holders()
+assert len(_locks.table()._dirs) == 1, "the bind mount is a second directory"
+other = subprocess.run([sys.executable, "-c", "import portsafe; "
+                        f"portsafe.reserve_port(ports=[{{held.port}}])"], capture_output=True)
+print("refused" if other.returncode else "GOT IT")
+"""
+        result = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
+                                 "-c", script], capture_output=True, text=True, check=False)
+        if "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
+            pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+        assert result.stdout.strip() == "refused", result.stderr
+
+
+@posix_only
+class TestPoisonedShard:
+    """Item 4: an unusable file at a shard's name is skipped with one warning."""
+
+    @pytest.mark.parametrize("poison", ["fifo", "directory", "foreign file", "symlink"])
+    def test_skipped_with_one_warning(self, tmp_path, monkeypatch, poison):
+        """Reservations over the poisoned shard and another come from the other one,
+        with one RuntimeWarning naming the file; only the poisoned one raises."""
+        locks = tmp_path / "locks"
+        _lockdir.open_lockdir(str(locks), explicit=True).close()
+        bad = locks / _locks.shard_name(SHARD)
+        bad.unlink()
+        if poison == "fifo":
+            os.mkfifo(bad)
+        elif poison == "directory":
+            bad.mkdir()
+        elif poison == "foreign file":
+            bad.write_text("")  # made after the directory was completed
+            os.chmod(bad, 0o600)
+            if os.getuid() == 0:
+                os.chown(bad, NOBODY, NOBODY)
+        else:
+            (tmp_path / "victim").write_text("")
+            bad.symlink_to(tmp_path / "victim")
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        others = range(SHARD_PORTS.stop, SHARD_PORTS.stop + 20)  # 20 ports of the next shard
+        both = [*SHARD_PORTS, *others]
+        held: list[portsafe.Reservation] = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                held.extend(portsafe.reserve_port(ports=both) for _ in others)
+                with pytest.raises(portsafe.NoFreePortError):  # the walk must reach it now
+                    portsafe.reserve_port(ports=both)
+            finally:
+                ports = sorted(r.port for r in held)
+                for r in held:
+                    r.release()
+        named = [w for w in caught if _locks.shard_name(SHARD) in str(w.message)]
+        assert len(named) == 1, [str(w.message) for w in caught]
+        assert issubclass(named[0].category, RuntimeWarning)
+        assert ports == list(others)
+        with pytest.raises(portsafe.LockDirError, match=_locks.shard_name(SHARD)):
+            portsafe.reserve_port(ports=SHARD_PORTS)
+
+    @linux_only
+    def test_flooded_shard_costs_bounded_lock_calls(self, tmp_path, monkeypatch, agents):
+        """A shard whose file holds 29,000 foreign locks (by another process) costs at
+        most MISS_LIMIT lock calls, then is skipped, instead of one call per port."""
+        locks = tmp_path / "locks"
+        _lockdir.open_lockdir(str(locks), explicit=True).close()
+        agents.append(flooder := Agent(locks))
+        assert flooder.ask(op="flood", path=str(locks / _locks.shard_name(SHARD)),
+                           start=1 << 20, count=29000, hold=list(SHARD_PORTS)) == {
+            "warnings": []}
+        calls: list[int] = []
+        real = _locks._try_lock
+
+        def counting(fd: int, port: int) -> bool:
+            calls.append(port)
+            return real(fd, port)
+
+        monkeypatch.setattr(_locks, "_try_lock", counting)
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        with pytest.raises(portsafe.LockDirError, match=_locks.shard_name(SHARD)), \
+                pytest.warns(RuntimeWarning, match="flood"):
+            portsafe.reserve_port(ports=SHARD_PORTS)
+        assert 0 < len(calls) <= _locks.MISS_LIMIT
+        calls.clear()
+        with portsafe.reserve_port(ports=range(SHARD_PORTS.start, SHARD_PORTS.stop + 256)) as r:
+            assert r.port >> 8 == SHARD + 1
+        assert all(port >> 8 == SHARD + 1 for port in calls)  # no lock call in the flood
+
+
+@needs_root
+class TestUsers:
+    """Item 1: root and uid 65534 share one directory whoever made it first."""
+
+    @pytest.mark.parametrize("first", ["root", "nobody"])
+    def test_share_and_exclude(self, shared_parent, agents, first):
+        """Whoever creates the directory, root and 65534 keep each other out."""
+        locks = shared_parent / "locks"
+        agents.append(Agent(locks, uid=None if first == "root" else NOBODY))
+        assert "port" in agents[0].reserve()
+        agents.append(root := Agent(locks))
+        agents.append(nobody := Agent(locks, uid=NOBODY))
+        mine = root.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        theirs = nobody.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])
+        assert theirs.get("port") not in (None, mine), theirs
+        assert "port" not in nobody.reserve(ports=[mine, mine + 1])
+        assert "port" not in root.reserve(ports=[theirs["port"], theirs["port"] + 1])
+        assert stat.S_IMODE(locks.stat().st_mode) == 0o1777
+
+
+@posix_only
+class TestVersions:
+    """Item 9: the directory carries a format version; versions interoperate or refuse."""
+
+    def test_legacy_directory_upgraded_in_place_and_shared(self, tmp_path, monkeypatch):
+        """A 0.1.0-format directory (no marker, files made as needed) in use by a 0.1.0
+        process is completed in place, and both keep excluding each other."""
+        locks = tmp_path / "locks"
+        locks.mkdir()
+        legacy = os.open(shard_file(locks, SHARD_PORTS.start), os.O_RDWR | os.O_CREAT, 0o666)
+        os.fchmod(legacy, 0o666)  # as 0.1.0 made them
+        script = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+                  "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))\n"
+                  "print('held', flush=True)\nsys.stdin.read()\n")
+        old = subprocess.Popen([sys.executable, "-c", script, str(shard_file(locks, 23100)),
+                                "23100"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+        try:
+            assert old.stdout is not None
+            assert old.stdout.readline().strip() == "held"
+            monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+            with pytest.raises(portsafe.NoFreePortError):
+                portsafe.reserve_port(ports=[23100])
+            assert (locks / _lockformat.MARKER).exists()
+            assert len(os.listdir(locks)) == _lockformat.SHARD_COUNT + 1
+            with portsafe.reserve_port(ports=[23101]):  # what a 0.1.0 process does:
+                probe = subprocess.run([sys.executable, "-c", script.replace(
+                    "print('held', flush=True)\nsys.stdin.read()\n", ""),
+                    str(shard_file(locks, 23101)), "23101"], capture_output=True, text=True,
+                    check=False)
+                assert probe.returncode != 0
+                assert "Resource temporarily unavailable" in probe.stderr
+        finally:
+            assert old.stdin is not None
+            old.stdin.close()
+            old.wait(timeout=30)
+            old.stdout.close()
+            os.close(legacy)
+
+    def test_future_format_refused(self, tmp_path, monkeypatch):
+        """A directory in a newer format is refused, saying which and what to do."""
+        locks = tmp_path / "locks"
+        locks.mkdir()
+        (locks / _lockformat.MARKER).write_bytes(
+            b"portsafe lock directory\nformat 2\ngeneration 0011223344556677\n")
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        with pytest.raises(portsafe.LockDirError, match=r"format 2.*format 1 only"):
+            portsafe.reserve_port()
+
+    @pytest.mark.parametrize("content", [b"", b"hello\n", b"portsafe lock directory\nformat x\n",
+                                         b"portsafe lock directory\nformat 1\n"])
+    def test_bad_marker_refused(self, content):
+        """Anything but a valid marker raises LockDirError."""
+        with pytest.raises(portsafe.LockDirError):
+            _lockformat.parse_marker(content, "m")
+
+
+class TestPlatforms:
+    """What each OS gets (selection logic, tested here for all)."""
+
+    @pytest.mark.parametrize(("platform", "dir_fd", "expected"), [
+        ("linux", True, {"openat", "flock", "announce"}),
+        ("darwin", True, {"openat", "flock"}),
+        ("freebsd14", True, {"openat", "flock"}),
+        ("darwin", False, {"flock"}),
+        ("win32", False, set()),
+    ])
+    def test_features(self, platform, dir_fd, expected):
+        """Linux has every mechanism; macOS/BSD no announcements; Windows none."""
+        assert _lockformat.features(platform, dir_fd=dir_fd) == expected
+
+    def test_announcement_parsing(self):
+        """/proc/net/unix rows are parsed for one directory key; others are ignored."""
+        table = (b"Num RefCount Protocol Flags Type St Inode Path\n"
+                 b"0: 00000002 00000000 00000000 0002 01 1 @portsafe-lockdir-1/aa/g1/10\n"
+                 b"0: 00000002 00000000 00000000 0002 01 2 @portsafe-lockdir-1/bb/g1/11\n"
+                 b"0: 00000002 00000000 00000000 0002 01 3 /run/other.sock\n"
+                 b"0: 00000002 00000000 00000000 0002 01 4 @portsafe-lockdir-1/aa/g2/12")
+        assert _announce.announced(b"aa", None, table) == [("g1", 10), ("g2", 12)]
+        assert _announce.announced(b"aa", "g2", table) == [("g2", 12)]
+
+    def test_dir_key_is_the_same_for_every_alias(self, tmp_path):
+        """The announcement key comes from the directory itself, not its spelling."""
+        (tmp_path / "d").mkdir()
+        (tmp_path / "link").symlink_to(tmp_path / "d")
+        keys = set()
+        for spelling in (tmp_path / "d", tmp_path / "link"):
+            fd = os.open(spelling, os.O_RDONLY)
+            try:
+                keys.add(_announce.dir_key(fd, str(spelling)))
+            finally:
+                os.close(fd)
+        assert len(keys) == (1 if os.path.isdir("/proc/self/fd") else 2)
+
+
+@posix_only
+class TestLockTableUse:
+    """How a process uses the directory once open: one stat a call, fork, half-written markers."""
+
+    def test_one_stat_per_reservation(self, tmp_path, monkeypatch):
+        """The per-call check is a single stat of the path (the hot path's only addition)."""
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
+        portsafe.reserve_port().release()
+        table = _locks.table()
+        calls = []
+        real = table._last_look
+
+        def look(path: str) -> os.stat_result:
+            calls.append(path)
+            return real(path)  # type: ignore[operator]
+
+        monkeypatch.setattr(table, "_last_look", look)
+        for _ in range(10):
+            portsafe.reserve_port().release()
+        assert calls == [str(tmp_path / "locks")] * 10
+
+    @linux_only
+    def test_fork_child_keeps_the_parents_flock(self, tmp_path, monkeypatch):
+        """A fork child closes its copies of the directory and announcement descriptors;
+        the parent's shared flock (which keeps tmp cleaners away) stays."""
+        import fcntl
+
+        locks = tmp_path / "locks"
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        held = portsafe.reserve_port()
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 0
+                try:
+                    portsafe.reserve_port().release()
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            fd = os.open(locks, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+        finally:
+            held.release()
+
+    def test_half_written_marker_is_waited_for_or_completed(self, tmp_path):
+        """A marker without its final newline is being written (or was cut short): it
+        is not parsed; completing the directory rewrites it."""
+        locks = tmp_path / "locks"
+        locks.mkdir()
+        (locks / _lockformat.MARKER).write_bytes(b"portsafe lock directory\nformat 1\ngener")
+        fd = os.open(locks, os.O_RDONLY)
+        try:
+            assert _lockformat.read_marker(fd, str(locks)) is None
+        finally:
+            os.close(fd)
+        lockdir = _lockdir.open_lockdir(str(locks), explicit=True)
+        try:
+            assert len(lockdir.generation) == 16
+            assert (locks / _lockformat.MARKER).read_bytes().endswith(b"\n")
+        finally:
+            lockdir.close()
