@@ -160,9 +160,17 @@ def build(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT)
 def bench(session: nox.Session) -> None:
-    """Print the benchmark figures (side by side with the alternatives)."""
-    session.install(".", "portpicker")
-    session.run("python", "bench/bench_reserve.py", *session.posargs)
+    """Print the benchmark figures (ratios against yardsticks, with targets) and chart them.
+
+    Each interpreter runs in its own temporary venv with a compiled copy of portsafe;
+    e.g. ``nox -s bench -- --python all --json bench.json``.
+    """
+    session.install("portpicker")  # copied into each bench venv from here
+    args = session.posargs or ["--json", os.path.join(session.create_tmp(), "bench.json")]
+    session.run("python", "bench/bench_reserve.py", *args)
+    if "--json" in args:  # the docs' Benchmarks page shows this chart
+        out = args[args.index("--json") + 1]
+        session.run("python", "bench/chart.py", out, "docs/assets/bench.svg")
 
 
 @nox.session(python=False)

@@ -133,3 +133,101 @@ class TestCandidates:
         info = _ranges.describe_ranges()
         assert json.loads(json.dumps(info)) == info
         assert info["ephemeral"]["range"] == list(portsafe.ephemeral_port_range())
+
+
+class TestLazyCandidates:
+    def test_first_walk_builds_one_shard(self, monkeypatch):
+        """The first reservation builds the shard it walks, not all ~36,000 candidates."""
+        monkeypatch.setattr(_ranges, "_candidates", {})
+        monkeypatch.delenv("PORTSAFE_RANGE", raising=False)
+        candidates = _ranges.default_candidates()
+        next(candidates.order(random.Random(3), home=None))
+        assert len(candidates._built) == 1
+
+    def test_same_ports_as_eager_expansion(self, monkeypatch):
+        """Lazy shards hold exactly the ports the eager set arithmetic gives (G2)."""
+        monkeypatch.setitem(_ranges._cache, "reserved", ([(20000, 20999), (40000, 40000)],
+                                                         "test"))
+        monkeypatch.setenv("PORTSAFE_EXCLUDE", "25000-25100,3000")
+        monkeypatch.delenv("PORTSAFE_RANGE", raising=False)
+        low, high = portsafe.ephemeral_port_range()
+        expected = (set(range(1024, 65536)) - set(range(low, high + 1))
+                    - set(range(20000, 21000)) - {40000} - set(range(25000, 25101))
+                    - _ranges._services_ports() - _ranges.COMMON_DEV_PORTS - {3000})
+        candidates = _ranges._build_default_candidates()
+        walked = list(candidates.order(random.Random(4), home=None))
+        assert len(walked) == len(set(walked)) == candidates.count == len(expected)
+        assert set(walked) == expected
+        assert all(port in candidates for port in expected)
+        assert 20500 not in candidates
+        assert 3000 not in candidates
+
+    def test_overlapping_range_setting_walks_each_port_once(self, monkeypatch):
+        """G5: PORTSAFE_RANGE items that overlap or share a shard give each port once."""
+        monkeypatch.setenv("PORTSAFE_RANGE", "20000-20300,20100-20400,20401,20450-20460")
+        candidates = _ranges._build_default_candidates()
+        walked = list(candidates.order(random.Random(5), home=20100 >> _ranges.SHARD_BITS))
+        expected = (set(range(20000, 20402)) | set(range(20450, 20461))) \
+            - _ranges._services_ports() - _ranges.COMMON_DEV_PORTS
+        assert sorted(walked) == sorted(expected)
+
+    def test_excluded_ports_are_not_yielded(self):
+        """The per-call exclude set is honoured by the lazy walk."""
+        candidates = _ranges.CandidateSet(range(1000, 1600), "test")
+        walked = list(candidates.order(random.Random(6), None, frozenset(range(1000, 1500))))
+        assert sorted(walked) == list(range(1500, 1600))
+
+    def test_walk_matches_order(self):
+        """walk() gives one shard's permutation for callers that loop themselves."""
+        candidates = _ranges.CandidateSet(range(1024, 1280), "test")
+        items, start, stride = candidates.walk(random.Random(7), 4)
+        visited = [items[(start + i * stride) % len(items)] for i in range(len(items))]
+        assert sorted(visited) == list(range(1024, 1280))
+        assert list(candidates.rest(random.Random(7), 4)) == []
+
+
+class TestExplicitCache:
+    def test_same_range_is_built_once(self):
+        """ports=range(...) is validated and built once, then looked up."""
+        first = _ranges.explicit_candidates(range(30000, 30300))
+        assert _ranges.explicit_candidates(range(30000, 30300)) is first
+        assert first.count == 300
+
+    def test_other_iterables_by_their_set(self):
+        """A list, a tuple and a generator of the same ports share one entry."""
+        first = _ranges.explicit_candidates([20001, 20002, 20003])
+        assert _ranges.explicit_candidates((20003, 20002, 20001)) is first
+        assert _ranges.explicit_candidates(p for p in (20001, 20002, 20003)) is first
+
+    @pytest.mark.parametrize("bad", [[20001.0], [True], ["20001"], [[20001]]])
+    def test_cache_never_skips_the_type_check(self, bad):
+        """8080.0 and True equal 8080 and 1: a cached entry must not let them through."""
+        _ranges.explicit_candidates([20001])
+        _ranges.explicit_candidates([1])
+        with pytest.raises(TypeError, match="must contain ints"):
+            _ranges.explicit_candidates(bad)
+
+    def test_env_exclude_is_part_of_the_key(self, monkeypatch):
+        """Changing PORTSAFE_EXCLUDE mid-process applies to a cached ports= set."""
+        assert _ranges.explicit_candidates(range(30000, 30010)).count == 10
+        monkeypatch.setenv("PORTSAFE_EXCLUDE", "30000-30004")
+        assert _ranges.explicit_candidates(range(30000, 30010)).count == 5
+
+    def test_cache_is_bounded(self):
+        """Ever-new sets do not grow memory without end."""
+        for start in range(2000, 2000 + 3 * _ranges._EXPLICIT_MAX):
+            _ranges.explicit_candidates([start])
+        assert len(_ranges._explicit) <= _ranges._EXPLICIT_MAX
+
+    @pytest.mark.parametrize(("ports", "match"), [
+        (range(10), "outside 1..65535"), (range(65530, 65540), "outside 1..65535"),
+        (range(5, 5), "ports is empty")])
+    def test_ranges_are_still_validated(self, ports, match):
+        """A range is checked once (its ends), and an empty one is refused."""
+        with pytest.raises(portsafe.InvalidSettingError, match=match):
+            _ranges.explicit_candidates(ports)
+
+    def test_stepped_range(self):
+        """A range with a step gives exactly its members."""
+        candidates = _ranges.explicit_candidates(range(30000, 30100, 7))
+        assert sorted(candidates.order(random.Random(8), None)) == list(range(30000, 30100, 7))

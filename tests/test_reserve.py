@@ -187,13 +187,30 @@ class TestReservePorts:
 
     def test_all_or_nothing(self):
         """When not all n fit, nothing is left held."""
-        block = free_block(3)
-        before = _locks.table().held_count
-        with pytest.raises(portsafe.NoFreePortError, match="found only 3"):
-            portsafe.reserve_ports(4, ports=block)
-        with pytest.raises(portsafe.NoFreePortError):
-            portsafe.reserve_ports(4, ports=block, contiguous=True)
-        assert _locks.table().held_count == before
+        block = free_block(4)
+        with portsafe.reserve_port(ports=[block[0]]):  # 4 candidates, only 3 free
+            before = _locks.table().held_count
+            with pytest.raises(portsafe.NoFreePortError, match="found only 3"):
+                portsafe.reserve_ports(4, ports=block)
+            with pytest.raises(portsafe.NoFreePortError):
+                portsafe.reserve_ports(4, ports=block, contiguous=True)
+            assert _locks.table().held_count == before
+
+    def test_huge_n_gets_the_documented_error(self):
+        """n=-10**5000 cannot be printed: the message says so instead of failing."""
+        with pytest.raises(portsafe.InvalidSettingError, match="an int of 16610 bits"):
+            portsafe.reserve_ports(-10**5000)
+
+    @pytest.mark.parametrize("contiguous", [False, True])
+    def test_impossible_request_fails_at_once(self, contiguous, monkeypatch):
+        """More ports than there are candidates: an error before anything is locked."""
+        tried = []
+        monkeypatch.setattr(_locks.LockTable, "try_acquire",
+                            lambda *args: tried.append(args) or False)
+        with pytest.raises(portsafe.NoFreePortError, match=r"only \d+ candidate ports") as caught:
+            portsafe.reserve_ports(10**9, contiguous=contiguous)
+        assert tried == []
+        assert caught.value.attempts == 0
 
 
 class TestExhaustion:
@@ -556,3 +573,66 @@ class TestLockDir:
             assert "hard links" in lockdir.poisoned[81]
         finally:
             lockdir.close()
+
+
+class TestHotPath:
+    def test_no_getpid_per_reservation(self, monkeypatch):
+        """The pid comes from a fork hook: a reservation and its release ask no kernel."""
+        portsafe.reserve_port().release()
+
+        def boom() -> int:
+            raise AssertionError("getpid() called on the hot path")
+
+        monkeypatch.setattr(os, "getpid", boom)
+        r = portsafe.reserve_port()
+        assert not r.released
+        r.release()
+        assert r.released
+
+    def test_crowded_home_shard_is_left(self, monkeypatch, tmp_path):
+        """A walk that passed more than _CROWDED taken ports starts elsewhere next time."""
+        from portsafe import _probe, _walk
+
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path))
+        monkeypatch.setattr(_walk, "_CROWDED", 0)
+        block = free_block(2)
+        with portsafe.reserve_port(ports=[block[0]]):
+            for _ in range(20):
+                search = _walk.Search(_ranges.explicit_candidates(block),
+                                      _probe.targets(None, socket.AF_INET, socket.SOCK_STREAM),
+                                      frozenset(), _locks.table().current())
+                [port] = search.take(1)
+                search.table.release(port)
+                expected = None if search.held else (search.directory, port >> 8)
+                assert _walk._home == expected
+
+
+@posix_only
+class TestPrivilegedPorts:
+    def test_unprivileged_user_is_told_about_privileges(self):
+        """Ports below 1024 as a non-root user: the error says privileges, not 'in use'."""
+        if os.getuid() != 0:
+            pytest.skip("needs root to run a child as uid 65534")
+        shared = Path(tempfile.mkdtemp(prefix="portsafe-privileged-"))
+        shared.chmod(0o1777)
+        script = textwrap.dedent("""
+            import os, portsafe
+            portsafe.reserve_port().release()  # import everything while still root
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                portsafe.reserve_port(ports=range(80, 90))
+            except portsafe.NoFreePortError as exc:
+                print(exc)
+        """)
+        env = dict(os.environ, PORTSAFE_LOCK_DIR=str(shared))
+        try:
+            result = subprocess.run([sys.executable, "-c", script], env=env,
+                                    capture_output=True, text=True, check=True)
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
+        if not result.stdout.strip():
+            pytest.skip("uid 65534 may bind ports below 1024 here (ip_unprivileged_port_start)")
+        assert "10 refused by the OS for lack of privilege" in result.stdout
+        assert "0 in use" in result.stdout
+        assert "CAP_NET_BIND_SERVICE" in result.stdout

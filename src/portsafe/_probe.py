@@ -16,8 +16,10 @@ import errno
 import socket
 
 from portsafe._errors import AddressNotAvailableError, InvalidSettingError
+from portsafe._settings import shown
 
-__all__ = ["ProbeTarget", "ipv6_available", "is_free", "targets"]
+__all__ = ["Bind", "ProbeTarget", "Probes", "dual_stack_is_stricter", "ipv6_available",
+           "is_free", "targets"]
 
 #: (family, socket type, host, rest of the sockaddr after the port)
 ProbeTarget = tuple[int, int, str, tuple[int, ...]]
@@ -37,8 +39,24 @@ _SOCKTYPES: dict[int, tuple[int, ...]] = {
 _LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 _WILDCARD: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
+_INTS = frozenset({int, socket.AddressFamily, socket.SocketKind})
+_V6ONLY = getattr(socket, "IPV6_V6ONLY", None)
+
 _ipv6: bool | None = None
-_cache: dict[tuple[str | None, int, int], tuple[ProbeTarget, ...]] = {}
+_dual: bool | None = None
+_cache: dict[tuple[str | None, int, int], Probes] = {}
+
+#: One bind of a probe: (family, socket type, host, rest of the sockaddr, dual-stack).
+Bind = tuple[int, int, str, tuple[int, ...], bool]
+
+
+class Probes(tuple[ProbeTarget, ...]):
+    """What :func:`targets` returns: the (family, type, address) targets to check, and
+    ``plan``, the binds that check them (fewer where one bind is provably as strict)."""
+
+    plan: tuple[Bind, ...]
+    #: (family, type, host) when the plan is one plain bind (the default request)
+    one: tuple[int, int, str] | None
 
 
 def ipv6_available() -> bool:
@@ -62,7 +80,7 @@ def ipv6_available() -> bool:
     return _ipv6
 
 
-def targets(host: str | None, family: int, socktype: int) -> tuple[ProbeTarget, ...]:
+def targets(host: str | None, family: int, socktype: int) -> Probes:
     """What to bind when probing, from ``reserve_port``'s host/family/socktype.
 
     ``host=None`` and ``"localhost"`` mean the loopback address of each family (never a
@@ -71,34 +89,91 @@ def targets(host: str | None, family: int, socktype: int) -> tuple[ProbeTarget, 
 
     Raises:
         TypeError: host is not a str or None, family or socktype not an int.
-        InvalidSettingError: an unknown family or socket type.
+        InvalidSettingError: an unknown family or socket type, or a malformed host name.
         AddressNotAvailableError: *host* does not resolve for *family*.
+
+    Example:
+        >>> [(host, kind) for _, kind, host, _ in targets(None, socket.AF_INET, 0)]
+        [('127.0.0.1', <SocketKind.SOCK_STREAM: 1>), ('127.0.0.1', <SocketKind.SOCK_DGRAM: 2>)]
     """
-    key = (host, family, socktype)
-    cached = _cache.get(key)
-    if cached is not None:
-        return cached
+    # The types are checked before the cache is asked, on every call: 2.0 == 2 and
+    # False == 0 hash alike, so a cache hit alone would let them through.
+    if type(family) in _INTS and type(socktype) in _INTS and (host is None
+                                                              or type(host) is str):
+        cached = _cache.get((host, family, socktype))
+        if cached is not None:
+            return cached
     if host is not None and not isinstance(host, str):
-        raise TypeError(f"host must be a str or None, not {host!r}")
+        raise TypeError(f"host must be a str or None, not {shown(host)}")
     for name, value in (("family", family), ("socktype", socktype)):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int from the socket module, not {value!r}")
+            raise TypeError(f"{name} must be an int from the socket module, not {shown(value)}")
     if family not in _FAMILIES:
         raise InvalidSettingError(f"family must be socket.AF_INET, socket.AF_INET6 or "
-                                  f"socket.AF_UNSPEC (both), not {family!r}")
+                                  f"socket.AF_UNSPEC (both), not {shown(family)}")
     if socktype not in _SOCKTYPES:
         raise InvalidSettingError(f"socktype must be socket.SOCK_STREAM, socket.SOCK_DGRAM "
-                                  f"or 0 (both), not {socktype!r}")
+                                  f"or 0 (both), not {shown(socktype)}")
     if family == socket.AF_UNSPEC:
         families: list[int] = [socket.AF_INET, socket.AF_INET6] if ipv6_available() \
             else [socket.AF_INET]
     else:
         families = [family]
     addresses = _addresses(host, families, family)
-    made = tuple((fam, kind, address, rest) for fam, address, rest in addresses
-                 for kind in _SOCKTYPES[socktype])
-    _cache[key] = made
+    made = Probes((fam, kind, address, rest) for fam, address, rest in addresses
+                  for kind in _SOCKTYPES[socktype])
+    dual = (family == socket.AF_UNSPEC and len(families) == 2 and host in (None, "localhost", "")
+            and dual_stack_is_stricter())
+    made.plan = tuple(
+        [(socket.AF_INET6, kind, "::", (), True) for kind in _SOCKTYPES[socktype]]
+        if dual else [(*target, False) for target in made])
+    first = made.plan[0]
+    made.one = (first[0], first[1], first[2]) if len(made.plan) == 1 and not first[3] \
+        and not first[4] and _EXCLUSIVE is None else None
+    _cache[(host, family, socktype)] = made
     return made
+
+
+def dual_stack_is_stricter() -> bool:
+    """Whether one dual-stack ``[::]`` bind fails wherever binding 127.0.0.1 or ::1 would.
+
+    Linux, macOS and Windows treat a dual-stack wildcard bind as overlapping every IPv4
+    and IPv6 address, so it conflicts with anything bound on the port there (and with
+    more: a socket on another address of the machine). That is checked once, on this
+    kernel, against a plain, a SO_REUSEADDR and a listening holder of each family and
+    socket type; where any check fails, the probe binds each address itself.
+
+    Example:
+        >>> isinstance(dual_stack_is_stricter(), bool)
+        True
+    """
+    global _dual
+    if _dual is None:
+        _dual = _V6ONLY is not None and ipv6_available() and all(
+            _dual_conflicts(family, kind, reuse)
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM) for reuse in (False, True))
+    return _dual
+
+
+def _dual_conflicts(family: int, kind: int, reuse: bool) -> bool:
+    try:
+        with socket.socket(family, kind) as holder:
+            if reuse:
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind((_LOOPBACK[family], 0))
+            if reuse and kind == socket.SOCK_STREAM:
+                holder.listen()
+            port = holder.getsockname()[1]
+            with socket.socket(socket.AF_INET6, kind) as probe:
+                probe.setsockopt(socket.IPPROTO_IPV6, _V6ONLY, 0)  # type: ignore[arg-type]
+                try:
+                    probe.bind(("::", port, 0, 0))
+                except OSError as exc:
+                    return exc.errno in _IN_USE
+                return False
+    except OSError:
+        return False
 
 
 def _addresses(host: str | None, families: list[int],
@@ -113,8 +188,13 @@ def _addresses(host: str | None, families: list[int],
         infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise AddressNotAvailableError(
-            errno.EADDRNOTAVAIL, f"cannot use host {host!r} for {_FAMILIES[family]}: "
+            errno.EADDRNOTAVAIL, f"cannot use host {shown(host)} for {_FAMILIES[family]}: "
             f"{exc.strerror}; pass an address of this machine, e.g. '127.0.0.1'") from exc
+    except (UnicodeError, ValueError) as exc:  # a label over 63 characters, a surrogate
+        raise InvalidSettingError(
+            f"host {shown(host, 40)} is not a valid host name ({exc}); pass an address of this "
+            f"machine, e.g. '127.0.0.1', or a name whose labels have at most 63 characters"
+        ) from None
     found: list[tuple[int, str, tuple[int, ...]]] = []
     for fam, _, _, _, sockaddr in infos:
         if fam in families:
@@ -123,34 +203,71 @@ def _addresses(host: str | None, families: list[int],
                 found.append(entry)
     if not found:
         raise AddressNotAvailableError(errno.EADDRNOTAVAIL,
-                                       f"host {host!r} has no {_FAMILIES[family]} address")
+                                       f"host {shown(host)} has no {_FAMILIES[family]} address")
     return found
 
 
 def is_free(port: int, probes: tuple[ProbeTarget, ...]) -> int:
     """Bind every target on *port* and close at once; 0 if all bound, else the errno.
 
+    ``EACCES`` (a port below ``ip_unprivileged_port_start`` without the privilege to
+    bind it) is returned like ``EADDRINUSE``; callers tell the two apart.
+
     Raises:
         AddressNotAvailableError: a target cannot be bound on any port (no IPv6, or an
             address that is not this machine's).
+
+    Example:
+        >>> with socket.socket() as held:
+        ...     held.bind(("127.0.0.1", 0))
+        ...     is_free(held.getsockname()[1], targets(None, socket.AF_INET, 0)) != 0
+        True
     """
-    for family, kind, host, rest in probes:
+    if type(probes) is Probes:
+        one = probes.one
+        if one is not None:  # the default request: one plain bind, no option to set
+            try:
+                sock = _socket.socket(one[0], one[1])
+            except OSError as exc:
+                raise _no_family(exc, one[0]) from exc
+            try:
+                sock.bind((one[2], port))
+            except OSError as exc:
+                return _refused(exc, one[2])
+            finally:
+                sock.close()
+            return 0
+        plan = probes.plan
+    else:
+        plan = tuple((*target, False) for target in probes)
+    for family, kind, host, rest, dual in plan:
         try:
             sock = _socket.socket(family, kind)
         except OSError as exc:
-            raise AddressNotAvailableError(
-                exc.errno, f"cannot create a {_FAMILIES[family]} socket ({exc.strerror}); "
-                f"this host lacks that family: use family=socket.AF_INET") from exc
+            raise _no_family(exc, family) from exc
         try:
+            if dual:
+                sock.setsockopt(socket.IPPROTO_IPV6, _V6ONLY, 0)  # type: ignore[arg-type]
             if _EXCLUSIVE is not None:
                 sock.setsockopt(socket.SOL_SOCKET, _EXCLUSIVE, 1)
-            sock.bind((host, port, *rest))
+            sock.bind((host, port, *rest) if rest else (host, port))
         except OSError as exc:
-            if exc.errno in _IN_USE:
-                return exc.errno or errno.EADDRINUSE
-            raise AddressNotAvailableError(
-                exc.errno, f"cannot bind {host!r} ({exc.strerror}): it is not an address "
-                f"of this machine; pass host='127.0.0.1' or another local address") from exc
+            return _refused(exc, host)
         finally:
             sock.close()
     return 0
+
+
+def _no_family(exc: OSError, family: int) -> AddressNotAvailableError:
+    return AddressNotAvailableError(
+        exc.errno, f"cannot create a {_FAMILIES.get(family, family)} socket ({exc.strerror}); "
+        f"this host lacks that family: use family=socket.AF_INET")
+
+
+def _refused(exc: OSError, host: str) -> int:
+    """The errno of a failed probe bind if it means "not free"; else raise."""
+    if exc.errno in _IN_USE:
+        return exc.errno or errno.EADDRINUSE
+    raise AddressNotAvailableError(
+        exc.errno, f"cannot bind {shown(host)} ({exc.strerror}): it is not an address "
+        f"of this machine; pass host='127.0.0.1' or another local address") from exc

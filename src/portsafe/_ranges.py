@@ -8,10 +8,10 @@ parsers are plain functions so that the macOS and Windows paths are unit-tested 
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
+from portsafe._candidates import CandidateSet, collapse, describe, spans_of, subtract
 from portsafe._errors import InvalidSettingError
 from portsafe._locks import SHARD_BITS
 from portsafe._settings import (
@@ -23,12 +23,12 @@ from portsafe._settings import (
     lock_dir,
     parse_port_list,
     range_ranges,
+    shown,
 )
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
-    import random
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Iterable
 
 __all__ = [
     "COMMON_DEV_PORTS",
@@ -114,26 +114,38 @@ def parse_netsh_dynamic_ports(text: str) -> tuple[int, int]:
 
 
 def parse_services(text: str) -> frozenset[int]:
-    """Port numbers named in a services database (``/etc/services`` format)."""
-    ports: set[int] = set()
-    for line in text.splitlines():
-        fields = line.split("#", 1)[0].split()
-        if len(fields) >= 2:
-            number = fields[1].partition("/")[0]
-            if number.isdigit():
-                ports.add(int(number))
-    return frozenset(ports)
+    """Port numbers named in a services database (``/etc/services`` format).
+
+    Every ``PORT/PROTOCOL`` field is the word just before a ``/``. Read by the first
+    reservation of every process, so it is split at each ``/`` rather than parsed line
+    by line (half the time). A number before a ``/`` in a comment (``1/29/99``) is taken
+    too: one more port skipped, never one wrongly handed out.
+    """
+    pieces = text.split("/")
+    pieces.pop()  # nothing follows the last "/"
+    return frozenset(int(word) for piece in pieces
+                     if (word := piece.rsplit(None, 1)[-1] if piece.strip() else "").isdecimal())
 
 
 # -- reading the OS (cached) -----------------------------------------------------------
 
 
 def _read(path: str) -> str | None:
+    # os.read and a bytes decode: open() in text mode looks up (imports) its codec, and
+    # its buffered layers cost the first reservation of every process more than the read.
     try:
-        with open(path, encoding="ascii", errors="replace") as file:
-            return file.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     except OSError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii", "replace")
 
 
 def _run(args: list[str]) -> str | None:
@@ -226,82 +238,17 @@ def _services_ports() -> frozenset[int]:
     return cached  # type: ignore[return-value]
 
 
+_collapse = collapse  # the name tests and older callers use
+
+
 def clear_caches() -> None:
     """Forget what was read from the OS and the environment (for tests)."""
     _cache.clear()
     _candidates.clear()
+    _explicit.clear()
 
 
 # -- the candidate set -----------------------------------------------------------------
-
-
-class CandidateSet:
-    """Ports to try, grouped by lock shard, with where they came from.
-
-    ``shards`` maps ``port >> SHARD_BITS`` to that shard's candidate ports.
-    """
-
-    __slots__ = ("_keys", "_strides", "count", "description", "fallback", "shards")
-
-    def __init__(self, ports: Iterable[int], description: str, fallback: str = "") -> None:
-        shards: dict[int, list[int]] = {}
-        count = 0
-        for port in sorted(set(ports)):
-            shards.setdefault(port >> SHARD_BITS, []).append(port)
-            count += 1
-        self.shards = shards
-        self._keys = list(shards)
-        self._strides: dict[int, list[int]] = {}
-        self.count = count
-        self.description = description
-        self.fallback = fallback
-
-    def order(self, rng: random.Random, home: int | None,
-              excluded: frozenset[int] = frozenset()) -> Iterator[int]:
-        """Every candidate not *excluded* once, in random order, shard *home* first.
-
-        Random (two processes scanning from the same start would collide), but shard by
-        shard, so a process keeps using the lock file it already has open. Each shard is
-        walked from a random start with a random stride coprime to its size: a full,
-        repetition-free permutation that costs two random numbers. (One flat generator:
-        this is the hot path of every reservation.)
-        """
-        random_ = rng.random
-        shards = self.shards
-        for key in self._shard_order(random_, home):
-            items = shards[key]
-            count = len(items)
-            strides = self._strides.get(count) or self._coprimes(count)
-            index = int(random_() * count)
-            stride = strides[int(random_() * len(strides))]
-            for _ in range(count):
-                port = items[index]
-                if port not in excluded:
-                    yield port
-                index = (index + stride) % count
-
-    def _shard_order(self, random_: Callable[[], float], home: int | None) -> Iterator[int]:
-        if home in self.shards:
-            yield home
-        keys = self._keys
-        total = len(keys)
-        strides = self._strides.get(total) or self._coprimes(total)
-        index = int(random_() * total)
-        stride = strides[int(random_() * len(strides))]
-        for _ in range(total):
-            if keys[index] != home:
-                yield keys[index]
-            index = (index + stride) % total
-
-    def _coprimes(self, count: int) -> list[int]:
-        made = self._strides[count] = [s for s in range(1, max(count, 2))
-                                       if math.gcd(s, count) == 1]
-        return made
-
-
-def _describe(ranges: list[tuple[int, int]]) -> str:
-    return ",".join(f"{low}-{high}" if low != high else str(low) for low, high in ranges)
-
 
 def _expand(ranges: Iterable[tuple[int, int]]) -> set[int]:
     ports: set[int] = set()
@@ -342,49 +289,87 @@ def default_candidates() -> CandidateSet:
 
 def _build_default_candidates() -> CandidateSet:
     configured = range_ranges()
-    skip = _services_ports() | COMMON_DEV_PORTS | env_excluded()
+    skip = _services_ports() | COMMON_DEV_PORTS
+    excluded = exclude_ranges()
     if configured is not None:
-        ports = _expand(configured) - skip
-        return CandidateSet(ports, f"PORTSAFE_RANGE={_describe(configured)}")
+        return CandidateSet(None, f"PORTSAFE_RANGE={describe(configured)}",
+                            spans=subtract(configured, excluded), skip=skip)
     (low, high), _ = _ephemeral_with_source()
-    reserved = _expand(_reserved_with_source()[0])
-    everything = set(range(1024, 65536)) - skip - reserved
-    outside = {port for port in everything if not low <= port <= high}
-    if len(outside) >= MIN_CANDIDATES:
-        return CandidateSet(outside, f"1024-65535 outside the ephemeral range {low}-{high}")
+    everything = subtract([(1024, 65535)], [*_reserved_with_source()[0], *excluded])
+    spans = subtract(everything, [(low, high)])
+    outside = CandidateSet(None, f"1024-65535 outside the ephemeral range {low}-{high}",
+                           spans=spans, skip=skip)
+    spanned = sum(end - start + 1 for start, end in spans)
+    if spanned - len(skip) >= MIN_CANDIDATES or outside.count >= MIN_CANDIDATES:
+        return outside  # the first test needs no exact count: the common case counts nothing
     fallback = (
-        f"the ephemeral range {low}-{high} leaves only {len(outside)} ports outside it; "
+        f"the ephemeral range {low}-{high} leaves only {outside.count} ports outside it; "
         f"portsafe also picks inside it, so the kernel may hand one of its ports to an "
         f"outgoing connection before your server binds it. Narrow the ephemeral range "
         f"(sysctl net.ipv4.ip_local_port_range) or set PORTSAFE_RANGE"
     )
-    return CandidateSet(everything, "1024-65535 (ephemeral range included)", fallback)
+    return CandidateSet(None, "1024-65535 (ephemeral range included)", fallback,
+                        spans=everything, skip=skip)
+
+
+# Explicit ports= sets, by (the ports' cheap key, PORTSAFE_EXCLUDE): a range is its own
+# key (ranges hash and compare by value), anything else its frozenset. Bounded: callers
+# with ever-new sets (a fresh list per call) must not grow memory without end.
+_explicit: dict[tuple[object, object], CandidateSet] = {}
+_EXPLICIT_MAX = 64
 
 
 def explicit_candidates(ports: Iterable[int]) -> CandidateSet:
-    """Candidates from an explicit ``ports=`` argument, less ``PORTSAFE_EXCLUDE``."""
+    """Candidates from an explicit ``ports=`` argument, less ``PORTSAFE_EXCLUDE``.
+
+    Validated and built once per distinct set of ports (cached): a caller passing the
+    same ``range`` on every call pays a dictionary lookup, not a rebuild.
+    """
+    env = getenv(EXCLUDE)
+    if type(ports) is range:
+        key: object = ports
+    else:
+        key = _checked_frozenset(ports)
+    cached = _explicit.get((key, env))
+    if cached is not None:
+        return cached
+    if type(key) is range:
+        if not key:
+            _empty()
+        check_port(min(key), "ports")
+        check_port(max(key), "ports")
+        spans = spans_of(key)
+    else:
+        spans = collapse(key)  # type: ignore[arg-type]
+    if len(_explicit) >= _EXPLICIT_MAX:
+        del _explicit[next(iter(_explicit))]
+    made = _explicit[(key, env)] = CandidateSet(
+        None, f"ports={describe(spans)}", spans=subtract(spans, exclude_ranges()))
+    return made
+
+
+def _empty() -> None:
+    raise InvalidSettingError("ports is empty: give at least one port, e.g. "
+                              "ports=range(20000, 20100)")
+
+
+def _checked_frozenset(ports: Iterable[int]) -> frozenset[int]:
     if isinstance(ports, (str, bytes)) or not hasattr(ports, "__iter__"):
-        raise TypeError(f"ports must be an iterable of ints (e.g. a range), not {ports!r}")
-    chosen: set[int] = set()
-    for port in ports:
-        if not isinstance(port, int) or isinstance(port, bool):
-            raise TypeError(f"ports must contain ints, not {port!r}")
-        chosen.add(check_port(port, "ports"))
+        raise TypeError(f"ports must be an iterable of ints (e.g. a range), not {shown(ports)}")
+    items = ports if isinstance(ports, (list, tuple, set, frozenset)) else list(ports)
+    # Checked on every call, cached or not: 8080.0 and True equal (and hash like) 8080
+    # and 1, so a cache key alone would let them through.
+    if not all(type(port) is int for port in items):
+        for port in items:
+            if not isinstance(port, int) or isinstance(port, bool):
+                raise TypeError(f"ports must contain ints, not {shown(port)}")
+        items = [int(port) for port in items]
+    chosen = frozenset(items)
     if not chosen:
-        raise InvalidSettingError("ports is empty: give at least one port, e.g. "
-                                  "ports=range(20000, 20100)")
-    ranges = _collapse(chosen)
-    return CandidateSet(chosen - env_excluded(), f"ports={_describe(ranges)}")
-
-
-def _collapse(ports: Iterable[int]) -> list[tuple[int, int]]:
-    ranges: list[tuple[int, int]] = []
-    for port in sorted(ports):
-        if ranges and ranges[-1][1] == port - 1:
-            ranges[-1] = (ranges[-1][0], port)
-        else:
-            ranges.append((port, port))
-    return ranges
+        _empty()
+    check_port(min(chosen), "ports")
+    check_port(max(chosen), "ports")
+    return chosen
 
 
 def describe_ranges() -> dict[str, object]:
@@ -404,7 +389,7 @@ def describe_ranges() -> dict[str, object]:
         "ephemeral": {"range": [low, high], "source": ephemeral_source},
         "reserved": {"ranges": [list(r) for r in reserved], "source": reserved_source},
         "candidates": {
-            "ranges": [list(r) for r in _collapse(all_ports)],
+            "ranges": [list(r) for r in collapse(all_ports)],
             "count": candidates.count,
             "source": candidates.description,
             "fallback": candidates.fallback or None,
@@ -412,7 +397,7 @@ def describe_ranges() -> dict[str, object]:
         "excluded": {
             "services": {"count": len(_services_ports()), "source": _services_file()},
             "common_dev_ports": sorted(COMMON_DEV_PORTS),
-            "PORTSAFE_EXCLUDE": [list(r) for r in _collapse(excluded_env)],
+            "PORTSAFE_EXCLUDE": [list(r) for r in collapse(excluded_env)],
         },
         "lock_dir": lock_dir(),
     }

@@ -39,19 +39,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import socket
 import warnings
 from collections.abc import Sequence
 
 from portsafe import _locks, _probe
-from portsafe._errors import InvalidSettingError, LockDirError, NoFreePortError
-from portsafe._ranges import CandidateSet, default_candidates, explicit_candidates
-from portsafe._settings import portserver_address
+from portsafe._errors import InvalidSettingError
+from portsafe._ranges import default_candidates, explicit_candidates
+from portsafe._settings import reservation_settings, shown
+from portsafe._walk import Search, first_free
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable
     from types import TracebackType
     from typing import TypedDict, overload
 
@@ -68,9 +68,22 @@ if TYPE_CHECKING:
 
 __all__ = ["Reservation", "ReservationGroup", "reserve_port", "reserve_ports"]
 
-_rng = random.Random()  # noqa: S311 - spreading picks, not secrecy
+# This process's pid, kept by a fork hook rather than asked of the kernel: getpid() is a
+# system call, and a reservation and its release made two of them.
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_rng.seed)  # siblings must not pick in lockstep
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_NOTHING: frozenset[int] = frozenset()
+_AF_INET, _STREAM = socket.AF_INET, socket.SOCK_STREAM
+_default_probes: _probe.Probes | None = None  # what the default arguments bind (constant)
 
 # Releases that a garbage-collection finalizer could not do on the spot (see __del__).
 _deferred: list[int] = []
@@ -114,7 +127,8 @@ class Reservation(_Releasable):
         True
     """
 
-    __slots__ = ("_granted", "_pid", "_released", "family", "host", "port", "socktype")
+    # _pid: the pid that holds the port, 0 once released (one slot for both facts)
+    __slots__ = ("_granted", "_pid", "family", "host", "port", "socktype")
 
     def __init__(self, port: int, host: str, family: int, socktype: int,
                  granted: bool = False) -> None:
@@ -122,8 +136,7 @@ class Reservation(_Releasable):
         self.host = host
         self.family = family
         self.socktype = socktype
-        self._pid = os.getpid()
-        self._released = False
+        self._pid = _pid
         self._granted = granted  # from PORTSERVER_ADDRESS: released into the pool
 
     @property
@@ -134,7 +147,7 @@ class Reservation(_Releasable):
     @property
     def released(self) -> bool:
         """Whether this reservation no longer holds its port (in this process)."""
-        return self._released or self._pid != os.getpid()
+        return self._pid != _pid
 
     def release(self) -> None:
         """Give the port back. Idempotent; a no-op in a fork child (it never held it).
@@ -145,9 +158,10 @@ class Reservation(_Releasable):
             >>> r.release(); r.release(); r.released
             True
         """
-        if not self._released:
-            self._released = True
-            if self._pid != os.getpid():
+        pid = self._pid
+        if pid:
+            self._pid = 0
+            if pid != _pid:
                 return
             if self._granted:
                 from portsafe import _pool
@@ -162,9 +176,9 @@ class Reservation(_Releasable):
         return f"<Reservation port={self.port} host={self.host!r} {state}>"
 
     def __del__(self) -> None:
-        if self._released or self._pid != os.getpid():
+        if self._pid != _pid:
             return
-        self._released = True
+        self._pid = 0
         with contextlib.suppress(Exception):  # at interpreter shutdown: the kernel releases
             warnings.warn(f"unreleased {self!r}; use 'with reserve_port() as r:' or call "
                           f"r.release()", ResourceWarning, stacklevel=2, source=self)
@@ -203,8 +217,14 @@ class ReservationGroup(_Releasable, Sequence[Reservation]):
 
     def release(self) -> None:
         """Release every reservation in the group (idempotent)."""
+        table = _locks.table()
         for item in self._items:
-            item.release()
+            pid = item._pid
+            if pid == _pid and not item._granted:  # Reservation.release(), inlined
+                item._pid = 0
+                table.release(item.port)
+            elif pid:
+                item.release()
 
     if TYPE_CHECKING:
         @overload
@@ -230,81 +250,35 @@ def _drain_deferred() -> None:
 
 def _excluded(exclude: Iterable[int]) -> frozenset[int]:
     if not exclude:
-        return frozenset()
+        return _NOTHING
     if isinstance(exclude, (str, bytes)) or not hasattr(exclude, "__iter__"):
-        raise TypeError(f"exclude must be an iterable of ints, not {exclude!r}")
+        raise TypeError(f"exclude must be an iterable of ints, not {shown(exclude)}")
     ports = frozenset(exclude)
     for port in ports:
         if not isinstance(port, int) or isinstance(port, bool):
-            raise TypeError(f"exclude must contain ints, not {port!r}")
+            raise TypeError(f"exclude must contain ints, not {shown(port)}")
     return ports
 
 
-class _Search:
-    """One call's walk over the candidates, counting why each one was passed over."""
-
-    __slots__ = ("attempts", "candidates", "directory", "excluded", "held", "in_use", "probes",
-                 "table")
-
-    def __init__(self, candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
-                 excluded: frozenset[int]) -> None:
-        self.candidates = candidates
-        self.probes = probes
-        self.excluded = excluded
-        self.table = _locks.table()
-        self.directory = self.table.current()
-        self.attempts = self.held = self.in_use = 0
-
-    def order(self) -> Iterator[int]:
-        return self.candidates.order(_rng, self.table.home(self.directory), self.excluded)
-
-    def take(self, port: int) -> bool:
-        """Lock and verify *port*; on failure leave nothing held."""
-        self.attempts += 1
-        table = self.table
-        if not table.try_acquire(port, self.directory):
-            self.held += 1
-            return False
-        try:
-            busy = _probe.is_free(port, self.probes)
-        except BaseException:
-            table.release(port)
-            raise
-        if busy:
-            table.release(port)
-            self.in_use += 1
-            return False
-        return True
-
-    def failure(self, wanted: str, found: int = 0) -> NoFreePortError | LockDirError:
-        candidates = self.candidates
-        # -- lock-file hardening: skipped (poisoned) shards; raise only if nothing was usable
-        unusable = self.table.unusable(self.directory, candidates.shards)
-        if unusable and len(unusable) == len(candidates.shards):
-            return _locks.unusable_error(self.directory, unusable)
-        # -- end lock-file hardening
-        partial = f", found only {found}" if found else ""
-        excluded = len(self.excluded)
-        where = ", ".join(sorted({f"{host}" for _, _, host, _ in self.probes}))
-        return NoFreePortError(
-            f"no {wanted} among {candidates.count} candidate ports ({candidates.description}"
-            f"{f', {excluded} excluded by exclude=' if excluded else ''}): tried "
-            f"{self.attempts}{partial}, {self.held} held by portsafe reservations (this "
-            f"process's included), "
-            f"{self.in_use} in use on {where}. Release reservations you no longer need, "
-            f"or widen the range (ports=..., PORTSAFE_RANGE)",
-            attempts=self.attempts, candidates=candidates.count)
+def _set_default_probes() -> _probe.Probes:
+    global _default_probes
+    _default_probes = _probe.targets(None, _AF_INET, _STREAM)
+    return _default_probes
 
 
 def _search(host: str | None, family: int, socktype: int, ports: Iterable[int] | None,
-            exclude: Iterable[int]) -> _Search:
+            exclude: Iterable[int]) -> Search:
     if _deferred:
         _drain_deferred()
-    probes = _probe.targets(host, family, socktype)
+    if host is None and family is _AF_INET and socktype is _STREAM:  # the defaults
+        probes = _default_probes or _set_default_probes()
+    else:
+        probes = _probe.targets(host, family, socktype)
     candidates = default_candidates() if ports is None else explicit_candidates(ports)
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
-    return _Search(candidates, probes, _excluded(exclude))
+    return Search(candidates, probes, _excluded(exclude) if exclude else _NOTHING,
+                   _locks.table().current(reservation_settings()[0]))
 
 
 _warned: set[str] = set()
@@ -357,45 +331,30 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         ...     print(r.port)  # free on 127.0.0.1 and ::1, for TCP and UDP  # doctest: +SKIP
         21734
     """
-    # The hot path of every test that needs a port: _search() and _Search.take, inlined;
-    # the _Search itself is only made to report a failure.
+    # The hot path of every test that needs a port: no Search object unless it fails.
     if _deferred:
         _drain_deferred()
-    probes = _probe.targets(host, family, socktype)
+    if host is None and family is _AF_INET and socktype is _STREAM:  # the defaults
+        probes = _default_probes or _set_default_probes()
+    else:
+        probes = _probe.targets(host, family, socktype)
     candidates = default_candidates() if ports is None else explicit_candidates(ports)
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
-    excluded = _excluded(exclude)
-    table, is_free = _locks.table(), _probe.is_free
-    directory = table.current()  # one stat: raises LockDirError if it changed under us
-    if ports is None:
-        server = portserver_address()
-        if server:
-            from portsafe import _pool
+    excluded = _excluded(exclude) if exclude else _NOTHING
+    path, server = reservation_settings()
+    directory = _locks.table().current(path)  # one lstat: LockDirError if it changed
+    if server and ports is None:
+        from portsafe import _pool
 
-            granted = _pool.take(server, probes, excluded, directory.path)
-            if granted is not None:
-                return Reservation(granted, probes[0][2] if host is None else host, family,
-                                   socktype, granted=True)
-    held_here = table.held
-    attempts = held = in_use = 0
-    for port in candidates.order(_rng, table.home(directory), excluded):
-        attempts += 1
-        if port in held_here or not table.try_acquire(port, directory):
-            held += 1
-            continue
-        try:
-            busy = is_free(port, probes)
-        except BaseException:
-            table.release(port)
-            raise
-        if not busy:
-            return Reservation(port, probes[0][2] if host is None else host, family, socktype)
-        table.release(port)
-        in_use += 1
-    search = _Search(candidates, probes, excluded)
-    search.attempts, search.held, search.in_use = attempts, held, in_use
-    raise search.failure("free port")
+        granted = _pool.take(server, probes, excluded, directory.path)
+        if granted is not None:
+            return Reservation(granted, probes[0][2] if host is None else host, family,
+                               socktype, granted=True)
+    found = first_free(candidates, probes, excluded, directory)
+    if isinstance(found, int):
+        return Reservation(found, probes[0][2] if host is None else host, family, socktype)
+    raise found.failure("free port")
 
 
 def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
@@ -425,47 +384,17 @@ def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
         3
     """
     if not isinstance(n, int) or isinstance(n, bool):
-        raise TypeError(f"n must be an int, not {n!r}")
+        raise TypeError(f"n must be an int, not {shown(n)}")
     if n < 1:
-        raise InvalidSettingError(f"n must be at least 1, not {n}")
+        raise InvalidSettingError(f"n must be at least 1, not {shown(n)}")
     search = _search(host, family, socktype, ports, exclude)
+    if n > search.candidates.count:  # impossible: say so before locking anything
+        raise search.too_many(n, contiguous)
     chosen_host = search.probes[0][2] if host is None else host
-    taken: list[int] = []
-    try:
-        if contiguous:
-            taken = _take_run(search, n)
-        else:
-            for port in search.order():
-                if search.take(port):
-                    taken.append(port)
-                    if len(taken) == n:
-                        break
-    except BaseException:
-        for port in taken:
-            search.table.release(port)
-        raise
+    taken = search.take_run(n) if contiguous else search.take(n)
     if len(taken) < n:
         for port in taken:
             search.table.release(port)
         raise search.failure(f"{n} {'contiguous ' if contiguous else ''}free ports", len(taken))
-    return ReservationGroup(Reservation(port, chosen_host, family, socktype)
-                            for port in taken)
-
-
-def _take_run(search: _Search, n: int) -> list[int]:
-    members = {port for shard in search.candidates.shards.values() for port in shard}
-    members -= search.excluded
-    for start in search.order():
-        run = range(start, start + n)
-        if not all(port in members for port in run):
-            continue
-        taken: list[int] = []
-        for port in run:
-            if not search.take(port):
-                break
-            taken.append(port)
-        if len(taken) == n:
-            return taken
-        for port in taken:
-            search.table.release(port)
-    return []
+    return ReservationGroup([Reservation(port, chosen_host, family, socktype)
+                             for port in taken])

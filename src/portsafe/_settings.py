@@ -48,7 +48,9 @@ __all__ = [
     "parse_port_list",
     "portserver_address",
     "range_ranges",
+    "reservation_settings",
     "seconds",
+    "shown",
 ]
 
 AUTO = "PORTSAFE_AUTO"
@@ -115,6 +117,24 @@ def invalid(name: str, value: str, problem: str, remedy: str) -> InvalidSettingE
 # -- port lists ------------------------------------------------------------------------
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for an error message: shortened, and safe for any int.
+
+    ``repr(10**5000)`` raises ValueError (``sys.set_int_max_str_digits``); a message
+    must never fail to be made.
+
+    Example:
+        >>> shown(8080), shown("a" * 100, 10), shown(10**5000)
+        ('8080', "'aaaaa...", '<an int of 16610 bits>')
+    """
+    try:
+        text = repr(value)
+    except ValueError:
+        bits = value.bit_length() if isinstance(value, int) else 0
+        return f"<an int of {bits} bits>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_port(port: int, what: str) -> int:
     """*port* if it is in 1..65535, else InvalidSettingError naming *what*.
 
@@ -123,7 +143,7 @@ def check_port(port: int, what: str) -> int:
         8080
     """
     if not 1 <= port <= 65535:
-        raise InvalidSettingError(f"{what}: port {port} is outside 1..65535")
+        raise InvalidSettingError(f"{what}: port {shown(port)} is outside 1..65535")
     return port
 
 
@@ -386,3 +406,32 @@ def portserver_address() -> str:
         True
     """
     return getenv(PORTSERVER)
+
+
+# -- the two settings every reservation reads -------------------------------------------
+
+_hot: dict[tuple[object, object], tuple[str, str]] = {}
+
+
+def reservation_settings() -> tuple[str, str]:
+    """``(lock_dir(), portserver_address())``, looked up by their raw values.
+
+    Every reservation reads both; decoding and checking them each time cost more than
+    a lock. Each distinct pair of values is checked once (errors as those functions).
+
+    Example:
+        >>> reservation_settings() == (lock_dir(), portserver_address())
+        True
+    """
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict and os.name == "posix":
+        key: tuple[object, object] = (data.get(b"PORTSAFE_LOCK_DIR"),
+                                      data.get(b"PORTSERVER_ADDRESS"))
+    else:
+        key = (getenv(LOCK_DIR), getenv(PORTSERVER))
+    found = _hot.get(key)
+    if found is None:
+        if len(_hot) >= 64:  # a test suite may set a new directory per test
+            _hot.clear()
+        found = _hot[key] = (lock_dir(), portserver_address())
+    return found

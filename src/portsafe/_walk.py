@@ -1,0 +1,265 @@
+"""One call's walk over the candidates: lock, verify, count why others were passed over.
+
+The walk visits one shard at a time (:meth:`CandidateSet.walk`), the home shard first,
+in a plain loop with no generator between it and the first candidate: this is the hot
+path of every reservation. Each candidate is tried at most once per call (G5), and a
+failure says how many were held, in use, or refused for lack of privilege.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+
+from portsafe import _locks, _probe
+from portsafe._errors import LockDirError, NoFreePortError
+
+TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+if TYPE_CHECKING:
+    from portsafe._candidates import CandidateSet
+    from portsafe._locks import LockDir
+
+__all__ = ["Search", "first_free", "rng"]
+
+rng = random.Random()  # noqa: S311 - spreading picks, not secrecy
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=rng.seed)  # siblings must not pick in lockstep
+
+_DENIED = errno.EACCES  # a port below ip_unprivileged_port_start, without the privilege
+
+# Where this process's last walk succeeded: (lock directory, shard). The next walk starts
+# there: its lock file is open and the kernel's lock list of it is in the CPU's cache (a
+# cold one cost more than the rest of a reservation with 30,000 held). A walk that had to
+# pass more than _CROWDED taken ports there moves on to a random shard next time.
+_home: tuple[object, int] | None = None
+_CROWDED = 32
+
+
+class Search:
+    """One call's walk over the candidates, counting why each one was passed over.
+
+    The walk is one loop over one shard at a time (:meth:`CandidateSet.walk`), the home
+    shard first, with no generator between it and the first candidate: this is the hot
+    path of every reservation. Each candidate is tried at most once (G5).
+
+    Example:
+        >>> from portsafe import _ranges
+        >>> search = Search(_ranges.explicit_candidates(range(30000, 30010)),
+        ...                 _probe.targets(None, 2, 1), frozenset(), _locks.table().current())
+        >>> ports = search.take(2)
+        >>> len(ports), search.attempts >= 2
+        (2, True)
+        >>> for port in ports: search.table.release(port)
+    """
+
+    __slots__ = ("attempts", "candidates", "denied", "directory", "excluded", "held",
+                 "in_use", "probes", "table")
+
+    def __init__(self, candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
+                 excluded: frozenset[int], directory: LockDir) -> None:
+        self.candidates = candidates
+        self.probes = probes
+        self.excluded = excluded
+        self.table = _locks.table()
+        self.directory = directory
+        self.attempts = self.held = self.in_use = self.denied = 0
+
+    def take(self, n: int, walked: int | None = None) -> list[int]:
+        """Lock and verify up to *n* ports, in walk order; nothing else is left held.
+
+        *walked*: a home shard :func:`first_free` already walked (it is skipped).
+        """
+        candidates = self.candidates
+        taken: list[int] = []
+        last = _home
+        home = last[1] if last is not None and last[0] == self.directory else None
+        if walked is not None:
+            home = walked
+        try:
+            if walked is None and home in candidates.shard_keys and \
+                    self._take_in(home, n, taken):
+                return taken
+            for key in candidates.rest(rng, home):  # made only when home falls short
+                if self._take_in(key, n, taken):
+                    return taken
+        except BaseException:
+            for port in taken:
+                self.table.release(port)
+            raise
+        return taken
+
+    def _take_in(self, key: int, n: int, taken: list[int]) -> bool:
+        """Walk shard *key*, adding what it locks and verifies to *taken*; True at *n*."""
+        global _home
+        items, index, stride = self.candidates.walk(rng, key)
+        count = len(items)
+        table, directory, probes, excluded = self.table, self.directory, self.probes, \
+            self.excluded
+        held_here, try_acquire, is_free = table.held, table.try_acquire, _probe.is_free
+        attempts = held = in_use = denied = 0
+        try:
+            for _ in range(count):
+                port = items[index]
+                index = (index + stride) % count
+                if port in excluded:
+                    continue
+                attempts += 1
+                if port in held_here or not try_acquire(port, directory):
+                    held += 1
+                    continue
+                try:
+                    busy = is_free(port, probes)
+                except BaseException:
+                    table.release(port)
+                    raise
+                if not busy:
+                    taken.append(port)
+                    if len(taken) == n:
+                        _home = (directory, key) if held + in_use + denied <= _CROWDED else None
+                        return True
+                    continue
+                table.release(port)
+                if busy == _DENIED:
+                    denied += 1
+                else:
+                    in_use += 1
+            return False
+        finally:
+            self.attempts += attempts
+            self.held += held
+            self.in_use += in_use
+            self.denied += denied
+
+    def take_run(self, n: int) -> list[int]:
+        """Lock and verify *n* contiguous ports ``p .. p+n-1``, or nothing."""
+        candidates, excluded, table = self.candidates, self.excluded, self.table
+        for start in self.candidates.order(rng, None, excluded):
+            run = range(start, start + n)
+            if not all(port in candidates and port not in excluded for port in run):
+                continue
+            taken: list[int] = []
+            try:
+                for port in run:
+                    if not self._take_one(port):
+                        break
+                    taken.append(port)
+            except BaseException:
+                for port in taken:
+                    table.release(port)
+                raise
+            if len(taken) == n:
+                return taken
+            for port in taken:
+                table.release(port)
+        return []
+
+    def _take_one(self, port: int) -> bool:
+        self.attempts += 1
+        table = self.table
+        if port in table.held or not table.try_acquire(port, self.directory):
+            self.held += 1
+            return False
+        try:
+            busy = _probe.is_free(port, self.probes)
+        except BaseException:
+            table.release(port)
+            raise
+        if busy:
+            table.release(port)
+            if busy == _DENIED:
+                self.denied += 1
+            else:
+                self.in_use += 1
+            return False
+        return True
+
+    def failure(self, wanted: str, found: int = 0) -> NoFreePortError | LockDirError:
+        """The error for a walk that found too few: LockDirError when no candidate's
+        lock file was usable, else NoFreePortError with the counts."""
+        candidates = self.candidates
+        # skipped (poisoned) lock files: raise LockDirError only if nothing was usable
+        shards = candidates.shards
+        unusable = self.table.unusable(self.directory, shards)
+        if unusable and len(unusable) == len(shards):
+            return _locks.unusable_error(self.directory, unusable)
+        partial = f", found only {found}" if found else ""
+        excluded = len(self.excluded)
+        where = ", ".join(sorted({f"{host}" for _, _, host, _ in self.probes}))
+        denied = (f", {self.denied} refused by the OS for lack of privilege (ports below "
+                  f"1024, or net.ipv4.ip_unprivileged_port_start on Linux, need root or "
+                  f"CAP_NET_BIND_SERVICE: choose higher ports)") if self.denied else ""
+        return NoFreePortError(
+            f"no {wanted} among {candidates.count} candidate ports ({candidates.description}"
+            f"{f', {excluded} excluded by exclude=' if excluded else ''}): tried "
+            f"{self.attempts}{partial}, {self.held} held by portsafe reservations (this "
+            f"process's included), "
+            f"{self.in_use} in use on {where}{denied}. Release reservations you no longer "
+            f"need, or widen the range (ports=..., PORTSAFE_RANGE)",
+            attempts=self.attempts, candidates=candidates.count)
+
+    def too_many(self, n: int, contiguous: bool) -> NoFreePortError:
+        """*n* is more than there are candidates: fail before locking anything."""
+        candidates = self.candidates
+        return NoFreePortError(
+            f"cannot reserve {n} {'contiguous ' if contiguous else ''}ports: there are only "
+            f"{candidates.count} candidate ports ({candidates.description}); ask for fewer, "
+            f"or widen the range (ports=..., PORTSAFE_RANGE)",
+            attempts=0, candidates=candidates.count)
+
+
+def first_free(candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
+               excluded: frozenset[int], directory: LockDir) -> int | Search:
+    """One free port, locked and verified: ``reserve_port``'s walk. Else the Search that
+    found none, with its counts, to raise its :meth:`Search.failure`.
+
+    The common case (the home shard's first candidate is free) makes no Search: its
+    walk is inlined here. G5 holds: the home shard is walked once, then the others.
+
+    Example:
+        >>> from portsafe import _ranges
+        >>> port = first_free(_ranges.explicit_candidates(range(30000, 30010)),
+        ...                   _probe.targets(None, 2, 1), frozenset(), _locks.table().current())
+        >>> 30000 <= port < 30010
+        True
+        >>> _locks.table().release(port)
+    """
+    global _home
+    last = _home
+    if last is None or last[0] != directory or last[1] not in candidates.shard_keys:
+        search = Search(candidates, probes, excluded, directory)
+        taken = search.take(1)
+        return taken[0] if taken else search
+    key = last[1]
+    table = _locks.table()
+    items, index, stride = candidates.walk(rng, key)
+    count = len(items)
+    held_here, try_acquire, is_free = table.held, table.try_acquire, _probe.is_free
+    attempts = held = in_use = denied = 0
+    for _ in range(count):
+        port = items[index]
+        index = (index + stride) % count
+        if port in excluded:
+            continue
+        attempts += 1
+        if port in held_here or not try_acquire(port, directory):
+            held += 1
+            continue
+        try:
+            busy = is_free(port, probes)
+        except BaseException:
+            table.release(port)
+            raise
+        if not busy:
+            if attempts - 1 > _CROWDED:  # passed that many taken ports here
+                _home = None
+            return port
+        table.release(port)
+        if busy == _DENIED:
+            denied += 1
+        else:
+            in_use += 1
+    search = Search(candidates, probes, excluded, directory)
+    search.attempts, search.held, search.in_use, search.denied = attempts, held, in_use, denied
+    taken = search.take(1, walked=key)
+    return taken[0] if taken else search
