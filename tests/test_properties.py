@@ -13,8 +13,8 @@ Nothing here sends traffic off this machine or asks a resolver about a real name
 hosts are numeric addresses (bound, never connected to, when not local), ``localhost``,
 or names that the IDNA codec refuses before any lookup. Ports are bound only when this
 process holds them (port 0, or its own reservation), so other test runs are not
-disturbed. Known bugs in modules owned elsewhere are excluded from the properties and
-pinned as ``xfail`` tests at the bottom, each naming the call and the wrong exception.
+disturbed. Inputs the strategies do not generate (ints beyond str()'s digit limit, hosts
+the IDNA codec refuses) are pinned as regression tests at the bottom.
 """
 
 from __future__ import annotations
@@ -112,12 +112,19 @@ def nothing_left_behind(*allowed: type[BaseException]) -> Iterator[list[object]]
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _lock_directory_open() -> None:
+    """Open the lock directory before counting fds: its descriptor and this process's
+    announcement socket stay open for the life of the process, by design."""
+    portsafe.reserve_port().release()
+
 RESERVE_ERRORS = (portsafe.PortsafeError, TypeError)
 
 
 def _known_reserve_bug(host: object, family: object, socktype: object) -> bool:
-    """Inputs that hit the bugs pinned below as xfail (in _probe, owned elsewhere). Ints
-    beyond str()'s 4300-digit limit are pinned there too: hypothesis cannot print them."""
+    """Inputs pinned as regression tests below instead (hypothesis cannot print ints
+    beyond str()'s 4300-digit limit, and these hosts are kept off the resolver)."""
     if isinstance(host, str) and host in UNRESOLVED_HOSTS:
         return True
     return any(isinstance(value, float) and value in (socket.AF_INET, socket.AF_INET6,
@@ -235,13 +242,9 @@ class TestRanges:
             assert 1 <= low <= high <= 65535
 
 
-class TestKnownBugsElsewhere:
-    """Cases the properties above exclude: bugs in modules being reworked by others."""
+class TestRegressions:
+    """Inputs the properties above do not generate, each once a bug (issue 10, item 7)."""
 
-    @pytest.mark.xfail(strict=False, reason="reserve_port(host='a'*300, 'a..b', a lone "
-                       "surrogate, 'ü'*70) raises UnicodeError (from the idna codec in "
-                       "socket.getaddrinfo, uncaught in _probe._addresses), not "
-                       "InvalidSettingError")
     @pytest.mark.parametrize("host", UNRESOLVED_HOSTS, ids=["a*300", "a..b", "surrogate",
                                                            "u-umlaut*70"])
     def test_reserve_port_malformed_host(self, host: str) -> None:
@@ -249,9 +252,6 @@ class TestKnownBugsElsewhere:
         with nothing_left_behind(), pytest.raises(portsafe.InvalidSettingError):
             portsafe.reserve_port(host=host)
 
-    @pytest.mark.xfail(strict=False, reason="reserve_port(family=2.0) is accepted once "
-                       "family=2 was used: _probe.targets looks up its cache (2.0 == 2) "
-                       "before the type check, so no TypeError")
     def test_reserve_port_float_family_after_int(self) -> None:
         """family=2.0 is a TypeError even after family=2 filled the cache."""
         portsafe.reserve_port(family=socket.AF_INET).release()
@@ -259,10 +259,6 @@ class TestKnownBugsElsewhere:
             portsafe.reserve_port(family=float(socket.AF_INET)).release()  # type: ignore[arg-type]
 
     @pytest.mark.timeout(60)
-    @pytest.mark.xfail(strict=False, reason="reserve_ports(10**9) locks every default "
-                       "candidate (tens of thousands, seconds) before raising "
-                       "NoFreePortError in _reserve.reserve_ports: an impossible n should "
-                       "fail at once")
     def test_reserve_ports_impossible_n_fails_at_once(self) -> None:
         """More ports than there are candidates: NoFreePortError without locking any
         (checked by the cost: it must not lock each candidate)."""
@@ -283,22 +279,7 @@ class TestKnownBugsElsewhere:
             del table.try_acquire
         assert calls == 0
 
-    @pytest.mark.parametrize("argument", [
-        pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=reason))
-        for name, reason in [
-            ("host", ("reserve_port(host=10**5000) raises a bare ValueError (int too long "
-             "for str) while formatting the TypeError message in _probe.targets "
-             "({host!r}), not TypeError")),
-            ("family", ("reserve_port(family=10**5000) raises a bare ValueError (int too "
-             "long for str) while formatting the InvalidSettingError message in "
-             "_probe.targets ({family!r})")),
-            ("socktype", ("reserve_port(socktype=10**5000) raises a bare ValueError (int "
-             "too long for str) while formatting the InvalidSettingError message in "
-             "_probe.targets ({socktype!r})")),
-            ("ports", ("reserve_port(ports=[10**5000]) raises a bare ValueError (int too "
-             "long for str) while formatting the InvalidSettingError message of "
-             "_settings.check_port (called from _ranges.explicit_candidates)")),
-        ]])
+    @pytest.mark.parametrize("argument", ["host", "family", "socktype", "ports"])
     def test_reserve_port_huge_int_argument(self, argument: str) -> None:
         """An int beyond str()'s 4300-digit limit gets the documented error."""
         value: object = [10**5000] if argument == "ports" else 10**5000
