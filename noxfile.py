@@ -98,7 +98,8 @@ def lint(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The whole suite, stress proofs included, then every docstring example."""
     session.install(*TEST_DEPS)
-    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+    # Two workers, one per core: the suite's multi-process proofs already run under xdist.
+    session.run("pytest", "-p", "no:cacheprovider", "-n", "2", *session.posargs)
     if not session.posargs:  # the examples of the installed package, as users get it
         session.run("pytest", "-p", "no:cacheprovider", "-q", "--doctest-modules",
                     "--pyargs", "portsafe")
@@ -108,7 +109,7 @@ def tests(session: nox.Session) -> None:
 def smoke(session: nox.Session) -> None:
     """A fast subset on the non-default interpreters."""
     session.install(*TEST_DEPS)
-    session.run("pytest", "-p", "no:cacheprovider", "-q", *SMOKE, *session.posargs)
+    session.run("pytest", "-p", "no:cacheprovider", "-q", "-n", "2", *SMOKE, *session.posargs)
 
 
 def _cpython_suite(session: nox.Session, *, full_on: set[str]) -> None:
