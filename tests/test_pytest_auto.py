@@ -10,8 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 import pytest
-
-import portsafe
+from tests.test_pytest_plugin import ASYNCIO_TESTS, assert_reservable
 
 # Imported at collection, before any pytester snapshot of sys.modules: pytester drops
 # modules first imported during a test, and a later run would then find _auto's
@@ -22,42 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
-def assert_reservable(port: int) -> None:
-    """No reservation of ``port`` is left in this process (or any other)."""
-    with portsafe.reserve_port(ports=[port]) as again:
-        assert again.port == port
-
-
-RECORD = """
-def record(*ports):
-    with open("ports.txt", "a") as f:
-        f.write(" ".join(str(p) for p in ports) + "\\n")
-"""
-
-
-ASYNCIO_TESTS = (
-    RECORD
-    + """
-import socket, pytest, portsafe
-
-def held(port, socktype):
-    try:
-        portsafe.reserve_port(ports=[port], socktype=socktype).release()
-    except portsafe.NoFreePortError:
-        return True
-    return False
-
-def test_ports(unused_tcp_port, unused_udp_port):
-    record(held(unused_tcp_port, socket.SOCK_STREAM), held(unused_udp_port, socket.SOCK_DGRAM))
-
-@pytest.mark.parametrize("i", range(2))
-def test_factories(i, unused_tcp_port_factory, unused_udp_port_factory):
-    a, b = unused_tcp_port_factory(), unused_tcp_port_factory()
-    u = unused_udp_port_factory()
-    assert a != b
-    record(held(a, socket.SOCK_STREAM), held(u, socket.SOCK_DGRAM))
-"""
-)
 
 
 PICKER_TEST = """
