@@ -33,15 +33,23 @@ def make_wheel(path: Path, version: str, names: list[str]) -> Path:
 
 
 class TestWheelCheck:
-    """The wheel carries py.typed and the package, and nothing else."""
+    """The wheel carries py.typed, the package and the start-up hook, and nothing else."""
 
     def test_good_wheel_passes(self, tmp_path):
-        """A wheel with the package and py.typed has no problems."""
+        """A wheel with the package, py.typed and portsafe-auto.pth has no problems."""
+        checker = load_checker()
+        version = checker.project_version()
+        wheel = make_wheel(tmp_path / f"portsafe-{version}-py3-none-any.whl", version,
+                           ["portsafe/__init__.py", "portsafe/py.typed", "portsafe-auto.pth"])
+        assert checker.check_wheel(wheel, version) == []
+
+    def test_missing_start_up_hook_fails(self, tmp_path):
+        """Without portsafe-auto.pth, auto mode would not reach child processes."""
         checker = load_checker()
         version = checker.project_version()
         wheel = make_wheel(tmp_path / f"portsafe-{version}-py3-none-any.whl", version,
                            ["portsafe/__init__.py", "portsafe/py.typed"])
-        assert checker.check_wheel(wheel, version) == []
+        assert any("portsafe-auto.pth" in p for p in checker.check_wheel(wheel, version))
 
     def test_tests_and_missing_marker_fail(self, tmp_path):
         """Tests in the wheel and a missing py.typed are both reported."""

@@ -7,8 +7,9 @@ one line per problem) unless:
   is the only place the version is written (``__version__`` and ``portsafe --version``
   read the installed metadata), so no ``__version__ = "..."`` literal may appear in the
   sources;
-* the wheel holds the ``portsafe`` package with its ``py.typed`` marker and nothing else
-  at the top level: no tests, benchmarks, tools or docs;
+* the wheel holds the ``portsafe`` package with its ``py.typed`` marker and auto mode's
+  start-up hook ``portsafe-auto.pth``, and nothing else at the top level: no tests,
+  benchmarks, tools or docs;
 * the wheel's metadata names that version and the ``pytest11`` entry point and the
   ``portsafe`` console script are declared;
 * the sdist carries the sources, ``py.typed``, the licence and the README.
@@ -40,16 +41,23 @@ def check_sources() -> list[str]:
             if literal.search(path.read_text(encoding="utf-8"))]
 
 
+#: Auto mode's interpreter start-up hook: the one file at the top of site-packages.
+HOOK = "portsafe-auto.pth"
+
+
 def check_wheel(wheel: Path, version: str) -> list[str]:
     problems = []
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         dist_info = f"portsafe-{version}.dist-info"
         tops = {name.split("/", 1)[0] for name in names}
-        extra = sorted(tops - {"portsafe", dist_info})
+        extra = sorted(tops - {"portsafe", dist_info, HOOK})
         if extra:
             problems.append(f"{wheel.name}: unexpected top-level entries {extra} "
-                            "(only the portsafe package belongs in the wheel)")
+                            f"(only the portsafe package and {HOOK} belong in the wheel)")
+        if HOOK not in names:
+            problems.append(f"{wheel.name}: no {HOOK} (auto mode would not reach child "
+                            "processes)")
         if "portsafe/py.typed" not in names:
             problems.append(f"{wheel.name}: no portsafe/py.typed (type checkers would "
                             "ignore the annotations)")
