@@ -37,6 +37,14 @@ class TestDocRules:
         assert len(match.group("body").splitlines()) == 2
         assert SKIP.findall(match.group("before").splitlines()[-1])
 
+    def test_every_page_is_in_the_site_navigation(self):
+        """Each docs/*.md page is in mkdocs.yml's nav (strict mode only logs a page left
+        out, so the site would silently lack it)."""
+        nav = set(re.findall(r"^\s+- [^:]+: (\S+\.md)$",
+                             (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M))
+        pages = {path.name for path in (ROOT / "docs").glob("*.md")}
+        assert pages <= nav, f"not in mkdocs.yml's nav: {sorted(pages - nav)}"
+
     def test_docs_are_collected_by_default(self):
         """`pytest` with no arguments runs the docs: they are in testpaths."""
         pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
