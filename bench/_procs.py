@@ -53,10 +53,11 @@ def _ready(proc: subprocess.Popen) -> None:
     assert line == "ready", f"a worker failed to start: {line!r}"
 
 
-def _loop_run(processes: int, spec: str, seconds: float, directory: str) -> dict:
-    procs = [subprocess.Popen([sys.executable, WORKER, "loop", spec, directory],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(processes)]
+def _together(args: list[str], processes: int, seconds: float) -> list[dict]:
+    """Start *processes* workers, let all of them run for the same *seconds* once every
+    one is ready, and collect the JSON line each prints last."""
+    procs = [subprocess.Popen([sys.executable, WORKER, *args], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(processes)]
     for proc in procs:
         _ready(proc)
     end = time.time() + seconds
@@ -64,7 +65,11 @@ def _loop_run(processes: int, spec: str, seconds: float, directory: str) -> dict
         assert proc.stdin is not None
         proc.stdin.write(f"{end}\n")
         proc.stdin.flush()
-    results = [json.loads(proc.communicate()[0].splitlines()[-1]) for proc in procs]
+    return [json.loads(proc.communicate()[0].splitlines()[-1]) for proc in procs]
+
+
+def _loop_run(processes: int, spec: str, seconds: float, directory: str) -> dict:
+    results = _together(["loop", spec, directory], processes, seconds)
     return {"ops_per_s": sum(r["ops"] for r in results) / seconds,
             "dups": sum(r["dups"] for r in results),
             "nofree": sum(r["nofree"] for r in results)}
@@ -132,17 +137,7 @@ def collisions(processes: int, picks: int, seconds: float) -> dict:
         loads = [subprocess.Popen([sys.executable, WORKER, "load", str(seconds + 2)])
                  for _ in range(2)]
         try:
-            procs = [subprocess.Popen([sys.executable, WORKER, "collide", method, str(picks)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True) for _ in range(processes)]
-            for proc in procs:
-                _ready(proc)
-            end = time.time() + seconds
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write(f"{end}\n")
-                proc.stdin.flush()
-            results = [json.loads(proc.communicate()[0].splitlines()[-1]) for proc in procs]
+            results = _together(["collide", method, str(picks)], processes, seconds)
         finally:
             for proc in loads:
                 proc.kill()

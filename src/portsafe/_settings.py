@@ -20,6 +20,10 @@ import sys
 
 from portsafe._errors import InvalidSettingError
 
+TYPE_CHECKING = False  # typing is not imported at run time: the start-up hook loads this
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = [
     "AUTO",
     "AUTO_LEASE",
@@ -315,6 +319,15 @@ AUTO_MAX_LEASES_DEFAULT = 256
 _auto_cache: dict[tuple[str, str], float | int] = {}
 
 
+def _per_raw_value(name: str, parse: Callable[[str], float | int]) -> float | int:
+    """*parse* of the setting's raw text, parsed once per value (read on every lease)."""
+    raw = getenv(name)
+    cached = _auto_cache.get((name, raw))
+    if cached is None:
+        cached = _auto_cache[(name, raw)] = parse(raw)
+    return cached
+
+
 def auto_lease() -> float:
     """``PORTSAFE_AUTO_LEASE``: seconds auto mode keeps a picked port reserved after its
     socket closed unused (default 60).
@@ -328,11 +341,8 @@ def auto_lease() -> float:
         >>> auto_lease() >= 0
         True
     """
-    raw = getenv(AUTO_LEASE)
-    cached = _auto_cache.get((AUTO_LEASE, raw))
-    if cached is None:
-        cached = _auto_cache[(AUTO_LEASE, raw)] = seconds(AUTO_LEASE, AUTO_LEASE_DEFAULT)
-    return float(cached)
+    return float(_per_raw_value(AUTO_LEASE, lambda _raw: seconds(AUTO_LEASE,
+                                                                 AUTO_LEASE_DEFAULT)))
 
 
 def auto_max_leases() -> int:
@@ -346,22 +356,21 @@ def auto_max_leases() -> int:
         >>> auto_max_leases() >= 1
         True
     """
-    raw = getenv(AUTO_MAX_LEASES)
-    cached = _auto_cache.get((AUTO_MAX_LEASES, raw))
-    if cached is None:
-        text = raw.strip()
-        if not text:
-            cached = AUTO_MAX_LEASES_DEFAULT
-        else:
-            try:
-                cached = int(text)
-            except ValueError:
-                cached = 0
-            if cached < 1:
-                raise invalid(AUTO_MAX_LEASES, raw, "not a whole number >= 1",
-                              f"use e.g. {AUTO_MAX_LEASES_DEFAULT}")
-        _auto_cache[(AUTO_MAX_LEASES, raw)] = cached
-    return int(cached)
+    return int(_per_raw_value(AUTO_MAX_LEASES, _parse_max_leases))
+
+
+def _parse_max_leases(raw: str) -> int:
+    text = raw.strip()
+    if not text:
+        return AUTO_MAX_LEASES_DEFAULT
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise invalid(AUTO_MAX_LEASES, raw, "not a whole number >= 1",
+                      f"use e.g. {AUTO_MAX_LEASES_DEFAULT}")
+    return value
 
 
 def seconds(name: str, default: float, *, minimum: float = 0.0) -> float:
