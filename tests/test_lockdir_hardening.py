@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import portsafe
-from portsafe import _announce, _lockdir, _lockformat, _locks
+from portsafe import _announce, _dirwatch, _lockdir, _lockformat, _locks
 
 AGENT = str(Path(__file__).with_name("_agent.py"))
 NOBODY = 65534
@@ -39,8 +39,11 @@ SHARD_PORTS = range(max(SHARD << 8, 1024), (SHARD + 1) << 8)
 class Agent:
     """A child process running portsafe calls on command (tests/_agent.py)."""
 
-    def __init__(self, lock_dir: Path | str, uid: int | None = None) -> None:
+    def __init__(self, lock_dir: Path | str, uid: int | None = None,
+                 watch: bool = False) -> None:
         env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
+        if watch:  # check the directory by descriptor as soon as it is open (_dirwatch)
+            env["AGENT_WATCH_MARGIN_NS"] = "0"
         args = [sys.executable, AGENT] + ([] if uid is None else [str(uid)])
         self.proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd="/")
@@ -93,6 +96,17 @@ def as_nobody(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     script = f"import os\nos.setgid({NOBODY})\nos.setuid({NOBODY})\n{code}"
     return subprocess.run([sys.executable, "-c", script], env=dict(os.environ, **env),
                           capture_output=True, text=True, check=True, cwd="/")
+
+
+def watching(agent: Agent) -> None:
+    """Make *agent* check its directory by descriptor (``_dirwatch``); skip where refused."""
+    state = agent.ask(op="watched")  # a check after the first: it may switch
+    if not state.get("watched"):
+        pytest.skip(f"checked by path here: {state.get('refused') or state}")
+    time.sleep(0.05)  # later changes land on later timestamps, however coarse the clock
+
+
+BY = pytest.mark.parametrize("watch", [False, True], ids=["by-path", "by-descriptor"])
 
 
 def fill(held: list[portsafe.Reservation], ports: list[int], most: int) -> None:
@@ -210,12 +224,15 @@ with open(os.path.join(locks, {_lockformat.MARKER!r}), "wb") as marker:
 class TestDeletion:
     """Item 2: deleting lock state never hands a held port out again silently."""
 
-    def test_rm_of_a_shard_file(self, tmp_path, agents):
+    @BY
+    def test_rm_of_a_shard_file(self, tmp_path, agents, watch):
         """After `rm` of the file holding a port, nobody else gets that port, and its
-        holder is told at its next call."""
+        holder is told at its next call (whether it checks by path or by descriptor)."""
         locks = tmp_path / "locks"
-        agents.append(holder := Agent(locks))
+        agents.append(holder := Agent(locks, watch=watch))
         port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        if watch:
+            watching(holder)
         shard_file(locks, port).unlink()
         agents.append(other := Agent(locks))
         answer = other.reserve(ports=[port, port + 1])
@@ -243,12 +260,15 @@ class TestDeletion:
         assert "after the directory was completed" in answer["message"]
 
     @linux_only
-    def test_rm_rf_of_the_directory(self, tmp_path, agents):
+    @BY
+    def test_rm_rf_of_the_directory(self, tmp_path, agents, watch):
         """After `rm -rf` of the directory, a new process refuses to reserve while the
         old holder lives (naming its pid), and reserves again once it is gone."""
         locks = tmp_path / "locks"
-        agents.append(holder := Agent(locks))
+        agents.append(holder := Agent(locks, watch=watch))
         port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        if watch:
+            watching(holder)
         shutil.rmtree(locks)
         agents.append(other := Agent(locks))
         answer = other.reserve(ports=[port, port + 1])
@@ -598,7 +618,9 @@ class TestLockTableUse:
     """How a process uses the directory once open: one stat a call, fork, half-written markers."""
 
     def test_one_stat_per_reservation(self, tmp_path, monkeypatch):
-        """The per-call check is a single stat of the path (the hot path's only addition)."""
+        """The per-call check is a single stat of the path (the hot path's only addition),
+        until the directory may be checked by its descriptor (TestCheckedByDescriptor)."""
+        monkeypatch.setattr(_dirwatch, "MARGIN_NS", 10**18)  # stay on the path
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
         portsafe.reserve_port().release()
         table = _locks.table()
@@ -660,3 +682,176 @@ class TestLockTableUse:
             assert (locks / _lockformat.MARKER).read_bytes().endswith(b"\n")
         finally:
             lockdir.close()
+
+
+@pytest.fixture
+def watched_dir(tmp_path, monkeypatch) -> Path:
+    """A lock directory this process checks by descriptor (skipped where refused)."""
+    monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
+    locks = tmp_path / "locks"
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+    portsafe.reserve_port().release()  # opens it
+    portsafe.reserve_port().release()  # the first check after opening may switch
+    lockdir = _locks.table().current()
+    if not lockdir.watch_ctime:
+        pytest.skip(f"checked by path here: {lockdir.watch_refused}")
+    time.sleep(0.05)  # later changes land on later timestamps, however coarse the clock
+    return locks
+
+
+@linux_only
+class TestCheckedByDescriptor:
+    """Where ``_dirwatch`` allows, the per-call check is an fstat of the directory's
+    descriptor; it must see everything the check by path sees."""
+
+    def test_no_walk_of_the_path(self, watched_dir, monkeypatch):
+        table = _locks.table()
+        calls: list[str] = []
+        real = table._last_look
+
+        def look(path: str) -> os.stat_result:
+            calls.append(path)
+            return real(path)  # type: ignore[operator]
+
+        monkeypatch.setattr(table, "_last_look", look)
+        for _ in range(10):
+            portsafe.reserve_port().release()
+        assert calls == []
+
+    def test_rename_swap_under_a_held_port(self, watched_dir):
+        """The directory moved away and another put in its place: told at the next call."""
+        held = portsafe.reserve_port()
+        try:
+            os.rename(watched_dir, str(watched_dir) + ".old")
+            os.mkdir(watched_dir, 0o1777)
+            with pytest.raises(portsafe.LockDirError, match=f"ports {held.port}"):
+                portsafe.reserve_port()
+        finally:
+            held.release()
+
+    def test_a_change_goes_back_to_the_path_then_watches_again(self, watched_dir):
+        """A chmod changes the ctime: the path is checked (all is well), and once the
+        change is old enough the descriptor is trusted again."""
+        os.chmod(watched_dir, 0o1777)
+        portsafe.reserve_port().release()
+        lockdir = _locks.table().current()
+        assert lockdir.watch_ctime == 0 or lockdir.watch_ctime == os.stat(watched_dir).st_ctime_ns
+        portsafe.reserve_port().release()
+        assert _locks.table().current().watch_ctime == os.stat(watched_dir).st_ctime_ns
+
+    def test_recent_change_waits_for_the_margin(self, tmp_path, monkeypatch):
+        """A directory changed less than MARGIN_NS ago is checked by path (a change in
+        the same clock tick would not move its timestamp)."""
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
+        for _ in range(3):
+            portsafe.reserve_port().release()
+        lockdir = _locks.table().current()
+        assert lockdir.watch_ctime == 0
+        if lockdir.watch_refused:
+            pytest.skip(f"checked by path here: {lockdir.watch_refused}")
+        assert lockdir.watch_at == os.stat(tmp_path / "locks").st_ctime_ns + \
+            _dirwatch.MARGIN_NS
+
+    def test_parent_someone_else_could_rename_means_the_path(self, tmp_path, monkeypatch):
+        """Where a user could rename a directory above the lock directory (it sits in one
+        they own), the path is checked at every call: renaming it is seen."""
+        monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
+        owned = tmp_path / "owned"
+        (owned / "parent").mkdir(parents=True)
+        if os.getuid() == 0:
+            os.chown(owned, NOBODY, NOBODY)
+        parent = owned / "parent"
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(parent / "locks"))
+        portsafe.reserve_port().release()
+        held = portsafe.reserve_port()
+        try:
+            lockdir = _locks.table().current()
+            assert lockdir.watch_ctime == 0
+            assert "owned by uid" in (lockdir.watch_refused or "")
+            os.rename(parent, owned / "moved")
+            with pytest.raises(portsafe.LockDirError, match=f"ports {held.port}"):
+                portsafe.reserve_port()
+        finally:
+            held.release()
+
+    def test_symlink_in_the_path_means_the_path(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
+        (tmp_path / "real").mkdir()
+        (tmp_path / "link").symlink_to(tmp_path / "real")
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "link" / "locks"))
+        for _ in range(3):
+            portsafe.reserve_port().release()
+        lockdir = _locks.table().current()
+        assert lockdir.watch_ctime == 0
+        assert "symbolic link" in (lockdir.watch_refused or "")
+
+
+class TestDirwatchRules:
+    """The rules of ``_dirwatch``, on made-up file systems and paths (every OS)."""
+
+    MOUNTINFO = (
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "23 22 0:21 / /tmp rw,nosuid,nodev shared:2 master:1 - tmpfs tmpfs rw\n"
+        "24 22 0:22 / /mnt/nfs rw - nfs4 server:/export rw\n"
+        "25 22 0:23 / /var/lib/docker/x rw - overlay overlay rw,lowerdir=/a\n"
+        "26 22 0:24 / /weird\\040name rw - xfs /dev/sdb rw\n"
+    )
+
+    @pytest.mark.parametrize(("dev", "expected"), [
+        ((8, 1), "ext4"), ((0, 21), "tmpfs"), ((0, 22), "nfs4"), ((0, 23), "overlay"),
+        ((0, 24), "xfs"), ((9, 9), None)])
+    def test_fs_type(self, dev, expected):
+        assert _dirwatch.fs_type(self.MOUNTINFO, os.makedev(*dev)) == expected
+
+    @pytest.mark.parametrize(("dev", "allowed"), [
+        ((8, 1), True), ((0, 21), True), ((0, 22), False), ((0, 23), False), ((9, 9), False)])
+    def test_only_local_file_systems(self, dev, allowed, monkeypatch):
+        monkeypatch.setattr(_dirwatch, "ancestors_fixed", lambda path: None)
+        why = _dirwatch.unwatchable("/tmp/locks", os.makedev(*dev), platform="linux",
+                                    read=lambda: self.MOUNTINFO)
+        assert (why is None) is allowed
+        if not allowed:
+            assert "file system" in why
+
+    @pytest.mark.parametrize("platform", ["darwin", "freebsd13", "win32"])
+    def test_elsewhere_the_path(self, platform):
+        assert _dirwatch.unwatchable("/tmp/locks", 0, platform=platform) is not None
+
+    @staticmethod
+    def fake(tree: dict[str, tuple[int, int]]):
+        """An lstat over {path: (uid, mode with file type)}."""
+        def lstat(path: str) -> os.stat_result:
+            uid, mode = tree[path]
+            return os.stat_result((mode, 0, 0, 2, uid, 0, 0, 0, 0, 0))
+        return lstat
+
+    DIR, LINK = stat.S_IFDIR, stat.S_IFLNK
+
+    @pytest.mark.parametrize(("tree", "path", "why"), [
+        ({"/": (0, DIR | 0o755), "/tmp": (0, DIR | 0o1777)}, "/tmp/locks", None),
+        ({"/": (0, DIR | 0o755), "/tmp": (0, DIR | 0o1777), "/tmp/u": (1000, DIR | 0o700)},
+         "/tmp/u/locks", "/tmp is writable by others"),
+        ({"/": (0, DIR | 0o755), "/home": (0, DIR | 0o755), "/home/u": (1000, DIR | 0o755)},
+         "/home/u/locks", None),  # u can move the lock directory itself: that is seen
+        ({"/": (0, DIR | 0o755), "/home": (0, DIR | 0o755), "/home/u": (1000, DIR | 0o755),
+          "/home/u/app": (1000, DIR | 0o755)}, "/home/u/app/locks",
+         "/home/u is owned by uid 1000"),
+        ({"/": (0, DIR | 0o755), "/srv": (0, DIR | 0o775)}, "/srv/x/locks",
+         "/srv is writable by others"),
+        ({"/": (0, DIR | 0o755), "/tmp": (0, LINK | 0o777)}, "/tmp/locks",
+         "/tmp is not a directory"),
+        ({"/": (1000, DIR | 0o755), "/tmp": (0, DIR | 0o1777)}, "/tmp/locks",
+         "/ is owned by uid 1000"),
+    ])
+    def test_ancestors(self, tree, path, why):
+        tree.setdefault("/srv/x", (0, self.DIR | 0o755))
+        found = _dirwatch.ancestors_fixed(path, lstat=self.fake(tree))
+        if why is None:
+            assert found is None
+        else:
+            assert found is not None
+            assert found.startswith(why)
+
+    @pytest.mark.parametrize("path", ["tmp/locks", "/tmp//locks", "/tmp/./locks", "//tmp/x"])
+    def test_odd_spellings_are_refused(self, path):
+        assert _dirwatch.ancestors_fixed(path) is not None

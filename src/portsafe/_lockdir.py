@@ -91,10 +91,13 @@ class LockDir:
         poisoned: shard index -> why its file is not used; ``broken``: index -> why ports
             this process holds there may be given to others (raised at each reservation).
         retired: no longer at its path (closed once the ports held here are released).
+        watch_ctime, watch_at, watch_refused: how ``_locks`` checks it at each reservation
+            (by descriptor where ``_dirwatch`` allows, else by path).
     """
 
     __slots__ = ("announcement", "broken", "dev", "fd", "generation", "ino",
-                 "marker_ctime", "mtime", "path", "poisoned", "retired", "shards", "via_link")
+                 "marker_ctime", "mtime", "path", "poisoned", "retired", "shards", "via_link",
+                 "watch_at", "watch_ctime", "watch_refused")
 
     def __init__(self, path: str, fd: int, info: os.stat_result, generation: str,
                  marker_ctime: int) -> None:
@@ -109,6 +112,12 @@ class LockDir:
         self.retired = False  # replaced at its path while ports were held here
         self.via_link = False  # opened through a symlink (so checked with stat, not lstat)
         self.announcement: object = None  # the socket that announces us, kept open
+        # Checked by descriptor (``_dirwatch``): the ctime its fstat must still show (0:
+        # checked by path); when to try that next (a time.time_ns(); 0: never); whether
+        # it may be (None: not yet asked, "": yes, else why not).
+        self.watch_ctime = 0
+        self.watch_at = 1 if fd >= 0 else 0
+        self.watch_refused: str | None = None
 
     def holding(self) -> bool:
         """Whether this process holds a port here (off the hot path: a walk of the open

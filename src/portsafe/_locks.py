@@ -30,7 +30,9 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from time import time_ns as _time_ns
 
+from portsafe import _dirwatch
 from portsafe._errors import LockDirError
 from portsafe._lockdir import (
     SHARD_BITS,
@@ -53,6 +55,7 @@ _SHARD_SIZE = 1 << SHARD_BITS
 #: Misses in a row in one shard after which its file is checked for a flood.
 MISS_LIMIT = 16
 _IDLE_DIRS = 4  # directories kept open with nothing held in them (reopening costs)
+_fstat = os.fstat
 
 
 class LockTable:
@@ -92,8 +95,10 @@ class LockTable:
     def current(self, path: str | None = None) -> LockDir:
         """The lock directory to reserve in now (``PORTSAFE_LOCK_DIR``), opened once.
 
-        Called once per reservation: one ``stat`` of the path checks that it still
-        names the directory opened (a holder learns of a deletion at its next call).
+        Called once per reservation: one system call checks that the path still names
+        the directory opened, unchanged (a holder learns of a deletion at its next call).
+        That is an ``fstat`` of its descriptor where ``_dirwatch`` shows it sees every
+        such change, else a ``stat`` of the path.
 
         Raises:
             LockDirError: unusable, or changed under ports this process holds there.
@@ -102,18 +107,63 @@ class LockTable:
             path = lock_dir()  # the same str object each call while the setting stays
         lockdir = self._last_dir
         if path is self._last_path and lockdir is not None:
-            try:
-                info = self._last_look(path)  # type: ignore[operator]
-            except OSError:
-                info = None
-            if info is not None and info.st_mtime_ns == lockdir.mtime and \
-                    info.st_ino == lockdir.ino and info.st_dev == lockdir.dev and \
-                    not lockdir.broken:  # LockDir.changed(), inlined: once per reservation
-                return lockdir
+            ctime = lockdir.watch_ctime
+            if ctime:  # checked by descriptor: no walk of the path
+                try:
+                    info = _fstat(lockdir.fd)
+                except OSError:
+                    info = None
+                if info is not None and info.st_ctime_ns == ctime and info.st_nlink and \
+                        not lockdir.broken:
+                    return lockdir
+                lockdir.watch_ctime = 0  # changed: the path decides below, and for a while
+                lockdir.watch_at = 1
+            else:
+                try:
+                    info = self._last_look(path)  # type: ignore[operator]
+                except OSError:
+                    info = None
+                if info is not None and info.st_mtime_ns == lockdir.mtime and \
+                        info.st_ino == lockdir.ino and info.st_dev == lockdir.dev and \
+                        not lockdir.broken:  # LockDir.changed(), inlined: once per reservation
+                    at = lockdir.watch_at
+                    if at and at <= _time_ns():
+                        self._try_watch(lockdir, path)
+                    return lockdir
         with self._mutex:
             made = self._current_locked(path)
             self._last_path, self._last_dir, self._last_look = path, made, self._paths[path][1]
             return made
+
+    def _try_watch(self, lockdir: LockDir, path: str) -> None:
+        """Check *lockdir* by its descriptor from now on, if ``_dirwatch`` allows: after
+        an ``fstat`` of it, a check by path confirms it while its ctime is old enough."""
+        with self._mutex:
+            if lockdir is not self._last_dir or lockdir.watch_ctime or not lockdir.watch_at:
+                return
+            if lockdir.watch_refused is None:
+                lockdir.watch_refused = ("it was opened through a symbolic link"
+                                         if lockdir.via_link or lockdir.fd < 0 else
+                                         _dirwatch.unwatchable(path, lockdir.dev)) or ""
+            if lockdir.watch_refused:
+                lockdir.watch_at = 0
+                return
+            try:
+                before = _fstat(lockdir.fd)
+                ctime = before.st_ctime_ns
+                if not ctime:  # no ctime kept: 0 means "checked by path" here
+                    lockdir.watch_at = 0
+                    return
+                if _time_ns() - ctime < _dirwatch.MARGIN_NS:
+                    lockdir.watch_at = ctime + _dirwatch.MARGIN_NS  # changed lately: later
+                    return
+                after = self._last_look(path)  # type: ignore[operator]
+            except OSError:
+                return  # the next check by path says what happened
+            if after.st_ino == lockdir.ino and after.st_dev == lockdir.dev and \
+                    after.st_mtime_ns == lockdir.mtime and before.st_nlink and \
+                    not lockdir.broken:
+                lockdir.watch_ctime, lockdir.watch_at = ctime, 0
 
     def _current_locked(self, path: str) -> LockDir:
         entry = self._paths.get(path)

@@ -1,0 +1,131 @@
+"""When one ``fstat`` of the lock directory's descriptor can stand in for a ``stat`` of its path.
+
+Every reservation checks that the lock directory is still the one this process opened
+(a holder learns of a deletion or a swap at its next call: ``_locks``). Checked by path,
+that is an ``lstat``: a walk of the path and a comparison of (device, inode, mtime). An
+``fstat`` of the directory's open descriptor skips the walk, and it sees every change
+that the path check sees, *where* all of these hold:
+
+1. **Anything done to the directory itself changes its ctime.** Adding or removing an
+   entry (a shard deleted), removing the directory (``rm -rf``; its link count drops to
+   0 as well), renaming it away (to put another in its place), ``chmod``/``chown``: each
+   sets the directory's ctime to the current time, on the local file systems listed in
+   :data:`WATCHED_TYPES` (read from ``/proc/self/mountinfo``). Network and FUSE file
+   systems, overlayfs (a lower directory "removed" is only hidden) and the rest are
+   checked by path.
+2. **A later change cannot land on the same timestamp.** File timestamps may be coarse
+   (a clock tick). The descriptor is trusted only once a path check has confirmed it
+   while its ctime was at least :data:`MARGIN_NS` old: any change after that check gets
+   a later timestamp.
+3. **Nothing but root can make the path name another directory without touching this
+   one.** That takes renaming, replacing or remounting a directory *above* it, or
+   retargeting a symbolic link in the path. So the path has no symbolic link, and each
+   directory above the lock directory sits in a directory that only root can change
+   (owned by root, and not writable by others, or sticky with the entry owned by root,
+   like ``/tmp``). Root can do anything anyway: docs/design.md ("Threat model").
+
+Elsewhere (macOS, the BSDs, Windows, a lock directory under a directory some user
+owns, a symbolic link) every reservation checks by path, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["MARGIN_NS", "WATCHED_TYPES", "ancestors_fixed", "fs_type", "unwatchable"]
+
+#: File systems whose directories change ctime on every change of entries, rename and
+#: removal, with inode attributes read locally (not from a cache of a server's).
+WATCHED_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"})
+
+#: How old the directory's ctime must be, when a path check confirms it, before its
+#: descriptor is trusted (far more than any file system's timestamp granularity).
+MARGIN_NS = 1_000_000_000
+
+_MOUNTINFO = "/proc/self/mountinfo"
+
+
+def fs_type(mountinfo: str, dev: int) -> str | None:
+    """The file system type of device *dev* in a ``/proc/self/mountinfo`` text, or None.
+
+    Example:
+        >>> line = "29 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw"
+        >>> fs_type(line, os.makedev(8, 1)), fs_type(line, os.makedev(8, 2))
+        ('ext4', None)
+    """
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    found = None
+    for line in mountinfo.splitlines():
+        # id parent major:minor root mount-point options [optional fields...] - type ...
+        fields = line.split()
+        if len(fields) > 7 and fields[2] == wanted and "-" in fields[6:-1]:
+            found = fields[fields.index("-", 6) + 1]
+    return found
+
+
+def ancestors_fixed(path: str,
+                    lstat: Callable[[str], os.stat_result] = os.lstat) -> str | None:
+    """None if only root can make *path* name another directory without touching it
+    (condition 3 above); else why not.
+
+    *lstat* is ``os.lstat`` (replaceable for tests).
+
+    Example:
+        >>> ancestors_fixed("/")
+        >>> ancestors_fixed("relative/path")
+        'not an absolute path'
+    """
+    if not os.path.isabs(path) or os.path.normpath(path) != path or path.startswith("//"):
+        return "not an absolute path" if not os.path.isabs(path) else "not a normal path"
+    parts = [part for part in path.split("/") if part]
+    above = lstat("/")
+    current = "/"
+    for part in parts[:-1]:
+        current = os.path.join(current, part)
+        info = lstat(current)
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{current} is not a directory (a symbolic link?)"
+        mode = stat.S_IMODE(above.st_mode)
+        if above.st_uid != 0:
+            return f"{os.path.dirname(current)} is owned by uid {above.st_uid}, not root"
+        if mode & 0o022 and not (mode & stat.S_ISVTX and info.st_uid == 0):
+            return f"{os.path.dirname(current)} is writable by others (mode {mode:o})"
+        above = info
+    return None
+
+
+def unwatchable(path: str, dev: int, *, platform: str = sys.platform,
+                read: Callable[[], str] | None = None) -> str | None:
+    """None if the lock directory at *path* (on device *dev*) may be checked by its
+    descriptor at each reservation; else why it is checked by path.
+
+    *read* returns the text of ``/proc/self/mountinfo`` (replaceable for tests).
+
+    Example:
+        >>> unwatchable("/tmp/x", 0, platform="darwin")
+        'not Linux (no /proc/self/mountinfo)'
+    """
+    if not platform.startswith("linux"):
+        return "not Linux (no /proc/self/mountinfo)"
+    try:
+        why = ancestors_fixed(path)
+        if why is not None:
+            return why
+        text = read() if read is not None else _read_mountinfo()
+    except OSError as exc:
+        return f"cannot check it ({exc.strerror})"
+    kind = fs_type(text, dev)
+    if kind not in WATCHED_TYPES:
+        return f"its file system is {kind or 'unknown'}, not one of {sorted(WATCHED_TYPES)}"
+    return None
+
+
+def _read_mountinfo() -> str:
+    with open(_MOUNTINFO, encoding="utf-8", errors="replace") as file:
+        return file.read()
