@@ -480,13 +480,15 @@ class TestPoisonedShard:
                            start=1 << 20, count=29000, hold=list(SHARD_PORTS)) == {
             "warnings": []}
         calls: list[int] = []
-        real = _locks._try_lock
+        real = _locks.LOCKF
+        assert real is not None
 
-        def counting(fd: int, port: int) -> bool:
-            calls.append(port)
-            return real(fd, port)
+        def counting(fd: int, command: int, length: int, port: int) -> None:
+            if command == _locks.EXCLUSIVE:
+                calls.append(port)
+            real(fd, command, length, port)
 
-        monkeypatch.setattr(_locks, "_try_lock", counting)
+        monkeypatch.setattr(_locks, "LOCKF", counting)
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
         with pytest.raises(portsafe.LockDirError, match=_locks.shard_name(SHARD)), \
                 pytest.warns(RuntimeWarning, match="flood"):

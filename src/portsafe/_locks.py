@@ -43,7 +43,15 @@ from portsafe._lockdir import (
     shard_name,
     unusable_error,
 )
-from portsafe._recordlock import flock_layout, foreign_locks, query_shard
+from portsafe._recordlock import (
+    BUSY,
+    EXCLUSIVE,
+    LOCKF,
+    UNLOCK,
+    flock_layout,
+    foreign_locks,
+    query_shard,
+)
 from portsafe._recordlock import try_lock as _try_lock
 from portsafe._recordlock import unlock as _unlock
 from portsafe._settings import lock_dir, lock_dir_is_explicit
@@ -71,7 +79,8 @@ class LockTable:
         >>> lockdir = table().current()
         >>> table().try_acquire(20000, lockdir) in (True, False)
         True
-        >>> table().release(20000)
+        >>> table().release(20000)  # True once released (False only with wait=False)
+        True
     """
 
     def __init__(self) -> None:
@@ -276,23 +285,25 @@ class LockTable:
         with self._mutex:
             if port in self.held:
                 return False
-            index = port >> SHARD_BITS
             home = self._home
-            if home is not None and home.index == index and home.lockdir is where:
+            if home is not None and home.index == port >> SHARD_BITS and home.lockdir is where:
                 shard = home  # the common case: no lookup
             else:
-                lockdir = self._resolve(where)
-                found = lockdir.shards.get(index)
-                if found is None or lockdir.poisoned:
-                    if index in lockdir.poisoned:
-                        return False
-                    if found is None:
-                        found = lockdir.open_shard(index)
-                        if found is None:
-                            self._warn(lockdir, index)
-                            return False
+                found = self._shard_for(port, where)
+                if found is None:
+                    return False
                 shard = found
-            if not _try_lock(shard.fd, port):
+            if LOCKF is not None:  # _try_lock, inlined: this is every reservation's lock
+                try:
+                    LOCKF(shard.fd, EXCLUSIVE, 1, port)
+                    locked = True
+                except OSError as exc:
+                    if exc.errno not in BUSY:
+                        raise
+                    locked = False
+            else:
+                locked = _try_lock(shard.fd, port)
+            if not locked:
                 self._missed(shard)
                 self._close_if_idle(shard)
                 return False
@@ -303,6 +314,21 @@ class LockTable:
                 if home is not None:
                     self._close_if_idle(home)
             return True
+
+    def _shard_for(self, port: int, where: LockDir | str | None) -> Shard | None:
+        """The open shard file of *port* in *where*, opened if need be; None if unusable."""
+        lockdir = self._resolve(where)
+        index = port >> SHARD_BITS
+        found = lockdir.shards.get(index)
+        if found is None or lockdir.poisoned:
+            if index in lockdir.poisoned:
+                return None
+            if found is None:
+                found = lockdir.open_shard(index)
+                if found is None:
+                    self._warn(lockdir, index)
+                    return None
+        return found
 
     def _missed(self, shard: Shard) -> None:
         if self._miss_dir is shard.lockdir and self._miss_index == shard.index:
@@ -338,38 +364,43 @@ class LockTable:
         return {index: poisoned[index] for index in shards  # type: ignore[attr-defined]
                 if index in poisoned}
 
-    def _release_locked(self, port: int) -> None:
-        shard = self.held.pop(port, None)
-        if shard is not None:
-            _unlock(shard.fd, port)
-            shard.count -= 1
-            if shard.count == 0:
-                lockdir = shard.lockdir
-                if lockdir.broken:
-                    lockdir.broken.pop(shard.index, None)
-                if shard is not self._home:
-                    self._close_if_idle(shard)
-                if lockdir.retired and not lockdir.holding():
-                    self._drop(lockdir)
+    def _emptied(self, shard: Shard) -> None:
+        """*shard* holds none of this process's ports any more."""
+        lockdir = shard.lockdir
+        if lockdir.broken:
+            lockdir.broken.pop(shard.index, None)
+        if shard is not self._home:
+            self._close_if_idle(shard)
+        if lockdir.retired and not lockdir.holding():
+            self._drop(lockdir)
 
-    def release(self, port: int) -> None:
-        """Unlock *port* if this process holds it (idempotent)."""
-        with self._mutex:
-            self._release_locked(port)
+    def release(self, port: int, wait: bool = True) -> bool:
+        """Unlock *port* if this process holds it (idempotent); True once done.
 
-    def release_nowait(self, port: int) -> bool:
-        """Release without blocking (for garbage-collection finalizers).
-
-        A finalizer can run while this very thread holds the mutex; blocking would
-        deadlock, so it reports False and the caller defers the release.
+        With *wait* false (for garbage-collection finalizers) it does not block: a
+        finalizer can run while this very thread holds the mutex, and blocking would
+        deadlock, so it returns False and the caller defers the release.
         """
-        if not self._mutex.acquire(blocking=False):
+        mutex = self._mutex
+        if not mutex.acquire(wait):
             return False
         try:
-            self._release_locked(port)
+            shard = self.held.pop(port, None)
+            if shard is not None:
+                if LOCKF is not None:
+                    LOCKF(shard.fd, UNLOCK, 1, port)  # _unlock, inlined: every release
+                else:
+                    _unlock(shard.fd, port)
+                shard.count -= 1
+                if not shard.count:
+                    self._emptied(shard)
         finally:
-            self._mutex.release()
+            mutex.release()
         return True
+
+    def release_nowait(self, port: int) -> bool:
+        """:meth:`release` without blocking: False if it must be deferred."""
+        return self.release(port, False)
 
     def _close_if_idle(self, shard: Shard) -> None:
         # Closing drops every lock this process has on the file: only when it holds none.

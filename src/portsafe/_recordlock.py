@@ -13,13 +13,22 @@ import sys
 
 from portsafe._lockformat import SHARD_BITS
 
-__all__ = ["flock_layout", "foreign_locks", "query_shard", "try_lock", "unlock"]
+__all__ = ["BUSY", "LOCKF", "flock_layout", "foreign_locks", "query_shard", "try_lock",
+           "unlock"]
 
 _WINDOWS = sys.platform == "win32"
-_BUSY = frozenset({errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK)})
+#: The errnos of a lock taken by someone else.
+BUSY = _BUSY = frozenset({errno.EACCES, errno.EAGAIN,
+                          getattr(errno, "EDEADLOCK", errno.EDEADLK)})
 
 
 # -- the per-OS primitive ---------------------------------------------------------------
+
+#: ``fcntl.lockf`` where record locks are POSIX ones (for callers that inline
+#: :func:`try_lock` and :func:`unlock`: ``LOCKF(fd, EXCLUSIVE, 1, port)``, ``LOCKF(fd,
+#: UNLOCK, 1, port)``), else None.
+LOCKF = None
+EXCLUSIVE = UNLOCK = 0
 
 if sys.platform == "win32":
     import msvcrt
@@ -38,6 +47,9 @@ if sys.platform == "win32":
 
 else:
     import fcntl
+
+    LOCKF = fcntl.lockf
+    EXCLUSIVE, UNLOCK = fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_UN
 
     def try_lock(fd: int, port: int) -> bool:
         try:

@@ -51,7 +51,7 @@ from portsafe._walk import Search, first_free
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
     from typing import TypedDict, overload
 
@@ -87,6 +87,15 @@ _default_probes: _probe.Probes | None = None  # what the default arguments bind 
 
 # Releases that a garbage-collection finalizer could not do on the spot (see __del__).
 _deferred: list[int] = []
+
+# This process's LockTable.release, looked up once (the table outlives a fork: it resets).
+_release: Callable[[int], object] | None = None
+
+
+def _table_release() -> Callable[[int], object]:
+    global _release
+    _release = _locks.table().release
+    return _release
 
 
 class _Releasable:
@@ -127,22 +136,36 @@ class Reservation(_Releasable):
         True
     """
 
-    # _pid: the pid that holds the port, 0 once released (one slot for both facts)
-    __slots__ = ("_granted", "_pid", "family", "host", "port", "socktype")
+    # _pid: the pid that holds the port, 0 once released (one slot for both facts);
+    # _spec: (host, family, socktype, granted), one tuple shared by every reservation of
+    # one kind of request (setting three slots fewer per reservation)
+    __slots__ = ("_pid", "_spec", "port")
 
     def __init__(self, port: int, host: str, family: int, socktype: int,
                  granted: bool = False) -> None:
         self.port = port
-        self.host = host
-        self.family = family
-        self.socktype = socktype
+        self._spec = (host, family, socktype, granted)  # granted: from PORTSERVER_ADDRESS
         self._pid = _pid
-        self._granted = granted  # from PORTSERVER_ADDRESS: released into the pool
+
+    @property
+    def host(self) -> str:
+        """The address it was checked free on (``"127.0.0.1"`` by default)."""
+        return self._spec[0]
+
+    @property
+    def family(self) -> int:
+        """The family asked for (``AF_UNSPEC`` means both)."""
+        return self._spec[1]
+
+    @property
+    def socktype(self) -> int:
+        """The socket type asked for (``0`` means both)."""
+        return self._spec[2]
 
     @property
     def address(self) -> tuple[str, int]:
         """``(host, port)``, ready for ``bind`` or ``connect``."""
-        return (self.host, self.port)
+        return (self._spec[0], self.port)
 
     @property
     def released(self) -> bool:
@@ -163,13 +186,13 @@ class Reservation(_Releasable):
             self._pid = 0
             if pid != _pid:
                 return
-            if self._granted:
+            if self._spec[3]:  # granted by a port server
                 from portsafe import _pool
 
                 if not _pool.give_back(self.port):
                     _locks.table().release(self.port)
             else:
-                _locks.table().release(self.port)
+                (_release or _table_release())(self.port)
 
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
@@ -183,7 +206,7 @@ class Reservation(_Releasable):
             warnings.warn(f"unreleased {self!r}; use 'with reserve_port() as r:' or call "
                           f"r.release()", ResourceWarning, stacklevel=2, source=self)
         # This thread may be inside the lock table (GC runs anywhere): never block here.
-        if self._granted:
+        if self._spec[3]:
             from portsafe import _pool
 
             released = _pool.give_back(self.port)
@@ -220,7 +243,7 @@ class ReservationGroup(_Releasable, Sequence[Reservation]):
         table = _locks.table()
         for item in self._items:
             pid = item._pid
-            if pid == _pid and not item._granted:  # Reservation.release(), inlined
+            if pid == _pid and not item._spec[3]:  # Reservation.release(), inlined
                 item._pid = 0
                 table.release(item.port)
             elif pid:
@@ -343,7 +366,7 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         _warn_fallback(candidates.fallback)
     excluded = _excluded(exclude) if exclude else _NOTHING
     path, server = reservation_settings()
-    directory = _locks.table().current(path)  # one lstat: LockDirError if it changed
+    directory = (_locks._table or _locks.table()).current(path)  # LockDirError if changed
     if server and ports is None:
         from portsafe import _pool
 

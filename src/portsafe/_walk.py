@@ -17,6 +17,8 @@ from portsafe._errors import LockDirError, NoFreePortError
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
+    from typing import Any
+
     from portsafe._candidates import CandidateSet
     from portsafe._locks import LockDir
 
@@ -35,6 +37,13 @@ _DENIED = errno.EACCES  # a port below ip_unprivileged_port_start, without the p
 _home: tuple[object, int] | None = None
 _CROWDED = 32
 
+# The walk of the home shard in progress, for reserve_port's next call to go on with:
+# [lock directory, candidate set, shard, ports, stride, next index]. Going on with one
+# random cycle (random start, random coprime stride) visits every candidate of the shard
+# before any twice, as a fresh random start per call would not; and it costs no random
+# numbers per call. Each call still tries a candidate at most once (G5).
+_cursor: list[Any] | None = None
+
 
 class Search:
     """One call's walk over the candidates, counting why each one was passed over.
@@ -50,7 +59,7 @@ class Search:
         >>> ports = search.take(2)
         >>> len(ports), search.attempts >= 2
         (2, True)
-        >>> for port in ports: search.table.release(port)
+        >>> for port in ports: _ = search.table.release(port)
     """
 
     __slots__ = ("attempts", "candidates", "denied", "directory", "excluded", "held",
@@ -91,12 +100,12 @@ class Search:
 
     def _take_in(self, key: int, n: int, taken: list[int]) -> bool:
         """Walk shard *key*, adding what it locks and verifies to *taken*; True at *n*."""
-        global _home
+        global _home, _cursor
         items, index, stride = self.candidates.walk(rng, key)
         count = len(items)
         table, directory, probes, excluded = self.table, self.directory, self.probes, \
             self.excluded
-        held_here, try_acquire, is_free = table.held, table.try_acquire, _probe.is_free
+        try_acquire, is_free = table.try_acquire, _probe.is_free
         attempts = held = in_use = denied = 0
         try:
             for _ in range(count):
@@ -105,7 +114,7 @@ class Search:
                 if port in excluded:
                     continue
                 attempts += 1
-                if port in held_here or not try_acquire(port, directory):
+                if not try_acquire(port, directory):
                     held += 1
                     continue
                 try:
@@ -116,7 +125,11 @@ class Search:
                 if not busy:
                     taken.append(port)
                     if len(taken) == n:
-                        _home = (directory, key) if held + in_use + denied <= _CROWDED else None
+                        if held + in_use + denied <= _CROWDED:
+                            _home = (directory, key)
+                            _cursor = [directory, self.candidates, key, items, stride, index]
+                        else:
+                            _home = _cursor = None
                         return True
                     continue
                 table.release(port)
@@ -157,7 +170,7 @@ class Search:
     def _take_one(self, port: int) -> bool:
         self.attempts += 1
         table = self.table
-        if port in table.held or not table.try_acquire(port, self.directory):
+        if not table.try_acquire(port, self.directory):
             self.held += 1
             return False
         try:
@@ -213,7 +226,7 @@ def first_free(candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
     """One free port, locked and verified: ``reserve_port``'s walk. Else the Search that
     found none, with its counts, to raise its :meth:`Search.failure`.
 
-    The common case (the home shard's first candidate is free) makes no Search: its
+    The common case (the home shard's next candidate is free) makes no Search: its
     walk is inlined here. G5 holds: the home shard is walked once, then the others.
 
     Example:
@@ -223,18 +236,25 @@ def first_free(candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
         >>> 30000 <= port < 30010
         True
         >>> _locks.table().release(port)
+        True
     """
-    global _home
-    last = _home
-    if last is None or last[0] != directory or last[1] not in candidates.shard_keys:
-        search = Search(candidates, probes, excluded, directory)
-        taken = search.take(1)
-        return taken[0] if taken else search
-    key = last[1]
-    table = _locks.table()
-    items, index, stride = candidates.walk(rng, key)
+    global _home, _cursor
+    cursor = _cursor
+    if cursor is None or cursor[1] is not candidates or cursor[0] is not directory:
+        last = _home
+        if last is None or last[0] != directory or last[1] not in candidates.shard_keys:
+            search = Search(candidates, probes, excluded, directory)
+            taken = search.take(1)
+            return taken[0] if taken else search
+        ports, start, step = candidates.walk(rng, last[1])
+        cursor = _cursor = [directory, candidates, last[1], ports, step, start]
+    key: int = cursor[2]
+    items: list[int] = cursor[3]
+    stride: int = cursor[4]
+    index: int = cursor[5]
     count = len(items)
-    held_here, try_acquire, is_free = table.held, table.try_acquire, _probe.is_free
+    table = _locks.table()
+    try_acquire, is_free = table.try_acquire, _probe.is_free
     attempts = held = in_use = denied = 0
     for _ in range(count):
         port = items[index]
@@ -242,7 +262,7 @@ def first_free(candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
         if port in excluded:
             continue
         attempts += 1
-        if port in held_here or not try_acquire(port, directory):
+        if not try_acquire(port, directory):
             held += 1
             continue
         try:
@@ -251,14 +271,16 @@ def first_free(candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
             table.release(port)
             raise
         if not busy:
+            cursor[5] = index
             if attempts - 1 > _CROWDED:  # passed that many taken ports here
-                _home = None
+                _home = _cursor = None
             return port
         table.release(port)
         if busy == _DENIED:
             denied += 1
         else:
             in_use += 1
+    _cursor = None
     search = Search(candidates, probes, excluded, directory)
     search.attempts, search.held, search.in_use, search.denied = attempts, held, in_use, denied
     taken = search.take(1, walked=key)
