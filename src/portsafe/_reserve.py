@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from portsafe import _locks, _probe
 from portsafe._errors import InvalidSettingError
 from portsafe._ranges import default_candidates, explicit_candidates
-from portsafe._settings import reservation_settings, shown
+from portsafe._settings import EXCLUDE, LOCK_DIR, PORTSERVER, RANGE, reservation_settings, shown
 from portsafe._walk import Search, first_free
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from typing import TypedDict, overload
 
     from typing_extensions import Self
+
+    from portsafe._candidates import CandidateSet
 
     class ReserveOptions(TypedDict, total=False):
         """The keyword options of :func:`reserve_port`, for helpers that pass them on."""
@@ -283,6 +285,24 @@ def _excluded(exclude: Iterable[int]) -> frozenset[int]:
     return ports
 
 
+# The default request's settings (lock directory, port server, candidates), by the raw
+# values of the variables they come from: one lookup per call instead of two.
+_RAW = tuple(name.encode() for name in (LOCK_DIR, PORTSERVER, RANGE, EXCLUDE))
+_hot: dict[tuple[bytes | None, ...], tuple[str, str, CandidateSet]] = {}
+_DEFAULT_SPEC = ("127.0.0.1", socket.AF_INET, socket.SOCK_STREAM, False)
+_new = object.__new__
+
+
+def _hot_settings(data: object) -> tuple[str, str, CandidateSet]:
+    """The default request's settings now (cached by raw value where environ is bytes)."""
+    made = (*reservation_settings(), default_candidates())
+    if type(data) is dict and os.name == "posix":
+        if len(_hot) >= 64:  # a test suite may set a new directory per test
+            _hot.clear()
+        _hot[tuple(data.get(key) for key in _RAW)] = made
+    return made
+
+
 def _set_default_probes() -> _probe.Probes:
     global _default_probes
     _default_probes = _probe.targets(None, _AF_INET, _STREAM)
@@ -357,6 +377,23 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
     # The hot path of every test that needs a port: no Search object unless it fails.
     if _deferred:
         _drain_deferred()
+    if host is None and family is _AF_INET and socktype is _STREAM and ports is None and \
+            not exclude:  # the default request: every setting it needs in one lookup
+        data = getattr(os.environ, "_data", None)
+        hot = _hot.get((data.get(_RAW[0]), data.get(_RAW[1]), data.get(_RAW[2]),
+                        data.get(_RAW[3]))) if type(data) is dict else None
+        path, server, candidates = hot or _hot_settings(data)
+        if candidates.fallback:
+            _warn_fallback(candidates.fallback)
+        directory = (_locks._table or _locks.table()).current(path)  # LockDirError if changed
+        if not server:
+            found = first_free(candidates, _default_probes or _set_default_probes(), _NOTHING,
+                               directory)
+            if type(found) is int:
+                made = _new(Reservation)
+                made.port, made._spec, made._pid = found, _DEFAULT_SPEC, _pid
+                return made
+            raise found.failure("free port")  # type: ignore[union-attr]
     if host is None and family is _AF_INET and socktype is _STREAM:  # the defaults
         probes = _default_probes or _set_default_probes()
     else:
