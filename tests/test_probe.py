@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import _socket
 import errno
+import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +130,182 @@ class TestDualStackShortcut:
                 for kind in BOTH:
                     with socket.socket(family, kind) as sock:
                         sock.bind((address, r.port))
+
+
+V6ONLY_OFF = ("setsockopt", socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+
+
+class Recorded:
+    """A real socket that writes down every call the probe makes on it."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], family: int, kind: int) -> None:
+        self._sock = _socket.socket(family, kind)
+        self._calls = calls
+        calls.append(("socket", family, kind))
+
+    def setsockopt(self, level: int, name: int, value: int) -> None:
+        self._calls.append(("setsockopt", level, name, value))
+        self._sock.setsockopt(level, name, value)
+
+    def bind(self, address: tuple[Any, ...]) -> None:
+        self._calls.append(("bind", address))
+        self._sock.bind(address)
+
+    def close(self) -> None:
+        self._calls.append(("close",))
+        self._sock.close()
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Every socket call of the probe (the proof's included), from a fresh proof on."""
+    made: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(_probe, "_new_socket",
+                        lambda family, kind: Recorded(made, family, kind))
+    monkeypatch.setattr(_probe, "_dual", None)
+    monkeypatch.setattr(_probe, "_dual_defaults", frozenset())
+    monkeypatch.setattr(_probe, "_cache", {})
+    return made
+
+
+def options_per_bind(calls: list[tuple[Any, ...]]) -> list[tuple[int, bool]]:
+    """(socket type, IPV6_V6ONLY set to 0 first) per [::] bind, checking each bind is
+    socket + (setsockopt) + bind + close and nothing else."""
+    found: list[tuple[int, bool]] = []
+    index = 0
+    while index < len(calls):
+        head = calls[index]
+        assert head[0] == "socket", calls
+        option = calls[index + 1] == V6ONLY_OFF
+        bind, close = calls[index + 1 + option:index + 3 + option]
+        assert bind[0] == "bind", calls
+        assert close == ("close",), calls
+        if head[1] == socket.AF_INET6 and bind[1][0] == "::":
+            found.append((head[2], option))
+        index += 3 + option
+    return found
+
+
+@needs_ipv6
+class TestDualStackOption:
+    """The dual-stack plan skips setsockopt(IPV6_V6ONLY, 0) only where the proof read
+    the option's default as 0 on a fresh socket, and the proof binds as the plan does."""
+
+    def test_default_is_read_from_a_fresh_socket(self) -> None:
+        for kind in BOTH:
+            with socket.socket(socket.AF_INET6, kind) as sock:
+                expected = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            assert _probe._v6only_default(kind) == expected
+
+    def test_skipped_on_this_kernel_where_proven(self, calls: list[tuple[Any, ...]]) -> None:
+        """Here: each type's option is skipped exactly where a fresh socket reads 0 (all
+        of them with net.ipv6.bindv6only=0): a bind is then socket + bind + close."""
+        if not _probe.dual_stack_is_stricter():
+            pytest.skip("this kernel's dual-stack bind is not stricter: shortcut off")
+        zero = {kind for kind in BOTH if _probe._v6only_default(kind) == 0}
+        sysctl = Path("/proc/sys/net/ipv6/bindv6only")
+        if sysctl.exists() and sysctl.read_text().strip() == "0":
+            assert zero == set(BOTH)  # the test bites on such a host
+        assert _probe._dual_defaults == zero
+        proof = options_per_bind(calls)
+        assert len(proof) == 8  # two families x two types x (plain, SO_REUSEADDR)
+        assert all(option == (kind not in zero) for kind, option in proof)
+        del calls[:]
+        with portsafe.reserve_port(family=socket.AF_UNSPEC, socktype=0) as r:
+            del calls[:]
+            assert _probe.is_free(r.port, _probe.targets(None, socket.AF_UNSPEC, 0)) == 0
+        assert options_per_bind(calls) == [(kind, kind not in zero) for kind in BOTH]
+        assert len(calls) == 3 * 2 + 2 - len(zero)
+
+    @pytest.mark.parametrize("defaults", [
+        {socket.SOCK_STREAM: 1, socket.SOCK_DGRAM: 1},
+        {socket.SOCK_STREAM: None, socket.SOCK_DGRAM: None},
+        {socket.SOCK_STREAM: 1, socket.SOCK_DGRAM: 0},
+        {socket.SOCK_STREAM: 0, socket.SOCK_DGRAM: None},
+    ], ids=["v6only", "unknown", "stream-v6only", "dgram-unknown"])
+    def test_set_where_not_proven_0(self, monkeypatch: pytest.MonkeyPatch,
+                                    calls: list[tuple[Any, ...]],
+                                    defaults: dict[int, int | None]) -> None:
+        """Where a type's default reads 1 or cannot be read, the proof and the plan set
+        the option to 0 before binding, as before; a type proven 0 skips it."""
+        monkeypatch.setattr(_probe, "_v6only_default", defaults.__getitem__)
+        if not _probe.dual_stack_is_stricter():
+            pytest.skip("a type claimed 0 here is not dual-stack on this kernel")
+        zero = {kind for kind, value in defaults.items() if value == 0}
+        assert _probe._dual_defaults == zero
+        assert all(option == (kind not in zero) for kind, option in options_per_bind(calls))
+        for socktype in (0, *BOTH):
+            probes = _probe.targets(None, socket.AF_UNSPEC, socktype)
+            kinds = BOTH if socktype == 0 else (socktype,)
+            assert [bind[4] for bind in probes.plan] == [True] * len(kinds)
+            assert [step[4] != () for step in probes.steps] == [k not in zero for k in kinds]
+            assert (probes.plain is None) == any(k not in zero for k in kinds)
+        with portsafe.reserve_port(family=socket.AF_UNSPEC, socktype=0) as r:
+            del calls[:]
+            assert _probe.is_free(r.port, _probe.targets(None, socket.AF_UNSPEC, 0)) == 0
+            assert options_per_bind(calls) == [(kind, kind not in zero) for kind in BOTH]
+            for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                for kind in BOTH:  # and it still bites
+                    with Holders.make(family, kind, address, port=r.port):
+                        assert shortcut(r.port, kind) == errno.EADDRINUSE
+
+    def test_a_wrong_default_cannot_make_the_plan_blind(self, monkeypatch: pytest.MonkeyPatch,
+                                                        calls: list[tuple[Any, ...]]) -> None:
+        """The proof binds what the plan binds: were a v6-only socket's default misread
+        as 0, its bind would miss IPv4 holders, the proof fails and the shortcut is off."""
+        def v6only(family: int, kind: int) -> Recorded:
+            made = Recorded(calls, family, kind)
+            if family == socket.AF_INET6:  # what bindv6only=1 gives every new socket
+                made._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            return made
+
+        monkeypatch.setattr(_probe, "_new_socket", v6only)
+        monkeypatch.setattr(_probe, "_v6only_default", lambda kind: 0)
+        assert not _probe.dual_stack_is_stricter()
+        plan = _probe.targets(None, socket.AF_UNSPEC, 0).plan
+        assert [bind[2] for bind in plan] == ["127.0.0.1", "127.0.0.1", "::1", "::1"]
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("unshare") is None
+                        or shutil.which("ip") is None or os.environ.get("PORTSAFE_IN_NETNS")
+                        == "1", reason="needs Linux network namespaces (unshare, ip)")
+    def test_bindv6only_1_in_a_network_namespace(self, tmp_path: Path) -> None:
+        """A private network namespace (loopback only) with net.ipv6.bindv6only=1: the
+        defaults read 1, the plan sets the option, and this file's dual-stack tests
+        (56 kinds of holder, TIME_WAIT) pass there too."""
+        here = Path(__file__)
+        code = (
+            "import socket\n"
+            "from portsafe import _probe\n"
+            "kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM)\n"
+            "assert [_probe._v6only_default(kind) for kind in kinds] == [1, 1]\n"
+            "assert _probe.dual_stack_is_stricter()\n"
+            "assert _probe._dual_defaults == frozenset()\n"
+            "probes = _probe.targets(None, socket.AF_UNSPEC, 0)\n"
+            "assert probes.plain is None and probes.one is None\n"
+            "assert [s[4] for s in probes.steps] == [((socket.IPPROTO_IPV6,"
+            " socket.IPV6_V6ONLY, 0),)] * 2\n"
+            "print('planned')\n"
+        )
+        env = {**os.environ, "PORTSAFE_IN_NETNS": "1", "PORTSAFE_LOCK_DIR": str(tmp_path),
+               "PYTHONPATH": os.pathsep.join(
+                   [str(Path(portsafe.__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+        script = ("ip link set lo up && sysctl -qw net.ipv6.bindv6only=1 && "
+                  '[ "$(cat /proc/sys/net/ipv6/bindv6only)" = 1 ] || exit 77; '
+                  '"$0" -c "$1" && exec "$0" -m pytest -q -p no:cacheprovider "$2" '
+                  '-k TestDualStack')
+        try:
+            done = subprocess.run(["unshare", "-n", "sh", "-c", script, sys.executable, code,
+                                   str(here)], env=env, capture_output=True, text=True,
+                                  timeout=120, check=False)
+        except OSError as exc:
+            pytest.skip(f"cannot run unshare: {exc}")
+        if done.returncode == 77 or "unshare failed" in done.stderr or (
+                done.returncode != 0 and "Operation not permitted" in done.stderr):
+            pytest.skip(f"no private network namespace here: {done.stderr.strip()[:200]}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "planned" in done.stdout
+        assert " passed" in done.stdout, done.stdout
+        assert " failed" not in done.stdout, done.stdout
 
 
 class TestArguments:

@@ -42,12 +42,23 @@ _WILDCARD: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 _INTS = frozenset({int, socket.AddressFamily, socket.SocketKind})
 _V6ONLY = getattr(socket, "IPV6_V6ONLY", None)
 
+_new_socket = _socket.socket
+
 _ipv6: bool | None = None
 _dual: bool | None = None
+#: Socket types whose fresh AF_INET6 socket the proof found dual-stack already
+#: (IPV6_V6ONLY reads 0): their dual-stack binds skip the setsockopt, as the proof did.
+#: Set once with ``_dual``; facts about this kernel, so a forked child may keep them.
+_dual_defaults: frozenset[int] = frozenset()
 _cache: dict[tuple[str | None, int, int], Probes] = {}
 
 #: One bind of a probe: (family, socket type, host, rest of the sockaddr, dual-stack).
 Bind = tuple[int, int, str, tuple[int, ...], bool]
+#: (level, option, value): one setsockopt a bind needs before it binds
+Option = tuple[int, int, int]
+#: A bind as :func:`is_free` runs it: (family, type, host, rest of the sockaddr, or ()
+#: where it is all zeros, the options to set first)
+Step = tuple[int, int, str, tuple[int, ...], tuple[Option, ...]]
 
 
 class Probes(tuple[ProbeTarget, ...]):
@@ -55,7 +66,11 @@ class Probes(tuple[ProbeTarget, ...]):
     ``plan``, the binds that check them (fewer where one bind is provably as strict)."""
 
     plan: tuple[Bind, ...]
-    #: (family, type, host) when the plan is one plain bind (the default request)
+    #: the plan as :func:`is_free` runs it, every fixed part worked out once
+    steps: tuple[Step, ...]
+    #: (family, type, host) per bind when every bind is socket + bind((host, port)) + close
+    plain: tuple[tuple[int, int, str], ...] | None
+    #: ``plain``'s only bind when there is one (the default request)
     one: tuple[int, int, str] | None
 
 
@@ -124,14 +139,33 @@ def targets(host: str | None, family: int, socktype: int) -> Probes:
                   for kind in _SOCKTYPES[socktype])
     dual = (family == socket.AF_UNSPEC and len(families) == 2 and host in (None, "localhost", "")
             and dual_stack_is_stricter())
-    made.plan = tuple(
+    _compile(made, tuple(
         [(socket.AF_INET6, kind, "::", (), True) for kind in _SOCKTYPES[socktype]]
-        if dual else [(*target, False) for target in made])
-    first = made.plan[0]
-    made.one = (first[0], first[1], first[2]) if len(made.plan) == 1 and not first[3] \
-        and not first[4] and _EXCLUSIVE is None else None
+        if dual else [(*target, False) for target in made]), _dual_defaults)
     _cache[(host, family, socktype)] = made
     return made
+
+
+def _compile(made: Probes, plan: tuple[Bind, ...], defaults: frozenset[int]) -> Probes:
+    """Set *made*'s plan and what :func:`is_free` runs for it; *defaults* as ``_dual_defaults``."""
+    made.plan = plan
+    made.steps = _steps(plan, defaults)
+    made.plain = tuple((family, kind, host) for family, kind, host, _, _ in made.steps) \
+        if not any(rest or options for _, _, _, rest, options in made.steps) else None
+    made.one = made.plain[0] if made.plain is not None and len(made.plain) == 1 else None
+    return made
+
+
+def _steps(plan: tuple[Bind, ...], defaults: frozenset[int]) -> tuple[Step, ...]:
+    """*plan* as run: plain ints, no all-zero sockaddr tail (``("::1", port, 0, 0)`` and
+    ``("::1", port)`` are one address), and each bind's options."""
+    exclusive: tuple[Option, ...] = () if _EXCLUSIVE is None \
+        else ((socket.SOL_SOCKET, _EXCLUSIVE, 1),)
+    return tuple(
+        (int(family), int(kind), host, rest if any(rest) else (),
+         ((socket.IPPROTO_IPV6, _V6ONLY, 0), *exclusive)
+         if dual and kind not in defaults and _V6ONLY is not None else exclusive)
+        for family, kind, host, rest, dual in plan)
 
 
 def dual_stack_is_stricter() -> bool:
@@ -141,22 +175,45 @@ def dual_stack_is_stricter() -> bool:
     and IPv6 address, so it conflicts with anything bound on the port there (and with
     more: a socket on another address of the machine). That is checked once, on this
     kernel, against a plain, a SO_REUSEADDR and a listening holder of each family and
-    socket type; where any check fails, the probe binds each address itself.
+    socket type; where any check fails, the probe binds each address itself. The check
+    runs the probe's own binds: where a fresh AF_INET6 socket of a type already reads
+    ``IPV6_V6ONLY`` 0 (Linux with ``net.ipv6.bindv6only=0``), that type's probe binds it
+    as it comes, one system call fewer; elsewhere (1, or unreadable) it sets 0 first.
 
     Example:
         >>> isinstance(dual_stack_is_stricter(), bool)
         True
     """
-    global _dual
+    global _dual, _dual_defaults
     if _dual is None:
-        _dual = _V6ONLY is not None and ipv6_available() and all(
-            _dual_conflicts(family, kind, reuse)
+        if _V6ONLY is None or not ipv6_available():
+            _dual = False
+            return _dual
+        defaults = frozenset(kind for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)
+                             if _v6only_default(kind) == 0)
+        dual = all(
+            _dual_conflicts(family, kind, reuse, defaults)
             for family in (socket.AF_INET, socket.AF_INET6)
             for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM) for reuse in (False, True))
+        _dual_defaults = defaults  # before _dual: a plan built after sees both
+        _dual = dual
     return _dual
 
 
-def _dual_conflicts(family: int, kind: int, reuse: bool) -> bool:
+def _v6only_default(kind: int) -> int | None:
+    """IPV6_V6ONLY of a fresh AF_INET6 socket of *kind* (0: dual-stack), None if unknown."""
+    try:
+        with socket.socket(socket.AF_INET6, kind) as sock:
+            value = sock.getsockopt(socket.IPPROTO_IPV6, _V6ONLY)  # type: ignore[arg-type]
+    except OSError:
+        return None
+    return value if value in (0, 1) else None
+
+
+def _dual_conflicts(family: int, kind: int, reuse: bool, defaults: frozenset[int]) -> bool:
+    """Whether the dual-stack plan's bind of *kind* (run by :func:`is_free` itself, so the
+    proof checks exactly what the plan does) finds a holder of *family* busy."""
+    plan = _compile(Probes(), ((socket.AF_INET6, kind, "::", (), True),), defaults)
     try:
         with socket.socket(family, kind) as holder:
             if reuse:
@@ -164,14 +221,7 @@ def _dual_conflicts(family: int, kind: int, reuse: bool) -> bool:
             holder.bind((_LOOPBACK[family], 0))
             if reuse and kind == socket.SOCK_STREAM:
                 holder.listen()
-            port = holder.getsockname()[1]
-            with socket.socket(socket.AF_INET6, kind) as probe:
-                probe.setsockopt(socket.IPPROTO_IPV6, _V6ONLY, 0)  # type: ignore[arg-type]
-                try:
-                    probe.bind(("::", port, 0, 0))
-                except OSError as exc:
-                    return exc.errno in _IN_USE
-                return False
+            return is_free(holder.getsockname()[1], plan) in _IN_USE
     except OSError:
         return False
 
@@ -226,30 +276,43 @@ def is_free(port: int, probes: tuple[ProbeTarget, ...]) -> int:
     if type(probes) is Probes:
         one = probes.one
         if one is not None:  # the default request: one plain bind, no option to set
+            family, kind, host = one
             try:
-                sock = _socket.socket(one[0], one[1])
+                sock = _new_socket(family, kind)
             except OSError as exc:
-                raise _no_family(exc, one[0]) from exc
+                raise _no_family(exc, family) from exc
             try:
-                sock.bind((one[2], port))
+                sock.bind((host, port))
             except OSError as exc:
-                return _refused(exc, one[2])
+                return _refused(exc, host)
             finally:
                 sock.close()
             return 0
-        plan = probes.plan
+        plain = probes.plain
+        if plain is not None:  # e.g. both socket types on a dual-stack [::]: no option
+            for family, kind, host in plain:
+                try:
+                    sock = _new_socket(family, kind)
+                except OSError as exc:
+                    raise _no_family(exc, family) from exc
+                try:
+                    sock.bind((host, port))
+                except OSError as exc:
+                    return _refused(exc, host)
+                finally:
+                    sock.close()
+            return 0
+        steps = probes.steps
     else:
-        plan = tuple((*target, False) for target in probes)
-    for family, kind, host, rest, dual in plan:
+        steps = _steps(tuple((*target, False) for target in probes), frozenset())
+    for family, kind, host, rest, options in steps:
         try:
-            sock = _socket.socket(family, kind)
+            sock = _new_socket(family, kind)
         except OSError as exc:
             raise _no_family(exc, family) from exc
         try:
-            if dual:
-                sock.setsockopt(socket.IPPROTO_IPV6, _V6ONLY, 0)  # type: ignore[arg-type]
-            if _EXCLUSIVE is not None:
-                sock.setsockopt(socket.SOL_SOCKET, _EXCLUSIVE, 1)
+            for level, name, value in options:
+                sock.setsockopt(level, name, value)
             sock.bind((host, port, *rest) if rest else (host, port))
         except OSError as exc:
             return _refused(exc, host)
