@@ -243,6 +243,7 @@ class TestExhaustion:
         monkeypatch.setitem(_ranges._cache, "ephemeral", ((1024, 65000), "test"))
         monkeypatch.setattr("portsafe._reserve._warned", set())
         monkeypatch.setattr(_ranges, "_candidates", {})
+        monkeypatch.setattr("portsafe._reserve._hot", {})  # the default request's cache of it
         with pytest.warns(RuntimeWarning, match="ephemeral range 1024-65000"), \
                 portsafe.reserve_port() as r:
             assert 1024 <= r.port <= 65535

@@ -242,7 +242,8 @@ _collapse = collapse  # the name tests and older callers use
 
 
 def clear_caches() -> None:
-    """Forget what was read from the OS and the environment (for tests)."""
+    """Forget what was read from the OS and the environment (for tests; ``_reserve``
+    keeps the default request's candidates too: ``portsafe._reserve._hot``)."""
     _cache.clear()
     _candidates.clear()
     _explicit.clear()
