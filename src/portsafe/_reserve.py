@@ -317,11 +317,17 @@ def _search(host: str | None, family: int, socktype: int, ports: Iterable[int] |
         probes = _default_probes or _set_default_probes()
     else:
         probes = _probe.targets(host, family, socktype)
-    candidates = default_candidates() if ports is None else explicit_candidates(ports)
+    if ports is None:
+        data = getattr(os.environ, "_data", None)
+        hot = _hot.get((data.get(_RAW[0]), data.get(_RAW[1]), data.get(_RAW[2]),
+                        data.get(_RAW[3]))) if type(data) is dict else None
+        path, _, candidates = hot or _hot_settings(data)
+    else:
+        candidates, path = explicit_candidates(ports), reservation_settings()[0]
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
     return Search(candidates, probes, _excluded(exclude) if exclude else _NOTHING,
-                   _locks.table().current(reservation_settings()[0]))
+                  (_locks._table or _locks.table()).current(path))
 
 
 _warned: set[str] = set()
@@ -456,5 +462,12 @@ def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
         for port in taken:
             search.table.release(port)
         raise search.failure(f"{n} {'contiguous ' if contiguous else ''}free ports", len(taken))
-    return ReservationGroup([Reservation(port, chosen_host, family, socktype)
-                             for port in taken])
+    spec, pid = (chosen_host, family, socktype, False), _pid
+    items = []
+    for port in taken:  # Reservation(port, *spec), without __init__
+        made = _new(Reservation)
+        made.port, made._spec, made._pid = port, spec, pid
+        items.append(made)
+    group = _new(ReservationGroup)
+    group._items = tuple(items)
+    return group

@@ -85,9 +85,13 @@ class Search:
         home = last[1] if last is not None and last[0] == self.directory else None
         if walked is not None:
             home = walked
+        cursor = _cursor
+        if walked is not None or cursor is None or cursor[1] is not candidates or \
+                cursor[0] is not self.directory:
+            cursor = None
         try:
             if walked is None and home in candidates.shard_keys and \
-                    self._take_in(home, n, taken):
+                    self._take_in(home, n, taken, cursor if cursor and cursor[2] == home else None):
                 return taken
             for key in candidates.rest(rng, home):  # made only when home falls short
                 if self._take_in(key, n, taken):
@@ -98,10 +102,17 @@ class Search:
             raise
         return taken
 
-    def _take_in(self, key: int, n: int, taken: list[int]) -> bool:
-        """Walk shard *key*, adding what it locks and verifies to *taken*; True at *n*."""
+    def _take_in(self, key: int, n: int, taken: list[int],
+                 cursor: list[Any] | None = None) -> bool:
+        """Walk shard *key*, adding what it locks and verifies to *taken*; True at *n*.
+
+        *cursor*: the walk of *key* in progress (``_cursor``), to go on with.
+        """
         global _home, _cursor
-        items, index, stride = self.candidates.walk(rng, key)
+        if cursor is not None:
+            items, stride, index = cursor[3], cursor[4], cursor[5]
+        else:
+            items, index, stride = self.candidates.walk(rng, key)
         count = len(items)
         table, directory, probes, excluded = self.table, self.directory, self.probes, \
             self.excluded
@@ -127,7 +138,10 @@ class Search:
                     if len(taken) == n:
                         if held + in_use + denied <= _CROWDED:
                             _home = (directory, key)
-                            _cursor = [directory, self.candidates, key, items, stride, index]
+                            if cursor is not None:
+                                cursor[5] = index
+                            else:
+                                _cursor = [directory, self.candidates, key, items, stride, index]
                         else:
                             _home = _cursor = None
                         return True
