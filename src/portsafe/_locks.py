@@ -392,7 +392,8 @@ class LockTable:
                 else:
                     _unlock(shard.fd, port)
                 shard.count -= 1
-                if not shard.count:
+                if not shard.count and (shard is not self._home or shard.lockdir.broken or
+                                        shard.lockdir.retired):  # else nothing to do
                     self._emptied(shard)
         finally:
             mutex.release()

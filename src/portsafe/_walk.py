@@ -267,7 +267,7 @@ def first_free(candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
     stride: int = cursor[4]
     index: int = cursor[5]
     count = len(items)
-    table = _locks.table()
+    table = _locks._table or _locks.table()
     try_acquire, is_free = table.try_acquire, _probe.is_free
     attempts = held = in_use = denied = 0
     for _ in range(count):

@@ -1,0 +1,154 @@
+"""How far reserve_port()+release() is from the kernel's floor, as ratios to find_unused_port.
+
+Run: python bench/bench_floor.py [--python all|3.12.1|PATH ...] [--samples 3000]
+
+Per interpreter (default: the running one), in a fresh process with portsafe from
+``src/`` and a private lock directory made like the default one (right in the temporary
+directory, and aged, so that it is checked by descriptor: ``src/portsafe/_dirwatch.py``),
+each of these is interleaved with CPython's ``find_unused_port`` (``_yardsticks.py``),
+per-call medians, 3 repeats, as ``bench_reserve.py`` measures:
+
+- ``syscalls``: the six system calls of a reservation and its release and nothing
+  else: the directory check (fstat), lock, socket, bind, close, unlock;
+- ``ideal``: a near-ideal Python version of the whole call and release (one function,
+  a Reservation-like object, the in-process mutex and held-port map; no checks of
+  arguments or settings);
+- ``portsafe``: ``portsafe.reserve_port().release()``.
+
+It says what the latency target of issue 11 (0.6) is up against. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+INNER = r"""
+import _socket, fcntl, json, os, statistics, sys, threading
+sys.path.insert(0, sys.argv[1])
+from _stats import interleaved
+from _yardsticks import find_unused_port
+import portsafe
+from portsafe import _locks
+
+for _ in range(3):
+    portsafe.reserve_port().release()
+table = _locks.table()
+lockdir = table.current()
+shard = table._home
+fd, dfd, base = shard.fd, lockdir.fd, shard.index << 8
+lockf, fstat = fcntl.lockf, os.fstat
+EXCLUSIVE, UNLOCK = fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_UN
+ports = [port for port in range(base, base + 256) if port >= 1024]
+step = [0]
+
+
+def syscalls():
+    i = step[0] = (step[0] + 37) % len(ports)
+    port = ports[i]
+    fstat(dfd)
+    lockf(fd, EXCLUSIVE, 1, port)
+    sock = _socket.socket(2, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.close()
+    lockf(fd, UNLOCK, 1, port)
+
+
+class Held:
+    __slots__ = ("_pid", "_spec", "port")
+
+    def __del__(self):
+        if self._pid != 1:
+            return
+
+
+mutex, held, new = threading.Lock(), {}, object.__new__
+SPEC, ctime = ("127.0.0.1", 2, 1, False), fstat(dfd).st_ctime_ns
+
+
+def ideal():
+    info = fstat(dfd)
+    if info.st_ctime_ns != ctime:
+        raise RuntimeError("the lock directory changed")
+    i = step[0] = (step[0] + 37) % len(ports)
+    port = ports[i]
+    with mutex:
+        if port in held:
+            raise RuntimeError("held")
+        lockf(fd, EXCLUSIVE, 1, port)
+        held[port] = shard
+    sock = _socket.socket(2, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    finally:
+        sock.close()
+    made = new(Held)
+    made.port, made._spec, made._pid = port, SPEC, 1
+    if made._pid:
+        made._pid = 0
+        with mutex:
+            lockf(held.pop(made.port).fd, UNLOCK, 1, made.port)
+
+
+def whole():
+    portsafe.reserve_port().release()
+
+
+out = {"python": sys.version.split()[0], "watched": bool(lockdir.watch_ctime),
+       "refused": lockdir.watch_refused}
+for name, call in (("syscalls", syscalls), ("ideal", ideal), ("portsafe", whole)):
+    med = interleaved({"call": call, "yardstick": find_unused_port}, int(sys.argv[2]), 3)
+    ratios = sorted(a / b for a, b in zip(med["call"], med["yardstick"]))
+    out[name] = {"min": ratios[0], "median": statistics.median(ratios), "max": ratios[-1]}
+print(json.dumps(out))
+"""
+
+
+def interpreters(choice: list[str]) -> list[str]:
+    sys.path.insert(0, HERE)
+    from _env import interpreters as found
+
+    return found(choice) if choice else [sys.executable]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--python", action="append", default=[],
+                        help="interpreter: a path, a pyenv version, or 'all' (repeatable)")
+    parser.add_argument("--samples", type=int, default=3000)
+    args = parser.parse_args()
+    print(f"{'python':10} {'watched':8} {'syscalls':>16} {'ideal':>16} {'portsafe':>16}"
+          "   (min/median/max of find_unused_port)")
+    for python in interpreters(args.python):
+        lock_dir = tempfile.mkdtemp(prefix="portsafe-floor-locks-")
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("PORTSAFE_", "PORTSERVER"))}
+        env["PORTSAFE_LOCK_DIR"] = lock_dir
+        env["PYTHONPATH"] = os.path.join(ROOT, "src")
+        try:
+            subprocess.run([python, "-c", "import portsafe; portsafe.reserve_port().release()"],
+                           env=env, check=True)  # completes it
+            time.sleep(max(0.0, 1.2 - (time.time() - os.stat(lock_dir).st_ctime)))
+            done = subprocess.run([python, "-c", INNER, HERE, str(args.samples)], env=env,
+                                  check=True, capture_output=True, text=True)
+        finally:
+            shutil.rmtree(lock_dir, ignore_errors=True)
+        row = json.loads(done.stdout)
+        cells = [f"{row[k]['min']:.2f}/{row[k]['median']:.2f}/{row[k]['max']:.2f}"
+                 for k in ("syscalls", "ideal", "portsafe")]
+        print(f"{row['python']:10} {'yes' if row['watched'] else 'no':8} "
+              + " ".join(f"{cell:>16}" for cell in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
