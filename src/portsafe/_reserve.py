@@ -293,6 +293,17 @@ _DEFAULT_SPEC = ("127.0.0.1", socket.AF_INET, socket.SOCK_STREAM, False)
 _new = object.__new__
 
 
+def _settings_now() -> tuple[str, str, CandidateSet]:
+    """(lock directory, port server, default candidates): one lookup while unchanged."""
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict:
+        found = _hot.get((data.get(_RAW[0]), data.get(_RAW[1]), data.get(_RAW[2]),
+                          data.get(_RAW[3])))
+        if found is not None:
+            return found
+    return _hot_settings(data)
+
+
 def _hot_settings(data: object) -> tuple[str, str, CandidateSet]:
     """The default request's settings now (cached by raw value where environ is bytes)."""
     made = (*reservation_settings(), default_candidates())
@@ -318,10 +329,7 @@ def _search(host: str | None, family: int, socktype: int, ports: Iterable[int] |
     else:
         probes = _probe.targets(host, family, socktype)
     if ports is None:
-        data = getattr(os.environ, "_data", None)
-        hot = _hot.get((data.get(_RAW[0]), data.get(_RAW[1]), data.get(_RAW[2]),
-                        data.get(_RAW[3]))) if type(data) is dict else None
-        path, _, candidates = hot or _hot_settings(data)
+        path, _, candidates = _settings_now()
     else:
         candidates, path = explicit_candidates(ports), reservation_settings()[0]
     if candidates.fallback:
@@ -383,33 +391,24 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
     # The hot path of every test that needs a port: no Search object unless it fails.
     if _deferred:
         _drain_deferred()
-    if host is None and family is _AF_INET and socktype is _STREAM and ports is None and \
-            not exclude:  # the default request: every setting it needs in one lookup
-        data = getattr(os.environ, "_data", None)
-        hot = _hot.get((data.get(_RAW[0]), data.get(_RAW[1]), data.get(_RAW[2]),
-                        data.get(_RAW[3]))) if type(data) is dict else None
-        path, server, candidates = hot or _hot_settings(data)
-        if candidates.fallback:
-            _warn_fallback(candidates.fallback)
-        directory = (_locks._table or _locks.table()).current(path)  # LockDirError if changed
-        if not server:
-            found = first_free(candidates, _default_probes or _set_default_probes(), _NOTHING,
-                               directory)
-            if type(found) is int:
-                made = _new(Reservation)
-                made.port, made._spec, made._pid = found, _DEFAULT_SPEC, _pid
-                return made
-            raise found.failure("free port")  # type: ignore[union-attr]
-    if host is None and family is _AF_INET and socktype is _STREAM:  # the defaults
-        probes = _default_probes or _set_default_probes()
+    plain = host is None and family is _AF_INET and socktype is _STREAM  # the defaults
+    probes = (_default_probes or _set_default_probes()) if plain else \
+        _probe.targets(host, family, socktype)
+    if ports is None:
+        path, server, candidates = _settings_now()
     else:
-        probes = _probe.targets(host, family, socktype)
-    candidates = default_candidates() if ports is None else explicit_candidates(ports)
+        candidates, (path, server) = explicit_candidates(ports), reservation_settings()
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
-    excluded = _excluded(exclude) if exclude else _NOTHING
-    path, server = reservation_settings()
     directory = (_locks._table or _locks.table()).current(path)  # LockDirError if changed
+    if plain and not server and not exclude:  # the default request: the shortest way
+        found = first_free(candidates, probes, _NOTHING, directory)
+        if type(found) is int:
+            made = _new(Reservation)  # Reservation(found, *_DEFAULT_SPEC), without __init__
+            made.port, made._spec, made._pid = found, _DEFAULT_SPEC, _pid
+            return made
+        raise found.failure("free port")  # type: ignore[union-attr]
+    excluded = _excluded(exclude) if exclude else _NOTHING
     if server and ports is None:
         from portsafe import _pool
 
