@@ -163,7 +163,6 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     monkeypatch.setattr(_probe, "_new_socket",
                         lambda family, kind: Recorded(made, family, kind))
     monkeypatch.setattr(_probe, "_dual", None)
-    monkeypatch.setattr(_probe, "_dual_defaults", frozenset())
     monkeypatch.setattr(_probe, "_cache", {})
     return made
 
@@ -188,71 +187,27 @@ def options_per_bind(calls: list[tuple[Any, ...]]) -> list[tuple[int, bool]]:
 
 @needs_ipv6
 class TestDualStackOption:
-    """The dual-stack plan skips setsockopt(IPV6_V6ONLY, 0) only where the proof read
-    the option's default as 0 on a fresh socket, and the proof binds as the plan does."""
+    """Every dual-stack bind sets IPV6_V6ONLY to 0 itself, even where new sockets start
+    dual-stack: net.ipv6.bindv6only can change under a running process, and a v6-only
+    [::] socket would miss every IPv4 holder."""
 
-    def test_default_is_read_from_a_fresh_socket(self) -> None:
-        for kind in BOTH:
-            with socket.socket(socket.AF_INET6, kind) as sock:
-                expected = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
-            assert _probe._v6only_default(kind) == expected
-
-    def test_skipped_on_this_kernel_where_proven(self, calls: list[tuple[Any, ...]]) -> None:
-        """Here: each type's option is skipped exactly where a fresh socket reads 0 (all
-        of them with net.ipv6.bindv6only=0): a bind is then socket + bind + close."""
+    def test_set_on_every_dual_bind(self, calls: list[tuple[Any, ...]]) -> None:
         if not _probe.dual_stack_is_stricter():
             pytest.skip("this kernel's dual-stack bind is not stricter: shortcut off")
-        zero = {kind for kind in BOTH if _probe._v6only_default(kind) == 0}
-        sysctl = Path("/proc/sys/net/ipv6/bindv6only")
-        if sysctl.exists() and sysctl.read_text().strip() == "0":
-            assert zero == set(BOTH)  # the test bites on such a host
-        assert _probe._dual_defaults == zero
         proof = options_per_bind(calls)
         assert len(proof) == 8  # two families x two types x (plain, SO_REUSEADDR)
-        assert all(option == (kind not in zero) for kind, option in proof)
-        del calls[:]
+        assert all(option for _, option in proof)  # the proof binds as the plan does
         with portsafe.reserve_port(family=socket.AF_UNSPEC, socktype=0) as r:
             del calls[:]
             assert _probe.is_free(r.port, _probe.targets(None, socket.AF_UNSPEC, 0)) == 0
-        assert options_per_bind(calls) == [(kind, kind not in zero) for kind in BOTH]
-        assert len(calls) == 3 * 2 + 2 - len(zero)
+        assert options_per_bind(calls) == [(kind, True) for kind in BOTH]
 
-    @pytest.mark.parametrize("defaults", [
-        {socket.SOCK_STREAM: 1, socket.SOCK_DGRAM: 1},
-        {socket.SOCK_STREAM: None, socket.SOCK_DGRAM: None},
-        {socket.SOCK_STREAM: 1, socket.SOCK_DGRAM: 0},
-        {socket.SOCK_STREAM: 0, socket.SOCK_DGRAM: None},
-    ], ids=["v6only", "unknown", "stream-v6only", "dgram-unknown"])
-    def test_set_where_not_proven_0(self, monkeypatch: pytest.MonkeyPatch,
-                                    calls: list[tuple[Any, ...]],
-                                    defaults: dict[int, int | None]) -> None:
-        """Where a type's default reads 1 or cannot be read, the proof and the plan set
-        the option to 0 before binding, as before; a type proven 0 skips it."""
-        monkeypatch.setattr(_probe, "_v6only_default", defaults.__getitem__)
-        if not _probe.dual_stack_is_stricter():
-            pytest.skip("a type claimed 0 here is not dual-stack on this kernel")
-        zero = {kind for kind, value in defaults.items() if value == 0}
-        assert _probe._dual_defaults == zero
-        assert all(option == (kind not in zero) for kind, option in options_per_bind(calls))
-        for socktype in (0, *BOTH):
-            probes = _probe.targets(None, socket.AF_UNSPEC, socktype)
-            kinds = BOTH if socktype == 0 else (socktype,)
-            assert [bind[4] for bind in probes.plan] == [True] * len(kinds)
-            assert [step[4] != () for step in probes.steps] == [k not in zero for k in kinds]
-            assert (probes.plain is None) == any(k not in zero for k in kinds)
-        with portsafe.reserve_port(family=socket.AF_UNSPEC, socktype=0) as r:
-            del calls[:]
-            assert _probe.is_free(r.port, _probe.targets(None, socket.AF_UNSPEC, 0)) == 0
-            assert options_per_bind(calls) == [(kind, kind not in zero) for kind in BOTH]
-            for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-                for kind in BOTH:  # and it still bites
-                    with Holders.make(family, kind, address, port=r.port):
-                        assert shortcut(r.port, kind) == errno.EADDRINUSE
+    def test_a_socket_that_comes_out_v6only_is_still_caught(
+            self, monkeypatch: pytest.MonkeyPatch, calls: list[tuple[Any, ...]]) -> None:
+        """As if bindv6only were set to 1 after the proof: every new AF_INET6 socket is
+        v6-only, and the probe still sees IPv4 holders."""
+        assert _probe.dual_stack_is_stricter() in (True, False)  # proven under the default
 
-    def test_a_wrong_default_cannot_make_the_plan_blind(self, monkeypatch: pytest.MonkeyPatch,
-                                                        calls: list[tuple[Any, ...]]) -> None:
-        """The proof binds what the plan binds: were a v6-only socket's default misread
-        as 0, its bind would miss IPv4 holders, the proof fails and the shortcut is off."""
         def v6only(family: int, kind: int) -> Recorded:
             made = Recorded(calls, family, kind)
             if family == socket.AF_INET6:  # what bindv6only=1 gives every new socket
@@ -260,26 +215,23 @@ class TestDualStackOption:
             return made
 
         monkeypatch.setattr(_probe, "_new_socket", v6only)
-        monkeypatch.setattr(_probe, "_v6only_default", lambda kind: 0)
-        assert not _probe.dual_stack_is_stricter()
-        plan = _probe.targets(None, socket.AF_UNSPEC, 0).plan
-        assert [bind[2] for bind in plan] == ["127.0.0.1", "127.0.0.1", "::1", "::1"]
+        for kind in BOTH:
+            with Holders.make(socket.AF_INET, kind, "127.0.0.1") as holder:
+                port = holder.getsockname()[1]
+                assert shortcut(port, kind) == errno.EADDRINUSE
 
     @pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("unshare") is None
                         or shutil.which("ip") is None or os.environ.get("PORTSAFE_IN_NETNS")
                         == "1", reason="needs Linux network namespaces (unshare, ip)")
     def test_bindv6only_1_in_a_network_namespace(self, tmp_path: Path) -> None:
         """A private network namespace (loopback only) with net.ipv6.bindv6only=1: the
-        defaults read 1, the plan sets the option, and this file's dual-stack tests
-        (56 kinds of holder, TIME_WAIT) pass there too."""
+        plan sets the option, and this file's dual-stack tests (56 kinds of holder,
+        TIME_WAIT) pass there too."""
         here = Path(__file__)
         code = (
             "import socket\n"
             "from portsafe import _probe\n"
-            "kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM)\n"
-            "assert [_probe._v6only_default(kind) for kind in kinds] == [1, 1]\n"
             "assert _probe.dual_stack_is_stricter()\n"
-            "assert _probe._dual_defaults == frozenset()\n"
             "probes = _probe.targets(None, socket.AF_UNSPEC, 0)\n"
             "assert probes.plain is None and probes.one is None\n"
             "assert [s[4] for s in probes.steps] == [((socket.IPPROTO_IPV6,"

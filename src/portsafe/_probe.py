@@ -46,10 +46,6 @@ _new_socket = _socket.socket
 
 _ipv6: bool | None = None
 _dual: bool | None = None
-#: Socket types whose fresh AF_INET6 socket the proof found dual-stack already
-#: (IPV6_V6ONLY reads 0): their dual-stack binds skip the setsockopt, as the proof did.
-#: Set once with ``_dual``; facts about this kernel, so a forked child may keep them.
-_dual_defaults: frozenset[int] = frozenset()
 _cache: dict[tuple[str | None, int, int], Probes] = {}
 
 #: One bind of a probe: (family, socket type, host, rest of the sockaddr, dual-stack).
@@ -141,30 +137,34 @@ def targets(host: str | None, family: int, socktype: int) -> Probes:
             and dual_stack_is_stricter())
     _compile(made, tuple(
         [(socket.AF_INET6, kind, "::", (), True) for kind in _SOCKTYPES[socktype]]
-        if dual else [(*target, False) for target in made]), _dual_defaults)
+        if dual else [(*target, False) for target in made]))
     _cache[(host, family, socktype)] = made
     return made
 
 
-def _compile(made: Probes, plan: tuple[Bind, ...], defaults: frozenset[int]) -> Probes:
-    """Set *made*'s plan and what :func:`is_free` runs for it; *defaults* as ``_dual_defaults``."""
+def _compile(made: Probes, plan: tuple[Bind, ...]) -> Probes:
+    """Set *made*'s plan and what :func:`is_free` runs for it."""
     made.plan = plan
-    made.steps = _steps(plan, defaults)
+    made.steps = _steps(plan)
     made.plain = tuple((family, kind, host) for family, kind, host, _, _ in made.steps) \
         if not any(rest or options for _, _, _, rest, options in made.steps) else None
     made.one = made.plain[0] if made.plain is not None and len(made.plain) == 1 else None
     return made
 
 
-def _steps(plan: tuple[Bind, ...], defaults: frozenset[int]) -> tuple[Step, ...]:
+def _steps(plan: tuple[Bind, ...]) -> tuple[Step, ...]:
     """*plan* as run: plain ints, no all-zero sockaddr tail (``("::1", port, 0, 0)`` and
-    ``("::1", port)`` are one address), and each bind's options."""
+    ``("::1", port)`` are one address), and each bind's options.
+
+    A dual-stack bind always sets ``IPV6_V6ONLY`` to 0, even where new sockets start
+    that way (Linux's ``net.ipv6.bindv6only=0``): the setting can change under a running
+    process, and a socket that came out v6-only would miss every IPv4 holder."""
     exclusive: tuple[Option, ...] = () if _EXCLUSIVE is None \
         else ((socket.SOL_SOCKET, _EXCLUSIVE, 1),)
     return tuple(
         (int(family), int(kind), host, rest if any(rest) else (),
          ((socket.IPPROTO_IPV6, _V6ONLY, 0), *exclusive)
-         if dual and kind not in defaults and _V6ONLY is not None else exclusive)
+         if dual and _V6ONLY is not None else exclusive)
         for family, kind, host, rest, dual in plan)
 
 
@@ -176,44 +176,25 @@ def dual_stack_is_stricter() -> bool:
     more: a socket on another address of the machine). That is checked once, on this
     kernel, against a plain, a SO_REUSEADDR and a listening holder of each family and
     socket type; where any check fails, the probe binds each address itself. The check
-    runs the probe's own binds: where a fresh AF_INET6 socket of a type already reads
-    ``IPV6_V6ONLY`` 0 (Linux with ``net.ipv6.bindv6only=0``), that type's probe binds it
-    as it comes, one system call fewer; elsewhere (1, or unreadable) it sets 0 first.
+    runs the probe's own binds (:func:`is_free` on the dual-stack plan).
 
     Example:
         >>> isinstance(dual_stack_is_stricter(), bool)
         True
     """
-    global _dual, _dual_defaults
+    global _dual
     if _dual is None:
-        if _V6ONLY is None or not ipv6_available():
-            _dual = False
-            return _dual
-        defaults = frozenset(kind for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)
-                             if _v6only_default(kind) == 0)
-        dual = all(
-            _dual_conflicts(family, kind, reuse, defaults)
+        _dual = _V6ONLY is not None and ipv6_available() and all(
+            _dual_conflicts(family, kind, reuse)
             for family in (socket.AF_INET, socket.AF_INET6)
             for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM) for reuse in (False, True))
-        _dual_defaults = defaults  # before _dual: a plan built after sees both
-        _dual = dual
     return _dual
 
 
-def _v6only_default(kind: int) -> int | None:
-    """IPV6_V6ONLY of a fresh AF_INET6 socket of *kind* (0: dual-stack), None if unknown."""
-    try:
-        with socket.socket(socket.AF_INET6, kind) as sock:
-            value = sock.getsockopt(socket.IPPROTO_IPV6, _V6ONLY)  # type: ignore[arg-type]
-    except OSError:
-        return None
-    return value if value in (0, 1) else None
-
-
-def _dual_conflicts(family: int, kind: int, reuse: bool, defaults: frozenset[int]) -> bool:
+def _dual_conflicts(family: int, kind: int, reuse: bool) -> bool:
     """Whether the dual-stack plan's bind of *kind* (run by :func:`is_free` itself, so the
     proof checks exactly what the plan does) finds a holder of *family* busy."""
-    plan = _compile(Probes(), ((socket.AF_INET6, kind, "::", (), True),), defaults)
+    plan = _compile(Probes(), ((socket.AF_INET6, kind, "::", (), True),))
     try:
         with socket.socket(family, kind) as holder:
             if reuse:
@@ -304,7 +285,7 @@ def is_free(port: int, probes: tuple[ProbeTarget, ...]) -> int:
             return 0
         steps = probes.steps
     else:
-        steps = _steps(tuple((*target, False) for target in probes), frozenset())
+        steps = _steps(tuple((*target, False) for target in probes))
     for family, kind, host, rest, options in steps:
         try:
             sock = _new_socket(family, kind)
