@@ -13,9 +13,14 @@ per-call medians, 3 repeats, as ``bench_reserve.py`` measures:
 - ``ideal``: a near-ideal Python version of the whole call and release (one function,
   a Reservation-like object, the in-process mutex and held-port map; no checks of
   arguments or settings);
-- ``portsafe``: ``portsafe.reserve_port().release()``.
+- ``portsafe``: ``portsafe.reserve_port().release()``;
+- ``three_syscalls`` / ``three``: the same for ``reserve_ports(3)+release()`` (one check,
+  three ports' five calls each) / the real call;
+- ``unspec_syscalls`` / ``unspec``: the same for ``family=AF_UNSPEC, socktype=0`` (one
+  dual-stack ``[::]`` socket per type, with its ``IPV6_V6ONLY=0``) / the real call.
 
-It says what the latency target of issue 11 (0.6) is up against. Nothing is asserted.
+It says what the latency targets of issue 11 (0.6, 1.5 and 1.0) are up against. Nothing
+is asserted.
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 INNER = r"""
-import _socket, fcntl, json, os, statistics, sys, threading
+import _socket, fcntl, json, os, socket, statistics, sys, threading
 sys.path.insert(0, sys.argv[1])
 from _stats import interleaved
 from _yardsticks import find_unused_port
 import portsafe
-from portsafe import _locks
+from portsafe import _locks, _probe
 
 for _ in range(3):
     portsafe.reserve_port().release()
@@ -103,9 +108,49 @@ def whole():
     portsafe.reserve_port().release()
 
 
+def three_syscalls():  # reserve_ports(3)+release(): one check, then three ports' calls
+    fstat(dfd)
+    for _ in range(3):
+        i = step[0] = (step[0] + 37) % len(ports)
+        port = ports[i]
+        lockf(fd, EXCLUSIVE, 1, port)
+        sock = _socket.socket(2, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.close()
+        lockf(fd, UNLOCK, 1, port)
+
+
+def three():
+    portsafe.reserve_ports(3).release()
+
+
+V6 = (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+
+
+def unspec_syscalls():  # AF_UNSPEC, socktype=0: one dual-stack [::] bind per type
+    i = step[0] = (step[0] + 37) % len(ports)
+    port = ports[i]
+    fstat(dfd)
+    lockf(fd, EXCLUSIVE, 1, port)
+    for kind in (1, 2):
+        sock = _socket.socket(socket.AF_INET6, kind)
+        sock.setsockopt(*V6)
+        sock.bind(("::", port))
+        sock.close()
+    lockf(fd, UNLOCK, 1, port)
+
+
+def unspec():
+    portsafe.reserve_port(family=socket.AF_UNSPEC, socktype=0).release()
+
+
 out = {"python": sys.version.split()[0], "watched": bool(lockdir.watch_ctime),
        "refused": lockdir.watch_refused}
-for name, call in (("syscalls", syscalls), ("ideal", ideal), ("portsafe", whole)):
+calls = (("syscalls", syscalls), ("ideal", ideal), ("portsafe", whole),
+         ("three_syscalls", three_syscalls), ("three", three))
+if socket.has_ipv6 and _probe.dual_stack_is_stricter():
+    calls += (("unspec_syscalls", unspec_syscalls), ("unspec", unspec))
+for name, call in calls:
     med = interleaved({"call": call, "yardstick": find_unused_port}, int(sys.argv[2]), 3)
     ratios = sorted(a / b for a, b in zip(med["call"], med["yardstick"]))
     out[name] = {"min": ratios[0], "median": statistics.median(ratios), "max": ratios[-1]}
@@ -126,8 +171,12 @@ def main() -> int:
                         help="interpreter: a path, a pyenv version, or 'all' (repeatable)")
     parser.add_argument("--samples", type=int, default=3000)
     args = parser.parse_args()
-    print(f"{'python':10} {'watched':8} {'syscalls':>16} {'ideal':>16} {'portsafe':>16}"
-          "   (min/median/max of find_unused_port)")
+    names = ("syscalls", "ideal", "portsafe", "three_syscalls", "three", "unspec_syscalls",
+             "unspec")
+    print("ratios to find_unused_port, min/median/max of 3 repeats; syscalls: the system "
+          "calls alone; ideal: a near-ideal Python version; three: reserve_ports(3); "
+          "unspec: AF_UNSPEC, socktype=0")
+    print(f"{'python':8} {'watched':7} " + " ".join(f"{name:>15}" for name in names))
     for python in interpreters(args.python):
         lock_dir = tempfile.mkdtemp(prefix="portsafe-floor-locks-")
         env = {key: value for key, value in os.environ.items()
@@ -144,9 +193,9 @@ def main() -> int:
             shutil.rmtree(lock_dir, ignore_errors=True)
         row = json.loads(done.stdout)
         cells = [f"{row[k]['min']:.2f}/{row[k]['median']:.2f}/{row[k]['max']:.2f}"
-                 for k in ("syscalls", "ideal", "portsafe")]
-        print(f"{row['python']:10} {'yes' if row['watched'] else 'no':8} "
-              + " ".join(f"{cell:>16}" for cell in cells))
+                 if k in row else "-" for k in names]
+        print(f"{row['python']:8} {'yes' if row['watched'] else 'no':7} "
+              + " ".join(f"{cell:>15}" for cell in cells))
     return 0
 
 
