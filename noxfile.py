@@ -172,6 +172,9 @@ def bench(session: nox.Session) -> None:
     if "--json" in args:  # the docs' Benchmarks page shows this chart
         out = args[args.index("--json") + 1]
         session.run("python", "bench/chart.py", out, "docs/assets/bench.svg")
+    pythons = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--python"]
+    floor = [item for python in pythons for item in ("--python", python)]
+    session.run("python", "bench/bench_floor.py", *floor)  # what the latency figures are up against
 
 
 @nox.session(python=False)
