@@ -98,6 +98,20 @@ def as_nobody(code: str, **env: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=True, cwd="/")
 
 
+def path_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths this process's lock table checks by ``stat`` from now on, as they come."""
+    table = _locks.table()
+    calls: list[str] = []
+    real = table._last_look
+
+    def look(path: str) -> os.stat_result:
+        calls.append(path)
+        return real(path)  # type: ignore[operator, no-any-return]
+
+    monkeypatch.setattr(table, "_last_look", look)
+    return calls
+
+
 def watching(agent: Agent) -> None:
     """Make *agent* check its directory by descriptor (``_dirwatch``); skip where refused."""
     state = agent.ask(op="watched")  # a check after the first: it may switch
@@ -625,15 +639,7 @@ class TestLockTableUse:
         monkeypatch.setattr(_dirwatch, "MARGIN_NS", 10**18)  # stay on the path
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
         portsafe.reserve_port().release()
-        table = _locks.table()
-        calls = []
-        real = table._last_look
-
-        def look(path: str) -> os.stat_result:
-            calls.append(path)
-            return real(path)  # type: ignore[operator]
-
-        monkeypatch.setattr(table, "_last_look", look)
+        calls = path_checks(monkeypatch)
         for _ in range(10):
             portsafe.reserve_port().release()
         assert calls == [str(tmp_path / "locks")] * 10
@@ -707,15 +713,7 @@ class TestCheckedByDescriptor:
     descriptor; it must see everything the check by path sees."""
 
     def test_no_walk_of_the_path(self, watched_dir, monkeypatch):
-        table = _locks.table()
-        calls: list[str] = []
-        real = table._last_look
-
-        def look(path: str) -> os.stat_result:
-            calls.append(path)
-            return real(path)  # type: ignore[operator]
-
-        monkeypatch.setattr(table, "_last_look", look)
+        calls = path_checks(monkeypatch)
         for _ in range(10):
             portsafe.reserve_port().release()
         assert calls == []

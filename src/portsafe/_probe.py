@@ -255,22 +255,8 @@ def is_free(port: int, probes: tuple[ProbeTarget, ...]) -> int:
         True
     """
     if type(probes) is Probes:
-        one = probes.one
-        if one is not None:  # the default request: one plain bind, no option to set
-            family, kind, host = one
-            try:
-                sock = _new_socket(family, kind)
-            except OSError as exc:
-                raise _no_family(exc, family) from exc
-            try:
-                sock.bind((host, port))
-            except OSError as exc:
-                return _refused(exc, host)
-            finally:
-                sock.close()
-            return 0
         plain = probes.plain
-        if plain is not None:  # e.g. both socket types on a dual-stack [::]: no option
+        if plain is not None:  # the default request, or [::] for both types: no option
             for family, kind, host in plain:
                 try:
                     sock = _new_socket(family, kind)
