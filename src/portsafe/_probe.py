@@ -66,8 +66,6 @@ class Probes(tuple[ProbeTarget, ...]):
     steps: tuple[Step, ...]
     #: (family, type, host) per bind when every bind is socket + bind((host, port)) + close
     plain: tuple[tuple[int, int, str], ...] | None
-    #: ``plain``'s only bind when there is one (the default request)
-    one: tuple[int, int, str] | None
 
 
 def ipv6_available() -> bool:
@@ -148,7 +146,6 @@ def _compile(made: Probes, plan: tuple[Bind, ...]) -> Probes:
     made.steps = _steps(plan)
     made.plain = tuple((family, kind, host) for family, kind, host, _, _ in made.steps) \
         if not any(rest or options for _, _, _, rest, options in made.steps) else None
-    made.one = made.plain[0] if made.plain is not None and len(made.plain) == 1 else None
     return made
 
 
