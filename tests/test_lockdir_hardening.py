@@ -774,6 +774,27 @@ class TestCheckedByDescriptor:
         finally:
             held.release()
 
+    def test_an_alias_is_judged_on_its_own(self, watched_dir, tmp_path, monkeypatch):
+        """Watched by its real path, then named through a link (an alias of the same
+        open directory): the link is checked by path, so retargeting it is seen."""
+        alias = tmp_path / "alias"
+        alias.symlink_to(watched_dir)
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(alias))
+        held = portsafe.reserve_port()
+        try:
+            portsafe.reserve_port().release()
+            lockdir = _locks.table().current()
+            assert lockdir.watch_ctime == 0
+            assert "symbolic link" in (lockdir.watch_refused or "")
+            other = tmp_path / "other"
+            other.mkdir()
+            alias.unlink()
+            alias.symlink_to(other)
+            with pytest.raises(portsafe.LockDirError, match=f"ports {held.port}"):
+                portsafe.reserve_port()
+        finally:
+            held.release()
+
     def test_symlink_in_the_path_means_the_path(self, tmp_path, monkeypatch):
         monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
         (tmp_path / "real").mkdir()

@@ -91,13 +91,14 @@ class LockDir:
         poisoned: shard index -> why its file is not used; ``broken``: index -> why ports
             this process holds there may be given to others (raised at each reservation).
         retired: no longer at its path (closed once the ports held here are released).
-        watch_ctime, watch_at, watch_refused: how ``_locks`` checks it at each reservation
-            (by descriptor where ``_dirwatch`` allows, else by path).
+        watch_ctime, watch_at, watch_refused, watch_path: how ``_locks`` checks it at each
+            reservation (by descriptor where ``_dirwatch`` allows for that path, else by
+            path).
     """
 
     __slots__ = ("announcement", "broken", "dev", "fd", "generation", "ino",
                  "marker_ctime", "mtime", "path", "poisoned", "retired", "shards", "via_link",
-                 "watch_at", "watch_ctime", "watch_refused")
+                 "watch_at", "watch_ctime", "watch_path", "watch_refused")
 
     def __init__(self, path: str, fd: int, info: os.stat_result, generation: str,
                  marker_ctime: int) -> None:
@@ -118,6 +119,7 @@ class LockDir:
         self.watch_ctime = 0
         self.watch_at = 1 if fd >= 0 else 0
         self.watch_refused: str | None = None
+        self.watch_path = path  # the spelling of it that watch_refused was judged for
 
     def holding(self) -> bool:
         """Whether this process holds a port here (off the hot path: a walk of the open

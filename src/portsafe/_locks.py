@@ -141,6 +141,9 @@ class LockTable:
                     return lockdir
         with self._mutex:
             made = self._current_locked(path)
+            if made.watch_path != path:  # watched (or refused) for another spelling of it
+                made.watch_ctime, made.watch_at = 0, 1 if made.fd >= 0 else 0
+                made.watch_refused = None
             self._last_path, self._last_dir, self._last_look = path, made, self._paths[path][1]
             return made
 
@@ -150,9 +153,12 @@ class LockTable:
         with self._mutex:
             if lockdir is not self._last_dir or lockdir.watch_ctime or not lockdir.watch_at:
                 return
-            if lockdir.watch_refused is None:
-                lockdir.watch_refused = ("it was opened through a symbolic link"
-                                         if lockdir.via_link or lockdir.fd < 0 else
+            if lockdir.watch_refused is None or lockdir.watch_path != path:
+                # the check is of this path: an alias (a link to it) is judged on its own
+                link = lockdir.via_link or self._paths.get(path, (None, None))[1] is not os.lstat
+                lockdir.watch_path = path
+                lockdir.watch_refused = ("it is reached through a symbolic link" if link
+                                         else "it has no descriptor" if lockdir.fd < 0 else
                                          _dirwatch.unwatchable(path, lockdir.dev)) or ""
             if lockdir.watch_refused:
                 lockdir.watch_at = 0
