@@ -73,6 +73,8 @@ ports = [port for port in range(max(base, 1024), base + 256)
          if port not in table.held and free(port)]
 
 
+# The system calls are written out in each function below, not shared through a helper:
+# a helper would add a Python call to what is meant to be the system calls alone.
 def syscalls():
     i = step[0] = (step[0] + 37) % len(ports)
     port = ports[i]
