@@ -394,8 +394,11 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
     plain = host is None and family is _AF_INET and socktype is _STREAM  # the defaults
     probes = (_default_probes or _set_default_probes()) if plain else \
         _probe.targets(host, family, socktype)
-    if ports is None:
-        path, server, candidates = _settings_now()
+    if ports is None:  # _settings_now(), inlined: every reservation asks
+        data = getattr(os.environ, "_data", None)
+        hot = _hot.get((data.get(_RAW[0]), data.get(_RAW[1]), data.get(_RAW[2]),
+                        data.get(_RAW[3]))) if type(data) is dict else None
+        path, server, candidates = hot or _hot_settings(data)
     else:
         candidates, (path, server) = explicit_candidates(ports), reservation_settings()
     if candidates.fallback:
@@ -417,9 +420,12 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
             return Reservation(granted, probes[0][2] if host is None else host, family,
                                socktype, granted=True)
     found = first_free(candidates, probes, excluded, directory)
-    if isinstance(found, int):
-        return Reservation(found, probes[0][2] if host is None else host, family, socktype)
-    raise found.failure("free port")
+    if type(found) is int:
+        made = _new(Reservation)  # Reservation(found, ...), without __init__
+        made.port, made._pid = found, _pid
+        made._spec = (probes[0][2] if host is None else host, family, socktype, False)
+        return made
+    raise found.failure("free port")  # type: ignore[union-attr]
 
 
 def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
