@@ -15,3 +15,13 @@ def quiet_pytest_asyncio(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS: set ours after
     if importlib.util.find_spec("pytest_asyncio") is not None:
         monkeypatch.setenv("PYTEST_ADDOPTS", "-o asyncio_default_fixture_loop_scope=function")
+
+
+@pytest.fixture
+def private_lock_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A lock directory of this test's own (``PORTSAFE_LOCK_DIR``), for tests that check
+    a release by reserving the port again: in the shared one another run on the machine
+    may take it first. Modules use it with ``pytest.mark.usefixtures``."""
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))

@@ -6,24 +6,22 @@ under ``tmp_path``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING
 
 import pytest
+from tests._nobody import as_nobody
 
 from portsafe import _doctor, _doctor_lockdir, _doctor_locks, _keeper_client, _server
 from portsafe._doctor import CheckResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX checks")
@@ -38,33 +36,6 @@ def lock_dir(tmp_path: Path) -> Path:
     path = tmp_path / "locks"
     path.mkdir(mode=0o700)
     return path
-
-
-@contextlib.contextmanager
-def as_nobody(work: Callable[[], None]) -> Iterator[None]:
-    """Run *work* in a uid-65534 child, which then sleeps until killed."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the other user's process
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            work()
-            os.write(write_end, b"up")
-            time.sleep(120)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        with os.fdopen(read_end, "rb") as status:
-            if status.read(2) != b"up":
-                pytest.skip("cannot run a process as uid 65534 here")
-        yield
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
 
 
 def _listen(address: str) -> Callable[[], None]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -14,12 +13,13 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from tests._nobody import as_nobody
 
 import portsafe
 from portsafe import _keeper, _keeper_client, _locks, _server
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
 NOBODY = 65534
@@ -165,37 +165,6 @@ class TestDetachedKeeper:
                                f"{port}-{port}"], capture_output=True, timeout=60, check=False)
         assert done.returncode == 0  # free again: the kernel dropped the dead keeper's lock
         assert int(_keeper.call({"op": "ping"})["pid"]) != pid  # type: ignore[call-overload]
-
-
-
-@contextlib.contextmanager
-def as_nobody(work: Callable[[], None],
-              then: Callable[[], None] = lambda: time.sleep(120)) -> Iterator[int]:
-    """Run *work* in a child process of uid 65534; yield once it returned, while the
-    child runs *then* until killed. Skips where uid 65534 is not usable."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the other user's process
-        try:
-            os.close(read_end)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            work()
-            os.write(write_end, b"up")
-            then()
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        with os.fdopen(read_end, "rb") as status:
-            if status.read(2) != b"up":
-                pytest.skip("cannot run a process as uid 65534 here")
-        yield pid
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
 
 
 def _squat(addresses: list[str]) -> Callable[[], None]:

@@ -38,13 +38,9 @@ def record(*ports):
 """
 
 
-@pytest.fixture(autouse=True)
-def private_lock_dir(
-    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """A lock directory of this test's own: "released after" is checked by reserving the
-    port again, and in the shared one another run on the machine may take it first."""
-    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+# "released after" is checked by reserving the port again: in a lock directory of the
+# test's own (conftest.py), since in the shared one another run may take it first
+pytestmark = pytest.mark.usefixtures("private_lock_dir")
 
 
 @pytest.fixture
