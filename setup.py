@@ -1,5 +1,8 @@
-"""Build hook: ship auto mode's start-up hook, ``portsafe-auto.pth``, at the top of
-site-packages (where the interpreter reads ``.pth`` files), as coverage tools ship theirs.
+"""Build hooks: ship auto mode's start-up hook, ``portsafe-auto.pth``, at the top of
+site-packages (where the interpreter reads ``.pth`` files), as coverage tools ship theirs;
+and, on Linux, compile ``portsafe._speedups`` (``src/portsafe/_speedups.c``), optional:
+where it does not compile (no C compiler or Python headers), the build says so and goes
+on, and portsafe runs its pure-Python version of the same calls (``_claim.py``).
 
 Everything else about the package is in pyproject.toml. An editable install leaves the
 hook out (``portsafe._auto.enable()`` says so when auto mode starts).
@@ -7,9 +10,10 @@ hook out (``portsafe._auto.enable()`` says so when auto mode starts).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HOOK = Path(__file__).parent / "src" / "portsafe-auto.pth"
@@ -30,4 +34,7 @@ class BuildPyWithHook(build_py):
         return outputs
 
 
-setup(cmdclass={"build_py": BuildPyWithHook})
+SPEEDUPS = [Extension("portsafe._speedups", ["src/portsafe/_speedups.c"], optional=True)] \
+    if sys.platform.startswith("linux") else []
+
+setup(cmdclass={"build_py": BuildPyWithHook}, ext_modules=SPEEDUPS)

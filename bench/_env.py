@@ -5,7 +5,10 @@ every import would compile from source: no user's installed copy works that way.
 bench therefore makes a venv from the interpreter under test (a pyenv build: the
 system interpreters load a site .pth that imports certifi), copies ``src/portsafe``
 (and portpicker, where the bench's own interpreter has it) into its site-packages,
-writes the ``portsafe`` console script, and compiles everything with compileall.
+writes the ``portsafe`` console script, and compiles everything with compileall. It
+builds ``portsafe._speedups`` for that interpreter as an install would (``setup.py``:
+Linux, optional); ``PORTSAFE_PURE_PYTHON=1`` in the bench's environment measures the
+pure-Python version instead, and every run says which it measured.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +48,22 @@ def interpreters(choice: list[str]) -> list[str]:
     return found
 
 
+def _build_speedups(exe: str, package: str) -> None:
+    """Compile ``_speedups.c`` for *exe* into *package*, with its own compiler settings;
+    where that fails, say so (portsafe then runs its pure-Python version)."""
+    code = ("import sysconfig as s; print(s.get_config_var('CC') or 'cc'); "
+            "print(s.get_paths()['include']); print(s.get_config_var('EXT_SUFFIX'))")
+    cc, include, suffix = subprocess.run([exe, "-c", code], capture_output=True, text=True,
+                                         check=True).stdout.splitlines()
+    source = os.path.join(ROOT, "src", "portsafe", "_speedups.c")
+    out = os.path.join(package, "_speedups" + suffix)
+    built = subprocess.run([*cc.split(), "-O2", "-shared", "-fPIC", "-I", include, source,
+                            "-o", out], capture_output=True, text=True, check=False)
+    if built.returncode:
+        print(f"portsafe._speedups did not build for {exe}; measuring the pure-Python "
+              f"version:\n{built.stderr}", file=sys.stderr)
+
+
 def make(python: str, parent: str) -> str:
     """A venv under *parent* with portsafe installed and compiled; its python's path."""
     venv = tempfile.mkdtemp(prefix="venv-", dir=parent)
@@ -53,8 +73,10 @@ def make(python: str, parent: str) -> str:
     purelib = subprocess.run([exe, "-c", code], capture_output=True, text=True,
                              check=True).stdout.strip()
     shutil.copytree(os.path.join(ROOT, "src", "portsafe"), os.path.join(purelib, "portsafe"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     targets = [os.path.join(purelib, "portsafe")]
+    if sys.platform.startswith("linux"):
+        _build_speedups(exe, os.path.join(purelib, "portsafe"))
     spec = importlib.util.find_spec("portpicker")
     if spec is not None and spec.origin and spec.origin.endswith(".py"):
         shutil.copy(spec.origin, purelib)

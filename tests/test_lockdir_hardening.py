@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests._pure import pure_claim
 
 import portsafe
-from portsafe import _announce, _dirwatch, _lockdir, _lockformat, _locks
+from portsafe import _announce, _claim, _dirwatch, _lockdir, _lockformat, _locks
 
 AGENT = str(Path(__file__).with_name("_agent.py"))
 NOBODY = 65534
@@ -494,15 +495,16 @@ class TestPoisonedShard:
                            start=1 << 20, count=29000, hold=list(SHARD_PORTS)) == {
             "warnings": []}
         calls: list[int] = []
-        real = _locks.LOCKF
+        real = _claim.LOCKF
         assert real is not None
 
         def counting(fd: int, command: int, length: int, port: int) -> None:
-            if command == _locks.EXCLUSIVE:
+            if command == _claim.EXCLUSIVE:
                 calls.append(port)
             real(fd, command, length, port)
 
-        monkeypatch.setattr(_locks, "LOCKF", counting)
+        pure_claim(monkeypatch)  # the Python claim, whose lock calls can be counted
+        monkeypatch.setattr(_claim, "LOCKF", counting)
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
         with pytest.raises(portsafe.LockDirError, match=_locks.shard_name(SHARD)), \
                 pytest.warns(RuntimeWarning, match="flood"):

@@ -33,6 +33,9 @@ import threading
 from time import time_ns as _time_ns
 
 from portsafe import _dirwatch
+from portsafe._claim import HELD
+from portsafe._claim import dir_ctime as _dir_ctime
+from portsafe._claim import unlock as _unlock_port
 from portsafe._errors import LockDirError
 from portsafe._lockdir import (
     SHARD_BITS,
@@ -47,14 +50,16 @@ from portsafe._recordlock import (
     BUSY,
     EXCLUSIVE,
     LOCKF,
-    UNLOCK,
     flock_layout,
     foreign_locks,
     query_shard,
 )
 from portsafe._recordlock import try_lock as _try_lock
-from portsafe._recordlock import unlock as _unlock
 from portsafe._settings import lock_dir, lock_dir_is_explicit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from portsafe._claim import Claim, Plan
 
 __all__ = ["SHARD_BITS", "LockDir", "LockTable", "flock_layout", "holders", "lock_dir",
            "shard_name", "table", "unusable_error"]
@@ -118,12 +123,7 @@ class LockTable:
         if path is self._last_path and lockdir is not None:
             ctime = lockdir.watch_ctime
             if ctime:  # checked by descriptor: no walk of the path
-                try:
-                    info = _fstat(lockdir.fd)
-                except OSError:
-                    info = None
-                if info is not None and info.st_ctime_ns == ctime and info.st_nlink and \
-                        not lockdir.broken:
+                if _dir_ctime(lockdir.fd) == ctime and not lockdir.broken:  # 0 if unlinked
                     return lockdir
                 lockdir.watch_ctime = 0  # changed: the path decides below, and for a while
                 lockdir.watch_at = 1
@@ -321,6 +321,47 @@ class LockTable:
                     self._close_if_idle(home)
             return True
 
+    def try_claim(self, port: int, where: LockDir, claim: tuple[Claim, Plan]) -> int:
+        """Lock *port* and bind-check it, in one call: *claim* is a probe's ``(claim
+        function, plan)`` (``_claim``, ``_probe.Probes.claim``). Returns the claim's code:
+        0 (``CLAIMED``) when the port is now held, else why not, with nothing held:
+        ``HELD`` also when this process holds it or its lock file is unusable
+        (``_probe.refusal`` reads the others).
+
+        Example:
+            >>> from portsafe import _probe
+            >>> t = table()
+            >>> code = t.try_claim(20000, t.current(), _probe.targets(None, 2, 1).claim)
+            >>> code == 0 and t.holds(20000) or code != 0
+            True
+            >>> _ = t.release(20000)
+        """
+        with self._mutex:
+            if port in self.held:
+                return HELD
+            home = self._home
+            if home is not None and home.index == port >> SHARD_BITS and home.lockdir is where:
+                shard = home  # the common case: no lookup
+            else:
+                found = self._shard_for(port, where)
+                if found is None:
+                    return HELD
+                shard = found
+            run, plan = claim
+            code = run(shard.fd, port, plan)
+            if code:
+                if code == HELD:
+                    self._missed(shard)
+                self._close_if_idle(shard)
+                return code
+            self.held[port] = shard
+            shard.count += 1
+            if home is not shard:
+                self._home = shard
+                if home is not None:
+                    self._close_if_idle(home)
+            return 0
+
     def _shard_for(self, port: int, where: LockDir | str | None) -> Shard | None:
         """The open shard file of *port* in *where*, opened if need be; None if unusable."""
         lockdir = self._resolve(where)
@@ -393,10 +434,9 @@ class LockTable:
         try:
             shard = self.held.pop(port, None)
             if shard is not None:
-                if LOCKF is not None:
-                    LOCKF(shard.fd, UNLOCK, 1, port)  # _unlock, inlined: every release
-                else:
-                    _unlock(shard.fd, port)
+                failed = _unlock_port(shard.fd, port)
+                if failed:
+                    raise OSError(failed, os.strerror(failed))
                 shard.count -= 1
                 if not shard.count and (shard is not self._home or shard.lockdir.broken or
                                         shard.lockdir.retired):  # else nothing to do

@@ -11,15 +11,21 @@ are seen too.
 
 from __future__ import annotations
 
-import _socket
 import errno
+import os
 import socket
 
+from portsafe._claim import HELD, NO_SOCKET, REFUSED, claim_py, compile_plan
 from portsafe._errors import AddressNotAvailableError, InvalidSettingError
 from portsafe._settings import shown
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 __all__ = ["Bind", "ProbeTarget", "Probes", "dual_stack_is_stricter", "ipv6_available",
-           "is_free", "targets"]
+           "is_free", "refusal", "targets"]
 
 #: (family, socket type, host, rest of the sockaddr after the port)
 ProbeTarget = tuple[int, int, str, tuple[int, ...]]
@@ -42,8 +48,6 @@ _WILDCARD: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 _INTS = frozenset({int, socket.AddressFamily, socket.SocketKind})
 _V6ONLY = getattr(socket, "IPV6_V6ONLY", None)
 
-_new_socket = _socket.socket
-
 _ipv6: bool | None = None
 _dual: bool | None = None
 _cache: dict[tuple[str | None, int, int], Probes] = {}
@@ -64,8 +68,8 @@ class Probes(tuple[ProbeTarget, ...]):
     plan: tuple[Bind, ...]
     #: the plan as :func:`is_free` runs it, every fixed part worked out once
     steps: tuple[Step, ...]
-    #: (family, type, host) per bind when every bind is socket + bind((host, port)) + close
-    plain: tuple[tuple[int, int, str], ...] | None
+    #: (claim function, its plan of the steps): ``_claim.compile_plan``
+    claim: tuple[Callable[[int, int, Any], int], Any]
 
 
 def ipv6_available() -> bool:
@@ -144,8 +148,7 @@ def _compile(made: Probes, plan: tuple[Bind, ...]) -> Probes:
     """Set *made*'s plan and what :func:`is_free` runs for it."""
     made.plan = plan
     made.steps = _steps(plan)
-    made.plain = tuple((family, kind, host) for family, kind, host, _, _ in made.steps) \
-        if not any(rest or options for _, _, _, rest, options in made.steps) else None
+    made.claim = compile_plan(made.steps)
     return made
 
 
@@ -252,37 +255,37 @@ def is_free(port: int, probes: tuple[ProbeTarget, ...]) -> int:
         True
     """
     if type(probes) is Probes:
-        plain = probes.plain
-        if plain is not None:  # the default request, or [::] for both types: no option
-            for family, kind, host in plain:
-                try:
-                    sock = _new_socket(family, kind)
-                except OSError as exc:
-                    raise _no_family(exc, family) from exc
-                try:
-                    sock.bind((host, port))
-                except OSError as exc:
-                    return _refused(exc, host)
-                finally:
-                    sock.close()
-            return 0
         steps = probes.steps
+        run, compiled = probes.claim
+        code = run(-1, port, compiled)
     else:
         steps = _steps(tuple((*target, False) for target in probes))
-    for family, kind, host, rest, options in steps:
-        try:
-            sock = _new_socket(family, kind)
-        except OSError as exc:
-            raise _no_family(exc, family) from exc
-        try:
-            for level, name, value in options:
-                sock.setsockopt(level, name, value)
-            sock.bind((host, port, *rest) if rest else (host, port))
-        except OSError as exc:
-            return _refused(exc, host)
-        finally:
-            sock.close()
-    return 0
+        code = claim_py(-1, port, steps)
+    return refusal(code, steps) if code else 0
+
+
+def refusal(code: int, steps: tuple[Step, ...]) -> int:
+    """What a failed claim's *code* (``_claim``) means: the errno of "not free"
+    (``EADDRINUSE``, or ``EACCES`` for a privileged port), or -1 for a lock someone
+    holds; anything else raises.
+
+    Raises:
+        AddressNotAvailableError: a bind of *steps* cannot work on any port here.
+        OSError: the lock call itself failed.
+
+    Example:
+        >>> refusal(REFUSED | errno.EADDRINUSE << 8, targets(None, 2, 1).steps) > 0
+        True
+    """
+    kind, index, number = code & 15, code >> 4 & 15, code >> 8
+    if kind == HELD:
+        return -1
+    exc = OSError(number, os.strerror(number))
+    if kind == REFUSED:
+        return _refused(exc, steps[index][2])
+    if kind == NO_SOCKET:
+        raise _no_family(exc, steps[index][0]) from exc
+    raise exc
 
 
 def _no_family(exc: OSError, family: int) -> AddressNotAvailableError:

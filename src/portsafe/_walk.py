@@ -14,6 +14,7 @@ import random
 
 from portsafe import _locks, _probe
 from portsafe._errors import LockDirError, NoFreePortError
+from portsafe._probe import refusal
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class Search:
     __slots__ = ("attempts", "candidates", "denied", "directory", "excluded", "held",
                  "in_use", "probes", "table")
 
-    def __init__(self, candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
+    def __init__(self, candidates: CandidateSet, probes: _probe.Probes,
                  excluded: frozenset[int], directory: LockDir) -> None:
         self.candidates = candidates
         self.probes = probes
@@ -116,7 +117,7 @@ class Search:
         count = len(items)
         table, directory, probes, excluded = self.table, self.directory, self.probes, \
             self.excluded
-        try_acquire, is_free = table.try_acquire, _probe.is_free
+        try_claim, claim, steps = table.try_claim, probes.claim, probes.steps
         attempts = held = in_use = denied = 0
         try:
             for _ in range(count):
@@ -125,32 +126,27 @@ class Search:
                 if port in excluded:
                     continue
                 attempts += 1
-                if not try_acquire(port, directory):
-                    held += 1
+                code = try_claim(port, directory, claim)
+                if code:  # nothing held: why not?
+                    busy = refusal(code, steps)
+                    if busy < 0:
+                        held += 1
+                    elif busy == _DENIED:
+                        denied += 1
+                    else:
+                        in_use += 1
                     continue
-                try:
-                    busy = is_free(port, probes)
-                except BaseException:
-                    table.release(port)
-                    raise
-                if not busy:
-                    taken.append(port)
-                    if len(taken) == n:
-                        if held + in_use + denied <= _CROWDED:
-                            _home = (directory, key)
-                            if cursor is not None:
-                                cursor[5] = index
-                            else:
-                                _cursor = [directory, self.candidates, key, items, stride, index]
+                taken.append(port)
+                if len(taken) == n:
+                    if held + in_use + denied <= _CROWDED:
+                        _home = (directory, key)
+                        if cursor is not None:
+                            cursor[5] = index
                         else:
-                            _home = _cursor = None
-                        return True
-                    continue
-                table.release(port)
-                if busy == _DENIED:
-                    denied += 1
-                else:
-                    in_use += 1
+                            _cursor = [directory, self.candidates, key, items, stride, index]
+                    else:
+                        _home = _cursor = None
+                    return True
             return False
         finally:
             self.attempts += attempts
@@ -183,23 +179,18 @@ class Search:
 
     def _take_one(self, port: int) -> bool:
         self.attempts += 1
-        table = self.table
-        if not table.try_acquire(port, self.directory):
+        probes = self.probes
+        code = self.table.try_claim(port, self.directory, probes.claim)
+        if not code:
+            return True
+        busy = refusal(code, probes.steps)
+        if busy < 0:
             self.held += 1
-            return False
-        try:
-            busy = _probe.is_free(port, self.probes)
-        except BaseException:
-            table.release(port)
-            raise
-        if busy:
-            table.release(port)
-            if busy == _DENIED:
-                self.denied += 1
-            else:
-                self.in_use += 1
-            return False
-        return True
+        elif busy == _DENIED:
+            self.denied += 1
+        else:
+            self.in_use += 1
+        return False
 
     def failure(self, wanted: str, found: int = 0) -> NoFreePortError | LockDirError:
         """The error for a walk that found too few: LockDirError when no candidate's
@@ -235,7 +226,7 @@ class Search:
             attempts=0, candidates=candidates.count)
 
 
-def first_free(candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
+def first_free(candidates: CandidateSet, probes: _probe.Probes,
                excluded: frozenset[int], directory: LockDir) -> int | Search:
     """One free port, locked and verified: ``reserve_port``'s walk. Else the Search that
     found none, with its counts, to raise its :meth:`Search.failure`.
@@ -268,7 +259,7 @@ def first_free(candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
     index: int = cursor[5]
     count = len(items)
     table = _locks._table or _locks.table()
-    try_acquire, is_free = table.try_acquire, _probe.is_free
+    try_claim, claim = table.try_claim, probes.claim
     attempts = held = in_use = denied = 0
     for _ in range(count):
         port = items[index]
@@ -276,21 +267,16 @@ def first_free(candidates: CandidateSet, probes: tuple[_probe.ProbeTarget, ...],
         if port in excluded:
             continue
         attempts += 1
-        if not try_acquire(port, directory):
-            held += 1
-            continue
-        try:
-            busy = is_free(port, probes)
-        except BaseException:
-            table.release(port)
-            raise
-        if not busy:
+        code = try_claim(port, directory, claim)
+        if not code:
             cursor[5] = index
             if attempts - 1 > _CROWDED:  # passed that many taken ports here
                 _home = _cursor = None
             return port
-        table.release(port)
-        if busy == _DENIED:
+        busy = refusal(code, probes.steps)  # nothing held: why not?
+        if busy < 0:
+            held += 1
+        elif busy == _DENIED:
             denied += 1
         else:
             in_use += 1

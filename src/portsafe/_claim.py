@@ -1,0 +1,173 @@
+"""One candidate's claim in one call: lock its byte, then bind-check it (G1 and G3).
+
+A reservation's system calls are few (lock, socket, bind, close; unlock at release) and
+cheap; in Python each costs a call, an object and its error handling as well, which is
+most of a reservation's time. So the sequence is one function, :func:`claim`, written
+twice with the same results:
+
+* ``portsafe._speedups`` (``_speedups.c``), built where a C compiler is at hand on
+  Linux; it makes the system calls directly;
+* the Python version here, everywhere else, and with ``PORTSAFE_PURE_PYTHON=1``
+  (``tests/test_claim.py`` runs both through every outcome and compares them).
+
+Both return an int: ``kind | step << 4 | errno << 8``, where *kind* is :data:`CLAIMED`
+(0: the lock is held and every bind succeeded), :data:`HELD` (someone holds the lock),
+:data:`REFUSED` (bind or setsockopt of *step* failed with *errno*: in use, or worse),
+:data:`NO_SOCKET` (``socket()`` of *step* failed) or :data:`LOCK_ERROR` (the lock call
+failed otherwise). Anything but CLAIMED leaves nothing behind: a lock taken is dropped.
+A *lock_fd* below 0 means no lock, only the binds (``_probe.is_free``).
+
+A plan is :func:`compile` of ``_probe``'s steps: bytes for the C version, which declines
+(None) what it does not do itself, such as a host with a ``%scope``; the steps
+themselves for the Python version.
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+
+from portsafe._recordlock import BUSY, EXCLUSIVE, LOCKF, UNLOCK
+from portsafe._recordlock import try_lock as _try_lock
+from portsafe._recordlock import unlock as _unlock
+from portsafe._settings import PURE_PYTHON, flag
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    #: (level, option, value)
+    Option = tuple[int, int, int]
+    #: (family, type, host, rest of the sockaddr or (), options)
+    Step = tuple[int, int, str, tuple[int, ...], tuple[Option, ...]]
+    Plan = bytes | tuple[Step, ...]
+    Claim = Callable[[int, int, Plan], int]
+
+__all__ = ["CLAIMED", "HELD", "IMPLEMENTATION", "LOCK_ERROR", "NO_SOCKET", "REFUSED",
+           "claim_py", "compile_plan", "dir_ctime_py", "unlock_py"]
+
+CLAIMED, HELD, REFUSED, NO_SOCKET, LOCK_ERROR = 0, 1, 2, 3, 4
+
+_new_socket = _socket.socket
+_fstat = os.fstat
+
+
+def claim_py(lock_fd: int, port: int, plan: Plan) -> int:
+    """Lock *port* in *lock_fd* (unless it is below 0), then bind and close each step.
+
+    Example:
+        >>> import socket
+        >>> steps = ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", (), ()),)
+        >>> with socket.socket() as held:
+        ...     held.bind(("127.0.0.1", 0))
+        ...     code = claim_py(-1, held.getsockname()[1], steps)
+        >>> code & 15 == REFUSED
+        True
+    """
+    if lock_fd >= 0:
+        if LOCKF is not None:
+            try:
+                LOCKF(lock_fd, EXCLUSIVE, 1, port)
+            except OSError as exc:
+                return HELD if exc.errno in BUSY else LOCK_ERROR | (exc.errno or 0) << 8
+        elif not _try_lock(lock_fd, port):
+            return HELD
+    steps: tuple[Step, ...] = plan  # type: ignore[assignment]  # the Python version's plan
+    for index, (family, kind, host, rest, options) in enumerate(steps):
+        try:
+            sock = _new_socket(family, kind)
+        except OSError as exc:
+            code = NO_SOCKET | index << 4 | (exc.errno or 0) << 8
+        else:
+            try:
+                for level, name, value in options:
+                    sock.setsockopt(level, name, value)
+                sock.bind((host, port, *rest) if rest else (host, port))
+                code = CLAIMED
+            except OSError as exc:
+                code = REFUSED | index << 4 | (exc.errno or 0) << 8
+            finally:
+                sock.close()
+        if code:
+            if lock_fd >= 0:
+                _unlock(lock_fd, port)
+            return code
+    return CLAIMED
+
+
+def unlock_py(lock_fd: int, port: int) -> int:
+    """Drop the lock on *port*: 0, or the errno.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as file:
+        ...     claim_py(file.fileno(), 20000, ()), unlock_py(file.fileno(), 20000)
+        (0, 0)
+    """
+    try:
+        if LOCKF is not None:
+            LOCKF(lock_fd, UNLOCK, 1, port)
+        else:
+            _unlock(lock_fd, port)
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
+def dir_ctime_py(fd: int) -> int:
+    """*fd*'s ``st_ctime_ns``; 0 once it has no links (deleted); ``-errno`` on error.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as path:
+        ...     fd = os.open(path, os.O_RDONLY)
+        ...     print(dir_ctime_py(fd) > 0)
+        True
+        >>> print(dir_ctime_py(fd)); os.close(fd)
+        0
+    """
+    try:
+        info = _fstat(fd)
+    except OSError as exc:
+        return -(exc.errno or 1)
+    return info.st_ctime_ns if info.st_nlink else 0
+
+
+def _compile_py(steps: tuple[Step, ...]) -> Plan | None:
+    return steps
+
+
+claim: Claim = claim_py
+unlock: Callable[[int, int], int] = unlock_py
+dir_ctime: Callable[[int], int] = dir_ctime_py
+_compile: Callable[[tuple[Step, ...]], Plan | None] = _compile_py
+
+#: "c" when ``portsafe._speedups`` is in use, else "python".
+IMPLEMENTATION = "python"
+
+if not flag(PURE_PYTHON):
+    try:
+        from portsafe import _speedups
+    except ImportError:  # not built here (no compiler, not Linux): the Python version
+        pass
+    else:
+        # The C claim takes only its own (bytes) plans: compile_plan pairs them so.
+        claim = _speedups.claim  # type: ignore[assignment]
+        unlock, dir_ctime, _compile = _speedups.unlock, _speedups.dir_ctime, _speedups.compile
+        IMPLEMENTATION = "c"
+
+
+def compile_plan(steps: tuple[Step, ...]) -> tuple[Claim, Plan]:
+    """(claim function, plan) for *steps*: the C version's where it takes them.
+
+    Example:
+        >>> import socket
+        >>> run, plan = compile_plan(((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1",
+        ...                            (), ()),))
+        >>> run(-1, 0, plan)
+        0
+    """
+    plan = _compile(steps)
+    if type(plan) is bytes:  # the C version's
+        return claim, plan
+    return claim_py, steps

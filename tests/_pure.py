@@ -1,0 +1,16 @@
+"""Run this process's claims in Python for one test, where a test records what they do."""
+
+from __future__ import annotations
+
+import pytest
+
+from portsafe import _claim, _probe, _reserve
+
+
+def pure_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every probe plan compiled from now on (and the cached ones dropped) run the
+    pure-Python claim of ``portsafe._claim``, whose sockets and lock calls go through
+    module attributes a test can patch; the C version's calls cannot be seen from here."""
+    monkeypatch.setattr(_claim, "_compile", _claim._compile_py)
+    monkeypatch.setattr(_probe, "_cache", {})
+    monkeypatch.setattr(_reserve, "_default_probes", None)

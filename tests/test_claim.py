@@ -1,0 +1,247 @@
+"""The claim (``portsafe._claim``): the C version and the Python version agree on every
+outcome, and each leaves nothing behind but a claimed lock."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import portsafe
+from portsafe import _claim, _probe
+from portsafe._claim import CLAIMED, HELD, LOCK_ERROR, NO_SOCKET, REFUSED
+
+try:
+    from portsafe import _speedups
+except ImportError:
+    _speedups = None  # type: ignore[assignment]
+
+needs_c = pytest.mark.skipif(_speedups is None, reason="portsafe._speedups is not built here")
+needs_ipv6 = pytest.mark.skipif(not _probe.ipv6_available(), reason="no IPv6 on this host")
+
+TCP4 = ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", (), ()),)
+
+
+def versions() -> list[Any]:
+    found = [pytest.param("python", id="python")]
+    if _speedups is not None:
+        found.append(pytest.param("c", id="c"))
+    return found
+
+
+Runner = Callable[[int, int, tuple[Any, ...]], int]
+
+
+@pytest.fixture(params=versions())
+def run(request: pytest.FixtureRequest) -> Runner:
+    """claim(lock_fd, port, steps), by one version (the C one compiles the steps first)."""
+    if request.param == "python":
+        return _claim.claim_py
+
+    def c_claim(lock_fd: int, port: int, steps: tuple[Any, ...]) -> int:
+        plan = _speedups.compile(steps)
+        assert plan is not None, steps
+        return _speedups.claim(lock_fd, port, plan)
+
+    return c_claim
+
+
+@pytest.fixture
+def lock_file(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path / "shard", os.O_RDWR | os.O_CREAT, 0o600)
+    yield fd
+    os.close(fd)
+
+
+def locked_elsewhere(path: Path, port: int) -> bool:
+    """Whether another process finds byte *port* of *path* locked."""
+    code = ("import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))\n"
+            "except OSError:\n    print('locked')\nelse:\n    print('free')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(port)],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip() == "locked"
+
+
+def free_port() -> int:
+    with portsafe.reserve_port() as r:
+        return r.port
+
+
+class TestOutcomes:
+    def test_claimed_leaves_the_lock_held_and_the_port_unbound(
+            self, run: Runner, lock_file: int, tmp_path: Path) -> None:
+        port = free_port()
+        assert run(lock_file, port, TCP4) == CLAIMED
+        assert locked_elsewhere(tmp_path / "shard", port)
+        with socket.socket() as server:  # the probe's socket is closed: bindable
+            server.bind(("127.0.0.1", port))
+        assert _claim.unlock(lock_file, port) == 0
+        assert not locked_elsewhere(tmp_path / "shard", port)
+
+    def test_held_elsewhere(self, run: Runner, tmp_path: Path) -> None:
+        path, port = tmp_path / "shard", free_port()
+        path.touch()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
+             " fcntl.lockf(fd, fcntl.LOCK_EX, 1, int(sys.argv[2])); print('held', flush=True);"
+             " sys.stdin.read()"), str(path), str(port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "held\n"
+            fd = os.open(path, os.O_RDWR)
+            try:
+                assert run(fd, port, TCP4) == HELD
+            finally:
+                os.close(fd)
+        finally:
+            holder.communicate("")
+
+    def test_in_use_unlocks(self, run: Runner, lock_file: int, tmp_path: Path) -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            port = busy.getsockname()[1]
+            assert run(lock_file, port, TCP4) == REFUSED | errno.EADDRINUSE << 8
+        assert not locked_elsewhere(tmp_path / "shard", port)
+
+    def test_the_failing_step_is_named(self, run: Runner, lock_file: int) -> None:
+        steps = (*TCP4, (socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", (), ()))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+            busy.bind(("127.0.0.1", 0))
+            port = busy.getsockname()[1]
+            assert run(lock_file, port, steps) == REFUSED | 1 << 4 | errno.EADDRINUSE << 8
+
+    def test_an_address_of_no_interface(self, run: Runner) -> None:
+        steps = ((socket.AF_INET, socket.SOCK_STREAM, "192.0.2.1", (), ()),)  # TEST-NET-1
+        assert run(-1, free_port(), steps) == REFUSED | errno.EADDRNOTAVAIL << 8
+
+    def test_a_failing_option(self, run: Runner, lock_file: int, tmp_path: Path) -> None:
+        port = free_port()
+        steps = ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", (), ((socket.SOL_SOCKET,
+                                                                        99999, 1),)),)
+        code = run(lock_file, port, steps)
+        assert code & 15 == REFUSED
+        assert code >> 8 == errno.ENOPROTOOPT
+        assert not locked_elsewhere(tmp_path / "shard", port)
+
+    def test_no_socket(self, run: Runner, lock_file: int, tmp_path: Path) -> None:
+        port = free_port()
+        steps = ((socket.AF_INET, 999, "127.0.0.1", (), ()),)  # no such socket type
+        code = run(lock_file, port, steps)
+        assert code & 15 == NO_SOCKET
+        assert code >> 8 in (errno.EINVAL, errno.EPROTONOSUPPORT)
+        assert not locked_elsewhere(tmp_path / "shard", port)
+
+    def test_a_lock_call_that_fails(self, run: Runner) -> None:
+        fd = os.open(os.devnull, os.O_RDONLY)
+        os.close(fd)  # a closed descriptor: EBADF
+        assert run(fd, free_port(), TCP4) == LOCK_ERROR | errno.EBADF << 8
+
+    def test_no_lock_only_binds(self, run: Runner) -> None:
+        assert run(-1, free_port(), TCP4) == CLAIMED
+
+    @needs_ipv6
+    def test_dual_stack_with_its_option_sees_an_ipv4_holder(self, run: Runner) -> None:
+        steps = tuple((socket.AF_INET6, kind, "::", (), ((socket.IPPROTO_IPV6,
+                                                           socket.IPV6_V6ONLY, 0),))
+                      for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM))
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            assert run(-1, busy.getsockname()[1], steps) == REFUSED | errno.EADDRINUSE << 8
+
+    @needs_ipv6
+    def test_ipv6_with_flowinfo_and_scope(self, run: Runner) -> None:
+        steps = ((socket.AF_INET6, socket.SOCK_STREAM, "::1", (0, 0), ()),)
+        assert run(-1, free_port(), steps) == CLAIMED
+
+
+class TestAgreement:
+    @pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+    @pytest.mark.parametrize(("family", "address"), [
+        (socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::1"),
+        (socket.AF_INET6, "::")])
+    @pytest.mark.parametrize("reuse", [False, True])
+    def test_every_holder_is_seen_alike(self, kind: int, family: int, address: str,
+                                        reuse: bool) -> None:
+        """Both versions give the same answer for the probe of every request kind."""
+        if family == socket.AF_INET6 and not _probe.ipv6_available():
+            pytest.skip("no IPv6 on this host")
+        with socket.socket(family, kind) as holder:
+            if reuse:
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind((address, 0))
+            port = holder.getsockname()[1]
+            for request in ((None, socket.AF_INET, 0), (None, socket.AF_UNSPEC, 0),
+                            ("", socket.AF_INET, kind), (None, socket.AF_INET6, kind)):
+                if request[1] != socket.AF_INET and not _probe.ipv6_available():
+                    continue
+                steps = _probe.targets(*request).steps
+                answers = {_claim.claim_py(-1, port, steps)}
+                if _speedups is not None:
+                    answers.add(_speedups.claim(-1, port, _speedups.compile(steps)))
+                assert len(answers) == 1, (request, answers)
+
+
+@needs_c
+class TestCompiled:
+    def test_declines_what_it_does_not_run(self) -> None:
+        assert _speedups.compile(((socket.AF_INET6, 1, "fe80::1%lo", (0, 0), ()),)) is None
+        assert _speedups.compile(((socket.AF_INET, 1, "localhost", (), ()),)) is None
+        assert _speedups.compile(((socket.AF_UNIX, 1, "/tmp/x", (), ()),)) is None
+        run, plan = _claim.compile_plan(((socket.AF_INET, 1, "localhost", (), ()),))
+        assert run is _claim.claim_py
+        assert plan[0][2] == "localhost"
+
+    def test_bad_arguments_raise(self) -> None:
+        plan = _speedups.compile(TCP4)
+        assert plan is not None
+        with pytest.raises(TypeError):
+            _speedups.claim(-1, 0, b"short")
+        with pytest.raises(ValueError, match="port"):
+            _speedups.claim(-1, 70000, plan)
+        with pytest.raises(TypeError):
+            _speedups.compile([TCP4[0]])  # type: ignore[arg-type]
+
+    def test_in_use_here(self) -> None:
+        assert ("python" if os.environ.get("PORTSAFE_PURE_PYTHON")
+                                         == "1" else "c") == _claim.IMPLEMENTATION
+
+
+class TestDirectoryCheck:
+    @pytest.mark.parametrize("version", versions())
+    def test_ctime_then_zero_once_removed(self, version: str, tmp_path: Path) -> None:
+        dir_ctime = _claim.dir_ctime_py if version == "python" else _speedups.dir_ctime
+        path = tmp_path / "locks"
+        path.mkdir()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert dir_ctime(fd) == os.fstat(fd).st_ctime_ns > 0
+            path.rmdir()
+            assert dir_ctime(fd) == 0
+        finally:
+            os.close(fd)
+        assert dir_ctime(fd) == -errno.EBADF
+
+
+class TestPurePython:
+    def test_the_setting_selects_the_python_version(self) -> None:
+        code = "from portsafe import _claim; print(_claim.IMPLEMENTATION)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PORTSAFE_PURE_PYTHON": "1"}, check=True)
+        assert done.stdout.strip() == "python"
+
+    def test_a_bad_value_is_an_error_that_says_what_to_do(self) -> None:
+        code = "import portsafe; portsafe.reserve_port()"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PORTSAFE_PURE_PYTHON": "maybe"}, check=False)
+        assert done.returncode != 0
+        assert "PORTSAFE_PURE_PYTHON='maybe'" in done.stderr
