@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests._pure import pure_claim
 
 import portsafe
-from portsafe import _claim, _probe
+from portsafe import _claim, _dirwatch, _locks, _probe, _walk
 from portsafe._claim import CLAIMED, HELD, LOCK_ERROR, NO_SOCKET, REFUSED
 
 try:
@@ -245,3 +247,78 @@ class TestPurePython:
                               env={**os.environ, "PORTSAFE_PURE_PYTHON": "maybe"}, check=False)
         assert done.returncode != 0
         assert "PORTSAFE_PURE_PYTHON='maybe'" in done.stderr
+
+
+@pytest.mark.usefixtures("private_lock_dir")
+class TestHotPath:
+    """reserve_port's one-call path (``_walk.claim_next``) keeps G5: a candidate it finds
+    not free is counted, and not tried again in the same call."""
+
+    PORTS = range(30600, 30602)
+
+    @pytest.fixture(autouse=True)
+    def watched(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The lock directory checked by descriptor from its second use on: the one-call
+        path needs that."""
+        monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
+
+    def next_candidate(self) -> int:
+        for _ in range(2):
+            portsafe.reserve_port(ports=self.PORTS).release()  # the walk is in progress
+        directory = _locks.table().current()
+        if not directory.watch_ctime:
+            pytest.skip(f"the lock directory is checked by path here: {directory.watch_refused}")
+        cursor = _walk._cursor
+        assert cursor is not None
+        return int(cursor[3][cursor[5]])
+
+    def test_passes_a_busy_candidate_once(self) -> None:
+        busy_port = self.next_candidate()
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", busy_port))
+            with portsafe.reserve_port(ports=self.PORTS) as r:
+                assert r.port != busy_port
+                assert r.port in self.PORTS
+
+    def test_every_candidate_counted_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        first = self.next_candidate()
+        locks: list[int] = []
+        real = _claim.LOCKF
+        assert real is not None
+
+        def counting(fd: int, command: int, length: int, port: int) -> None:
+            if command == _claim.EXCLUSIVE:
+                locks.append(port)
+            real(fd, command, length, port)
+
+        pure_claim(monkeypatch)  # the Python claim, whose lock calls can be counted
+        monkeypatch.setattr(_claim, "LOCKF", counting)
+        portsafe.reserve_port(ports=self.PORTS).release()  # plans compiled again
+        first = self.next_candidate()
+        del locks[:]
+        other = next(port for port in self.PORTS if port != first)
+        with socket.socket() as one, socket.socket() as two:
+            one.bind(("127.0.0.1", first))
+            two.bind(("127.0.0.1", other))
+            with pytest.raises(portsafe.NoFreePortError, match="tried 2, 0 held") as caught:
+                portsafe.reserve_port(ports=self.PORTS)
+        assert caught.value.attempts == 2
+        assert sorted(locks) == sorted(self.PORTS)  # each locked once, in one call
+
+    def test_a_changed_directory_is_noticed_in_the_same_call(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The claim's own directory check: a lock directory replaced after the last call
+        is not used (the call takes the general way, which opens the new one)."""
+        path = tmp_path / "locks"
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(path))
+        portsafe.reserve_port().release()
+        portsafe.reserve_port().release()  # the second call is the one that watches
+        table = _locks.table()
+        old = table.current()
+        if not old.watch_ctime:
+            pytest.skip(f"the lock directory is checked by path here ({old.watch_refused})")
+        shutil.rmtree(path)
+        with portsafe.reserve_port() as r:
+            new = table.current()
+            assert new is not old
+            assert table.held[r.port].lockdir is new  # locked in the new directory

@@ -9,10 +9,12 @@ one line per problem) unless:
   sources;
 * the wheel holds the ``portsafe`` package with its ``py.typed`` marker and auto mode's
   start-up hook ``portsafe-auto.pth``, and nothing else at the top level: no tests,
-  benchmarks, tools or docs;
+  benchmarks, tools or docs; built on Linux, it holds the compiled ``_speedups``
+  module (and its ``.pyi``), and its C source stays out of it;
 * the wheel's metadata names that version and the ``pytest11`` entry point and the
   ``portsafe`` console script are declared;
-* the sdist carries the sources, ``py.typed``, the licence and the README.
+* the sdist carries the sources (``_speedups.c`` too), ``py.typed``, the licence and
+  the README.
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ def check_wheel(wheel: Path, version: str) -> list[str]:
         if "portsafe/py.typed" not in names:
             problems.append(f"{wheel.name}: no portsafe/py.typed (type checkers would "
                             "ignore the annotations)")
+        if sys.platform.startswith("linux"):
+            if not any(re.fullmatch(r"portsafe/_speedups\..*\.so", n) for n in names):
+                problems.append(f"{wheel.name}: no compiled portsafe/_speedups (did the C "
+                                "compiler fail? the build log says why)")
+            if "portsafe/_speedups.pyi" not in names:
+                problems.append(f"{wheel.name}: no portsafe/_speedups.pyi")
+        if "portsafe/_speedups.c" in names:
+            problems.append(f"{wheel.name}: ships the C source portsafe/_speedups.c")
         tests = [n for n in names if re.search(r"(^|/)(tests?|conftest\.py)(/|$)", n)]
         if tests:
             problems.append(f"{wheel.name}: contains tests: {tests[:5]}")
@@ -83,7 +93,8 @@ def check_sdist(sdist: Path, version: str) -> list[str]:
     with tarfile.open(sdist) as archive:
         names = set(archive.getnames())
     needed = ["pyproject.toml", "README.md", "LICENSE", "src/portsafe/__init__.py",
-              "src/portsafe/py.typed"]
+              "src/portsafe/py.typed", "src/portsafe/_speedups.c", "src/portsafe/_speedups.pyi",
+              "setup.py"]
     return [f"{sdist.name}: missing {name}" for name in needed if prefix + name not in names]
 
 

@@ -13,8 +13,10 @@ twice with the same results:
 Both return an int: ``kind | step << 4 | errno << 8``, where *kind* is :data:`CLAIMED`
 (0: the lock is held and every bind succeeded), :data:`HELD` (someone holds the lock),
 :data:`REFUSED` (bind or setsockopt of *step* failed with *errno*: in use, or worse),
-:data:`NO_SOCKET` (``socket()`` of *step* failed) or :data:`LOCK_ERROR` (the lock call
-failed otherwise). Anything but CLAIMED leaves nothing behind: a lock taken is dropped.
+:data:`NO_SOCKET` (``socket()`` of *step* failed), :data:`LOCK_ERROR` (the lock call
+failed otherwise) or :data:`CHANGED` (given the lock directory's descriptor and its
+ctime as checked, it is not that directory any more: ``_locks``, ``_dirwatch``).
+Anything but CLAIMED leaves nothing behind: a lock taken is dropped.
 A *lock_fd* below 0 means no lock, only the binds (``_probe.is_free``).
 
 A plan is :func:`compile` of ``_probe``'s steps: bytes for the C version, which declines
@@ -41,19 +43,22 @@ if TYPE_CHECKING:
     #: (family, type, host, rest of the sockaddr or (), options)
     Step = tuple[int, int, str, tuple[int, ...], tuple[Option, ...]]
     Plan = bytes | tuple[Step, ...]
-    Claim = Callable[[int, int, Plan], int]
+    Claim = Callable[..., int]  # (lock_fd, port, plan[, dir_fd, dir_ctime]) -> int
 
-__all__ = ["CLAIMED", "HELD", "IMPLEMENTATION", "LOCK_ERROR", "NO_SOCKET", "REFUSED",
+__all__ = ["CHANGED", "CLAIMED", "HELD", "IMPLEMENTATION", "LOCK_ERROR", "NO_SOCKET", "REFUSED",
            "claim_py", "compile_plan", "dir_ctime_py", "unlock_py"]
 
-CLAIMED, HELD, REFUSED, NO_SOCKET, LOCK_ERROR = 0, 1, 2, 3, 4
+CLAIMED, HELD, REFUSED, NO_SOCKET, LOCK_ERROR, CHANGED = 0, 1, 2, 3, 4, 5
 
 _new_socket = _socket.socket
 _fstat = os.fstat
 
 
-def claim_py(lock_fd: int, port: int, plan: Plan) -> int:
+def claim_py(lock_fd: int, port: int, plan: Plan, dir_fd: int = -1, dir_ctime: int = 0) -> int:
     """Lock *port* in *lock_fd* (unless it is below 0), then bind and close each step.
+
+    With *dir_fd*, first :data:`CHANGED` (nothing done) unless :func:`dir_ctime_py` of
+    it is *dir_ctime*: the lock directory's check by descriptor, in the same call.
 
     Example:
         >>> import socket
@@ -64,6 +69,8 @@ def claim_py(lock_fd: int, port: int, plan: Plan) -> int:
         >>> code & 15 == REFUSED
         True
     """
+    if dir_fd >= 0 and dir_ctime_py(dir_fd) != dir_ctime:
+        return CHANGED
     if lock_fd >= 0:
         if LOCKF is not None:
             try:
@@ -152,7 +159,7 @@ if not flag(PURE_PYTHON):
         pass
     else:
         # The C claim takes only its own (bytes) plans: compile_plan pairs them so.
-        claim = _speedups.claim  # type: ignore[assignment]
+        claim = _speedups.claim
         unlock, dir_ctime, _compile = _speedups.unlock, _speedups.dir_ctime, _speedups.compile
         IMPLEMENTATION = "c"
 

@@ -445,6 +445,25 @@ class LockTable:
             mutex.release()
         return True
 
+    def release_all(self, ports: list[int]) -> None:
+        """:meth:`release` each of *ports* (idempotent), under one hold of the mutex.
+
+        Example:
+            >>> table().release_all([20001, 20002])
+        """
+        with self._mutex:
+            held, home = self.held, self._home
+            for port in ports:
+                shard = held.pop(port, None)
+                if shard is not None:
+                    failed = _unlock_port(shard.fd, port)
+                    if failed:
+                        raise OSError(failed, os.strerror(failed))
+                    shard.count -= 1
+                    if not shard.count and (shard is not home or shard.lockdir.broken or
+                                            shard.lockdir.retired):
+                        self._emptied(shard)
+
     def release_nowait(self, port: int) -> bool:
         """:meth:`release` without blocking: False if it must be deferred."""
         return self.release(port, False)

@@ -21,8 +21,7 @@ from portsafe._settings import shown
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
+    from portsafe._claim import Claim, Plan
 
 __all__ = ["Bind", "ProbeTarget", "Probes", "dual_stack_is_stricter", "ipv6_available",
            "is_free", "refusal", "targets"]
@@ -69,7 +68,7 @@ class Probes(tuple[ProbeTarget, ...]):
     #: the plan as :func:`is_free` runs it, every fixed part worked out once
     steps: tuple[Step, ...]
     #: (claim function, its plan of the steps): ``_claim.compile_plan``
-    claim: tuple[Callable[[int, int, Any], int], Any]
+    claim: tuple[Claim, Plan]
 
 
 def ipv6_available() -> bool:

@@ -47,7 +47,7 @@ from portsafe import _locks, _probe
 from portsafe._errors import InvalidSettingError
 from portsafe._ranges import default_candidates, explicit_candidates
 from portsafe._settings import EXCLUDE, LOCK_DIR, PORTSERVER, RANGE, reservation_settings, shown
-from portsafe._walk import Search, first_free
+from portsafe._walk import Search, claim_next, first_free
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
@@ -242,14 +242,16 @@ class ReservationGroup(_Releasable, Sequence[Reservation]):
 
     def release(self) -> None:
         """Release every reservation in the group (idempotent)."""
-        table = _locks.table()
+        mine = []
         for item in self._items:
             pid = item._pid
             if pid == _pid and not item._spec[3]:  # Reservation.release(), inlined
                 item._pid = 0
-                table.release(item.port)
+                mine.append(item.port)
             elif pid:
                 item.release()
+        if mine:
+            (_locks._table or _locks.table()).release_all(mine)
 
     if TYPE_CHECKING:
         @overload
@@ -403,14 +405,17 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         candidates, (path, server) = explicit_candidates(ports), reservation_settings()
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
-    directory = (_locks._table or _locks.table()).current(path)  # LockDirError if changed
+    table = _locks._table or _locks.table()
     if plain and not server and not exclude:  # the default request: the shortest way
-        found = first_free(candidates, probes, _NOTHING, directory)
+        claimed = claim_next(table, path, candidates, probes)  # one call, when it can
+        found = claimed if claimed > 0 else first_free(  # LockDirError if changed
+            candidates, probes, _NOTHING, table.current(path), -claimed)
         if type(found) is int:
             made = _new(Reservation)  # Reservation(found, *_DEFAULT_SPEC), without __init__
             made.port, made._spec, made._pid = found, _DEFAULT_SPEC, _pid
             return made
         raise found.failure("free port")  # type: ignore[union-attr]
+    directory = table.current(path)  # LockDirError if changed
     excluded = _excluded(exclude) if exclude else _NOTHING
     if server and ports is None:
         from portsafe import _pool

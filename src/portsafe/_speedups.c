@@ -27,6 +27,7 @@
 #define REFUSED 2   /* a setsockopt or bind failed (errno, step): in use, or worse */
 #define NO_SOCKET 3 /* socket() failed (errno, step) */
 #define LOCK_ERROR 4 /* F_SETLK failed otherwise (errno) */
+#define CHANGED 5    /* the lock directory is not the one checked (claim's dir_fd) */
 
 #define MAX_OPTIONS 4
 
@@ -161,15 +162,29 @@ set_lock(int fd, long port, short type)
     return fcntl(fd, F_SETLK, &lock) == 0 ? 0 : errno;
 }
 
-/* claim(lock_fd, port, plan) -> int: lock byte *port* of *lock_fd* (none if it is below
- * 0), then bind and close each step of *plan* on *port*. CLAIMED leaves the lock held;
+/* claim(lock_fd, port, plan[, dir_fd, dir_ctime]) -> int: (with *dir_fd*: CHANGED unless
+ * dir_ctime(dir_fd) == *dir_ctime*, then) lock byte *port* of *lock_fd* (none if it is
+ * below 0), then bind and close each step of *plan* on *port*. CLAIMED leaves the lock held;
  * anything else leaves nothing (the lock, if taken, is released). */
 static PyObject *
 speedups_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "claim(lock_fd, port, plan)");
+    if (nargs != 3 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "claim(lock_fd, port, plan[, dir_fd, dir_ctime])");
         return NULL;
+    }
+    if (nargs == 5) { /* first: is the lock directory unchanged (as _claim.dir_ctime)? */
+        int dir_fd;
+        long long expected = PyLong_AsLongLong(args[4]);
+        struct stat info;
+        if (as_int(args[3], &dir_fd) < 0 || (expected == -1 && PyErr_Occurred())) {
+            return NULL;
+        }
+        if (fstat(dir_fd, &info) != 0 || info.st_nlink == 0 ||
+                (long long)info.st_ctim.tv_sec * 1000000000LL +
+                (long long)info.st_ctim.tv_nsec != expected) {
+            return PyLong_FromLong(CHANGED);
+        }
     }
     int fd;
     long port = PyLong_AsLong(args[1]);
@@ -278,7 +293,7 @@ static PyMethodDef speedups_methods[] = {
     {"compile", speedups_compile, METH_O,
      "compile(steps) -> bytes | None: a probe plan as claim() runs it."},
     {"claim", (PyCFunction)(void (*)(void))speedups_claim, METH_FASTCALL,
-     "claim(lock_fd, port, plan) -> int: lock and bind-check one port."},
+     "claim(lock_fd, port, plan[, dir_fd, dir_ctime]) -> int: lock and bind-check one port."},
     {"unlock", (PyCFunction)(void (*)(void))speedups_unlock, METH_FASTCALL,
      "unlock(lock_fd, port) -> int: release one port's lock; 0 or the errno."},
     {"dir_ctime", speedups_dir_ctime, METH_O,

@@ -13,7 +13,9 @@ import os
 import random
 
 from portsafe import _locks, _probe
+from portsafe._claim import CHANGED, HELD
 from portsafe._errors import LockDirError, NoFreePortError
+from portsafe._lockformat import SHARD_BITS
 from portsafe._probe import refusal
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
@@ -21,9 +23,9 @@ if TYPE_CHECKING:
     from typing import Any
 
     from portsafe._candidates import CandidateSet
-    from portsafe._locks import LockDir
+    from portsafe._locks import LockDir, LockTable
 
-__all__ = ["Search", "first_free", "rng"]
+__all__ = ["Search", "claim_next", "first_free", "rng"]
 
 rng = random.Random()  # noqa: S311 - spreading picks, not secrecy
 if hasattr(os, "register_at_fork"):
@@ -226,13 +228,61 @@ class Search:
             attempts=0, candidates=candidates.count)
 
 
+def claim_next(table: LockTable, path: str, candidates: CandidateSet,
+               probes: _probe.Probes) -> int:
+    """``reserve_port``'s hot path: the home shard's next candidate, claimed in one call
+    that checks the lock directory by descriptor too, when everything is as the last
+    call left it (the same directory, watched, the same walk and home shard).
+
+    Returns the port, now held; 0 when that does not apply (nothing was tried: ask
+    :func:`first_free`, after ``LockTable.current``); or minus the claim's code when the
+    candidate was not free: the walk has moved past it, and ``first_free(..., tried=)``
+    goes on from there and counts it (G5: no candidate is tried twice in a call).
+
+    Example:
+        >>> from portsafe import _ranges
+        >>> t, cands = _locks.table(), _ranges.explicit_candidates(range(30000, 30010))
+        >>> claim_next(t, _locks.lock_dir(), cands, _probe.targets(None, 2, 1)) >= -15
+        True
+    """
+    cursor = _cursor
+    directory = table._last_dir
+    if cursor is None or cursor[1] is not candidates or cursor[0] is not directory or \
+            path is not table._last_path or directory is None:
+        return 0
+    ctime = directory.watch_ctime
+    items: list[int] = cursor[3]
+    index: int = cursor[5]
+    port = items[index]
+    home = table._home
+    if not ctime or directory.broken or home is None or home.lockdir is not directory or \
+            home.index != port >> SHARD_BITS:
+        return 0
+    run, plan = probes.claim
+    with table._mutex:
+        if port in table.held:
+            return 0
+        code = run(home.fd, port, plan, directory.fd, ctime)
+        if not code:
+            table.held[port] = home
+            home.count += 1
+    if code == CHANGED:
+        return 0
+    cursor[5] = (index + cursor[4]) % len(items)
+    if code == HELD:
+        table._missed(home)
+    return -code if code else port
+
+
 def first_free(candidates: CandidateSet, probes: _probe.Probes,
-               excluded: frozenset[int], directory: LockDir) -> int | Search:
+               excluded: frozenset[int], directory: LockDir, tried: int = 0) -> int | Search:
     """One free port, locked and verified: ``reserve_port``'s walk. Else the Search that
     found none, with its counts, to raise its :meth:`Search.failure`.
 
     The common case (the home shard's next candidate is free) makes no Search: its
     walk is inlined here. G5 holds: the home shard is walked once, then the others.
+    *tried*: the code of the candidate :func:`claim_next` found not free (the walk goes
+    on after it, and counts it).
 
     Example:
         >>> from portsafe import _ranges
@@ -261,7 +311,16 @@ def first_free(candidates: CandidateSet, probes: _probe.Probes,
     table = _locks._table or _locks.table()
     try_claim, claim = table.try_claim, probes.claim
     attempts = held = in_use = denied = 0
-    for _ in range(count):
+    visits = count
+    if tried:  # claim_next's candidate, counted here
+        attempts, visits, busy = 1, count - 1, refusal(tried, probes.steps)
+        if busy < 0:
+            held = 1
+        elif busy == _DENIED:
+            denied = 1
+        else:
+            in_use = 1
+    for _ in range(visits):
         port = items[index]
         index = (index + stride) % count
         if port in excluded:
