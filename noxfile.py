@@ -1,6 +1,7 @@
 """Test portsafe on every Python from 3.10 up that this machine has.
 
-    nox                      # lint, full suite on 3.11, smoke on the others, CPython's tests
+    nox                      # lint, full suite on 3.11 (and the core's tests again in pure
+                             # Python), smoke on the others, CPython's tests
     nox -s tests-3.12        # the full suite on another interpreter
     nox -s cpython_matrix    # CPython's own test modules on every interpreter (~10 min)
     nox -s bench             # the benchmark figures
@@ -26,7 +27,8 @@ DEFAULT = "3.11"
 OTHERS = ["3.10", "3.12", "3.13"]
 ALL = sorted([DEFAULT, *OTHERS])
 
-nox.options.sessions = ["lint", f"tests-{DEFAULT}", "smoke", "cpython_suite", "docs", "build"]
+nox.options.sessions = ["lint", f"tests-{DEFAULT}", "pure", "smoke", "cpython_suite", "docs",
+                         "build"]
 nox.options.error_on_missing_interpreters = False  # skip absent interpreters cleanly
 nox.options.reuse_existing_virtualenvs = True
 
@@ -103,6 +105,22 @@ def tests(session: nox.Session) -> None:
     if not session.posargs:  # the examples of the installed package, as users get it
         session.run("pytest", "-p", "no:cacheprovider", "-q", "--doctest-modules",
                     "--pyargs", "portsafe")
+
+
+# The tests of the claim and of everything that reaches it, for the pure-Python run.
+PURE = [
+    "tests/test_claim.py", "tests/test_probe.py", "tests/test_reserve.py",
+    "tests/test_lockdir_hardening.py", "tests/test_properties.py", "tests/stress",
+]
+
+
+@nox.session(python=DEFAULT)
+def pure(session: nox.Session) -> None:
+    """The claim's and the core's tests again with PORTSAFE_PURE_PYTHON=1: the Python
+    version of portsafe._claim, which other platforms and compiler-less installs run."""
+    session.install(*TEST_DEPS)
+    session.run("pytest", "-p", "no:cacheprovider", "-q", "-n", "2", *PURE, *session.posargs,
+                env={"PORTSAFE_PURE_PYTHON": "1"})
 
 
 @nox.session(python=OTHERS)

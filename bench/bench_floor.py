@@ -2,14 +2,18 @@
 
 Run: python bench/bench_floor.py [--python all|3.12.1|PATH ...] [--samples 3000]
 
-Per interpreter (default: the running one), in a fresh process with portsafe from
-``src/`` and a private lock directory made like the default one (right in the temporary
-directory, and aged, so that it is checked by descriptor: ``src/portsafe/_dirwatch.py``),
+Per interpreter (default: the running one), in a fresh process with an installed,
+bytecode-compiled copy of portsafe and its C module (``_env.py``; with
+``PORTSAFE_PURE_PYTHON=1``, the Python claim) and a private lock directory made like the
+default one (right in the temporary directory, and aged, so that it is checked by
+descriptor: ``src/portsafe/_dirwatch.py``),
 each of these is interleaved with CPython's ``find_unused_port`` (``_yardsticks.py``),
 per-call medians, 3 repeats, as ``bench_reserve.py`` measures:
 
 - ``syscalls``: the six system calls of a reservation and its release and nothing
-  else: the directory check (fstat), lock, socket, bind, close, unlock;
+  else, from Python: the directory check (fstat), lock, socket, bind, close, unlock;
+- ``c_syscalls``: the same six from C: one ``_speedups.claim`` (check, lock, socket,
+  bind, close) and one ``unlock`` (where the C module is in use);
 - ``ideal``: a near-ideal Python version of the whole call and release (one function,
   a Reservation-like object, the in-process mutex and held-port map; no checks of
   arguments or settings);
@@ -127,6 +131,18 @@ def ideal():
             lockf(held.pop(made.port).fd, UNLOCK, 1, made.port)
 
 
+from portsafe import _claim
+
+c_claim, c_plan = _probe.targets(None, 2, 1).claim
+
+
+def c_syscalls():  # the same system calls, made from C in one claim call and one unlock
+    i = step[0] = (step[0] + 37) % len(ports)
+    port = ports[i]
+    c_claim(fd, port, c_plan, dfd, ctime)
+    _claim.unlock(fd, port)
+
+
 def whole():
     portsafe.reserve_port().release()
 
@@ -174,9 +190,11 @@ def unspec():
 
 
 out = {"python": sys.version.split()[0], "watched": bool(lockdir.watch_ctime),
-       "refused": lockdir.watch_refused}
+       "refused": lockdir.watch_refused, "claim": _claim.IMPLEMENTATION}
 calls = (("syscalls", syscalls), ("ideal", ideal), ("portsafe", whole),
          ("three_syscalls", three_syscalls), ("three", three))
+if _claim.IMPLEMENTATION == "c":
+    calls += (("c_syscalls", c_syscalls),)
 if socket.has_ipv6 and _probe.dual_stack_is_stricter():
     calls += (("unspec_syscalls", unspec_syscalls), ("unspec", unspec))
 for name, call in calls:
@@ -187,11 +205,13 @@ print(json.dumps(out))
 """
 
 
-def interpreters(choice: list[str]) -> list[str]:
-    sys.path.insert(0, HERE)
-    from _env import interpreters as found
+sys.path.insert(0, HERE)
+from _env import interpreters as _found  # noqa: E402
+from _env import make  # noqa: E402
 
-    return found(choice) if choice else [sys.executable]
+
+def interpreters(choice: list[str]) -> list[str]:
+    return _found(choice) if choice else [sys.executable]
 
 
 def main() -> int:
@@ -200,34 +220,45 @@ def main() -> int:
                         help="interpreter: a path, a pyenv version, or 'all' (repeatable)")
     parser.add_argument("--samples", type=int, default=3000)
     args = parser.parse_args()
-    names = ("syscalls", "ideal", "portsafe", "three_syscalls", "three", "unspec_syscalls",
-             "unspec")
+    names = ("syscalls", "c_syscalls", "ideal", "portsafe", "three_syscalls", "three",
+             "unspec_syscalls", "unspec")
     print("ratios to find_unused_port, min/median/max of 3 repeats; syscalls: the system "
-          "calls alone; ideal: a near-ideal Python version; three: reserve_ports(3); "
-          "unspec: AF_UNSPEC, socktype=0")
-    print(f"{'python':8} {'watched':7} " + " ".join(f"{name:>15}" for name in names))
-    for python in interpreters(args.python):
-        lock_dir = tempfile.mkdtemp(prefix="portsafe-floor-locks-")
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("PORTSAFE_", "PORTSERVER"))}
-        env["PORTSAFE_LOCK_DIR"] = lock_dir
-        env["PYTHONPATH"] = os.path.join(ROOT, "src")
-        try:
-            subprocess.run([python, "-c", "import portsafe; portsafe.reserve_port().release()"],
-                           env=env, check=True)  # completes it
-            time.sleep(max(0.0, 1.2 - (time.time() - os.stat(lock_dir).st_ctime)))
-            done = subprocess.run([python, "-c", INNER, HERE, str(args.samples)], env=env,
-                                  check=False, capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(f"{python}: the measuring process failed:\n{done.stderr}")
-        finally:
-            shutil.rmtree(lock_dir, ignore_errors=True)
-        row = json.loads(done.stdout)
-        cells = [f"{row[k]['min']:.2f}/{row[k]['median']:.2f}/{row[k]['max']:.2f}"
-                 if k in row else "-" for k in names]
-        print(f"{row['python']:8} {'yes' if row['watched'] else 'no':7} "
-              + " ".join(f"{cell:>15}" for cell in cells))
+          "calls alone, from Python; c_syscalls: the same from C (one claim, one unlock); "
+          "ideal: a near-ideal Python version; three: reserve_ports(3); unspec: AF_UNSPEC, "
+          "socktype=0; claim: the claim portsafe ran (c or python)")
+    print(f"{'python':8} {'watched':7} {'claim':6} " + " ".join(f"{name:>15}" for name in names))
+    scratch = tempfile.mkdtemp(prefix="portsafe-floor-")
+    try:
+        for python in interpreters(args.python):
+            row = measure(make(python, scratch), args.samples)
+            cells = [f"{row[k]['min']:.2f}/{row[k]['median']:.2f}/{row[k]['max']:.2f}"
+                     if k in row else "-" for k in names]
+            print(f"{row['python']:8} {'yes' if row['watched'] else 'no':7} {row['claim']:6} "
+                  + " ".join(f"{cell:>15}" for cell in cells))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def measure(exe: str, samples: int) -> dict[str, object]:
+    """One interpreter's figures, from its installed copy (``_env.make``), in a private
+    lock directory made and aged like the default one."""
+    lock_dir = tempfile.mkdtemp(prefix="portsafe-floor-locks-")
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PORTSAFE_", "PORTSERVER")) or key == "PORTSAFE_PURE_PYTHON"}
+    env["PORTSAFE_LOCK_DIR"] = lock_dir
+    try:
+        subprocess.run([exe, "-c", "import portsafe; portsafe.reserve_port().release()"],
+                       env=env, check=True)  # completes it
+        time.sleep(max(0.0, 1.2 - (time.time() - os.stat(lock_dir).st_ctime)))
+        done = subprocess.run([exe, "-c", INNER, HERE, str(samples)], env=env,
+                              check=False, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{exe}: the measuring process failed:\n{done.stderr}")
+    finally:
+        shutil.rmtree(lock_dir, ignore_errors=True)
+    row: dict[str, object] = json.loads(done.stdout)
+    return row
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def inner(args: argparse.Namespace) -> dict:
     from _procs import cli, collisions, first_reservation, imports, throughput
 
     import portsafe
+    from portsafe import _claim
 
     quick = args.quick
     repeats = 3
@@ -59,7 +60,8 @@ def inner(args: argparse.Namespace) -> dict:
     figures: list[dict] = []
     result: dict = {"python": platform.python_version(), "executable": sys.executable,
                     "cpus": os.cpu_count(), "lock_dir": os.environ.get("PORTSAFE_LOCK_DIR"),
-                    "ephemeral": list(portsafe.ephemeral_port_range()), "figures": figures}
+                    "ephemeral": list(portsafe.ephemeral_port_range()), "figures": figures,
+                    "claim": _claim.IMPLEMENTATION}
     if wanted("latency"):
         figures += latency(800 if quick else 4000, repeats)
     if wanted("held"):
@@ -92,7 +94,8 @@ def outer(args: argparse.Namespace) -> int:
             lock_dir = tempfile.mkdtemp(prefix="portsafe-bench-locks-")
             out = os.path.join(scratch, "inner.json")
             env = {key: value for key, value in os.environ.items()
-                   if not key.startswith(("PORTSAFE_", "PYTHONPATH", "PORTSERVER"))}
+                   if not key.startswith(("PORTSAFE_", "PYTHONPATH", "PORTSERVER"))
+                   or key == "PORTSAFE_PURE_PYTHON"}  # to measure the Python claim
             env["PORTSAFE_LOCK_DIR"] = lock_dir
             subprocess.run([exe, "-c", "import portsafe; portsafe.reserve_port().release()"],
                            env=env, check=True)  # completes it
@@ -106,7 +109,7 @@ def outer(args: argparse.Namespace) -> int:
             with open(out) as file:
                 run = json.load(file)
             runs.append(run)
-            print_table(run["python"], run["figures"])
+            print_table(f"{run['python']} (claim: {run['claim']})", run["figures"])
             if "collisions" in run:
                 found = run["collisions"]["methods"]
                 print("  collision run: " + ", ".join(

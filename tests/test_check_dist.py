@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SPEEDUPS = "portsafe/_speedups.cpython-311-x86_64-linux-gnu.so"
 
 
 def load_checker():
@@ -39,9 +40,22 @@ class TestWheelCheck:
         """A wheel with the package, py.typed and portsafe-auto.pth has no problems."""
         checker = load_checker()
         version = checker.project_version()
-        wheel = make_wheel(tmp_path / f"portsafe-{version}-py3-none-any.whl", version,
-                           ["portsafe/__init__.py", "portsafe/py.typed", "portsafe-auto.pth"])
+        wheel = make_wheel(tmp_path / f"portsafe-{version}-cp311-cp311-linux_x86_64.whl",
+                           version, ["portsafe/__init__.py", "portsafe/py.typed",
+                                     "portsafe-auto.pth", SPEEDUPS, "portsafe/_speedups.pyi"])
         assert checker.check_wheel(wheel, version) == []
+
+    def test_a_linux_wheel_without_its_compiled_module_fails(self, tmp_path):
+        """A Linux wheel whose C module did not build (it would run the Python claim)."""
+        checker = load_checker()
+        version = checker.project_version()
+        wheel = make_wheel(tmp_path / f"portsafe-{version}-cp311-cp311-linux_x86_64.whl",
+                           version, ["portsafe/__init__.py", "portsafe/py.typed",
+                                     "portsafe-auto.pth", "portsafe/_speedups.c"])
+        problems = checker.check_wheel(wheel, version)
+        assert any("no compiled portsafe/_speedups" in p for p in problems)
+        assert any("_speedups.pyi" in p for p in problems)
+        assert any("C source" in p for p in problems)
 
     def test_missing_start_up_hook_fails(self, tmp_path):
         """Without portsafe-auto.pth, auto mode would not reach child processes."""

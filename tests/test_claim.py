@@ -28,6 +28,8 @@ except ImportError:
 needs_c = pytest.mark.skipif(_speedups is None, reason="portsafe._speedups is not built here")
 needs_ipv6 = pytest.mark.skipif(not _probe.ipv6_available(), reason="no IPv6 on this host")
 
+#: The environment before any test's private lock directory: the shared one's.
+SHARED_ENV = dict(os.environ)
 TCP4 = ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", (), ()),)
 
 
@@ -73,15 +75,17 @@ def locked_elsewhere(path: Path, port: int) -> bool:
     return done.stdout.strip() == "locked"
 
 
-def free_port() -> int:
+@pytest.fixture
+def port() -> Iterator[int]:
+    """A port reserved for the whole test, in the shared lock directory: the test binds
+    it outside any reservation of its own, and no other portsafe user may take it then."""
     with portsafe.reserve_port() as r:
-        return r.port
+        yield r.port
 
 
 class TestOutcomes:
     def test_claimed_leaves_the_lock_held_and_the_port_unbound(
-            self, run: Runner, lock_file: int, tmp_path: Path) -> None:
-        port = free_port()
+            self, run: Runner, lock_file: int, tmp_path: Path, port: int) -> None:
         assert run(lock_file, port, TCP4) == CLAIMED
         assert locked_elsewhere(tmp_path / "shard", port)
         with socket.socket() as server:  # the probe's socket is closed: bindable
@@ -89,8 +93,8 @@ class TestOutcomes:
         assert _claim.unlock(lock_file, port) == 0
         assert not locked_elsewhere(tmp_path / "shard", port)
 
-    def test_held_elsewhere(self, run: Runner, tmp_path: Path) -> None:
-        path, port = tmp_path / "shard", free_port()
+    def test_held_elsewhere(self, run: Runner, tmp_path: Path, port: int) -> None:
+        path = tmp_path / "shard"
         path.touch()
         holder = subprocess.Popen(
             [sys.executable, "-c", ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
@@ -122,12 +126,11 @@ class TestOutcomes:
             port = busy.getsockname()[1]
             assert run(lock_file, port, steps) == REFUSED | 1 << 4 | errno.EADDRINUSE << 8
 
-    def test_an_address_of_no_interface(self, run: Runner) -> None:
+    def test_an_address_of_no_interface(self, run: Runner, port: int) -> None:
         steps = ((socket.AF_INET, socket.SOCK_STREAM, "192.0.2.1", (), ()),)  # TEST-NET-1
-        assert run(-1, free_port(), steps) == REFUSED | errno.EADDRNOTAVAIL << 8
+        assert run(-1, port, steps) == REFUSED | errno.EADDRNOTAVAIL << 8
 
-    def test_a_failing_option(self, run: Runner, lock_file: int, tmp_path: Path) -> None:
-        port = free_port()
+    def test_a_failing_option(self, run: Runner, lock_file: int, tmp_path: Path, port: int) -> None:
         steps = ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", (), ((socket.SOL_SOCKET,
                                                                         99999, 1),)),)
         code = run(lock_file, port, steps)
@@ -135,21 +138,20 @@ class TestOutcomes:
         assert code >> 8 == errno.ENOPROTOOPT
         assert not locked_elsewhere(tmp_path / "shard", port)
 
-    def test_no_socket(self, run: Runner, lock_file: int, tmp_path: Path) -> None:
-        port = free_port()
+    def test_no_socket(self, run: Runner, lock_file: int, tmp_path: Path, port: int) -> None:
         steps = ((socket.AF_INET, 999, "127.0.0.1", (), ()),)  # no such socket type
         code = run(lock_file, port, steps)
         assert code & 15 == NO_SOCKET
         assert code >> 8 in (errno.EINVAL, errno.EPROTONOSUPPORT)
         assert not locked_elsewhere(tmp_path / "shard", port)
 
-    def test_a_lock_call_that_fails(self, run: Runner) -> None:
+    def test_a_lock_call_that_fails(self, run: Runner, port: int) -> None:
         fd = os.open(os.devnull, os.O_RDONLY)
         os.close(fd)  # a closed descriptor: EBADF
-        assert run(fd, free_port(), TCP4) == LOCK_ERROR | errno.EBADF << 8
+        assert run(fd, port, TCP4) == LOCK_ERROR | errno.EBADF << 8
 
-    def test_no_lock_only_binds(self, run: Runner) -> None:
-        assert run(-1, free_port(), TCP4) == CLAIMED
+    def test_no_lock_only_binds(self, run: Runner, port: int) -> None:
+        assert run(-1, port, TCP4) == CLAIMED
 
     @needs_ipv6
     def test_dual_stack_with_its_option_sees_an_ipv4_holder(self, run: Runner) -> None:
@@ -161,9 +163,9 @@ class TestOutcomes:
             assert run(-1, busy.getsockname()[1], steps) == REFUSED | errno.EADDRINUSE << 8
 
     @needs_ipv6
-    def test_ipv6_with_flowinfo_and_scope(self, run: Runner) -> None:
+    def test_ipv6_with_flowinfo_and_scope(self, run: Runner, port: int) -> None:
         steps = ((socket.AF_INET6, socket.SOCK_STREAM, "::1", (0, 0), ()),)
-        assert run(-1, free_port(), steps) == CLAIMED
+        assert run(-1, port, steps) == CLAIMED
 
 
 class TestAgreement:
@@ -254,13 +256,25 @@ class TestHotPath:
     """reserve_port's one-call path (``_walk.claim_next``) keeps G5: a candidate it finds
     not free is counted, and not tried again in the same call."""
 
-    PORTS = range(30600, 30602)
+    PORTS = range(0)
 
     @pytest.fixture(autouse=True)
-    def watched(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """The lock directory checked by descriptor from its second use on: the one-call
-        path needs that."""
-        monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
+    def watched(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+        """Two ports held in the shared lock directory by another process, for the test to
+        reserve in its private one and bind outside any reservation; and the private one
+        checked by descriptor from its second use on (the one-call path needs that)."""
+        holder = subprocess.Popen(
+            [sys.executable, "-c", ("import portsafe, sys; g = portsafe.reserve_ports(2, "
+             "contiguous=True); print(*g.ports, flush=True); sys.stdin.read()")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=SHARED_ENV)
+        try:
+            assert holder.stdout is not None
+            first, _ = map(int, holder.stdout.readline().split())
+            monkeypatch.setattr(self, "PORTS", range(first, first + 2))
+            monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
+            yield
+        finally:
+            holder.communicate("")
 
     def next_candidate(self) -> int:
         for _ in range(2):

@@ -9,8 +9,8 @@ one line per problem) unless:
   sources;
 * the wheel holds the ``portsafe`` package with its ``py.typed`` marker and auto mode's
   start-up hook ``portsafe-auto.pth``, and nothing else at the top level: no tests,
-  benchmarks, tools or docs; built on Linux, it holds the compiled ``_speedups``
-  module (and its ``.pyi``), and its C source stays out of it;
+  benchmarks, tools or docs; a Linux wheel (or any wheel built here on Linux) holds the
+  compiled ``_speedups`` module and its ``.pyi``; no wheel ships the C source;
 * the wheel's metadata names that version and the ``pytest11`` entry point and the
   ``portsafe`` console script are declared;
 * the sdist carries the sources (``_speedups.c`` too), ``py.typed``, the licence and
@@ -63,7 +63,8 @@ def check_wheel(wheel: Path, version: str) -> list[str]:
         if "portsafe/py.typed" not in names:
             problems.append(f"{wheel.name}: no portsafe/py.typed (type checkers would "
                             "ignore the annotations)")
-        if sys.platform.startswith("linux"):
+        if "-linux_" in wheel.name or ("-none-any" in wheel.name and
+                                       sys.platform.startswith("linux")):
             if not any(re.fullmatch(r"portsafe/_speedups\..*\.so", n) for n in names):
                 problems.append(f"{wheel.name}: no compiled portsafe/_speedups (did the C "
                                 "compiler fail? the build log says why)")
