@@ -7,6 +7,7 @@ or a private 1777 directory; none touches the shared default directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -835,6 +836,36 @@ class TestDirwatchRules:
         assert (why is None) is allowed
         if not allowed:
             assert "file system" in why
+
+    @pytest.mark.parametrize(("number", "why"), [
+        (0xEF53, None), (0x01021994, None), (0x58465342, None), (0x9123683E, None),
+        (0x6969, "file system is nfs"), (0x794C7630, "file system is overlay"),
+        (0x1234, "file system is type 0x1234"), (-errno.EBADF, "cannot check it")])
+    def test_by_the_descriptors_file_system(self, number, why, monkeypatch):
+        """With the C module, the type is fstatfs's magic number of the descriptor."""
+        monkeypatch.setattr(_dirwatch, "ancestors_fixed", lambda path: None)
+
+        def unreadable() -> str:
+            raise AssertionError("mountinfo read although the descriptor's type is known")
+
+        found = _dirwatch.unwatchable("/tmp/locks", 0, platform="linux", read=unreadable,
+                                      fd=3, magic=lambda fd: number)
+        assert found is None if why is None else why in found
+
+    @pytest.mark.skipif(_claim.fs_magic is None, reason="no fstatfs here (pure Python)")
+    @pytest.mark.parametrize("where", ["/", "tmp_path", "/proc", "/dev/shm"])
+    def test_the_descriptor_and_mountinfo_agree(self, where, tmp_path):
+        path = str(tmp_path) if where == "tmp_path" else where
+        if not os.path.isdir(path):
+            pytest.skip(f"no {path} here")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            dev = os.fstat(fd).st_dev
+            by_descriptor = _dirwatch.unwatchable(path, dev, fd=fd, magic=_claim.fs_magic)
+            by_mountinfo = _dirwatch.unwatchable(path, dev)
+        finally:
+            os.close(fd)
+        assert (by_descriptor is None) == (by_mountinfo is None), (by_descriptor, by_mountinfo)
 
     @pytest.mark.parametrize("platform", ["darwin", "freebsd13", "win32"])
     def test_elsewhere_the_path(self, platform):

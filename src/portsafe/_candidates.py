@@ -17,31 +17,33 @@ from portsafe._locks import SHARD_BITS
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
     import random
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator
 
-__all__ = ["CandidateSet", "collapse", "describe", "spans_of", "strides", "subtract"]
+__all__ = ["CandidateSet", "collapse", "describe", "random_stride", "spans_of", "subtract"]
 
 _SHARD_SIZE = 1 << SHARD_BITS
 
 
-_STRIDES: dict[int, Sequence[int]] = {}
-
-
-def strides(count: int) -> Sequence[int]:
-    """The steps coprime to *count* (each gives a full cycle over *count* items), cached.
+def random_stride(random_: Callable[[], float], count: int) -> int:
+    """A stride coprime to *count*, uniformly at random among them: a power of two takes
+    a random odd number; anything else draws until one is coprime (two draws on average
+    for a shard, instead of a table of every coprime made on the first walk: that was
+    hundreds of ``gcd`` calls in the first reservation of every process).
 
     Example:
-        >>> list(strides(8)), list(strides(9))[:4]
-        ([1, 3, 5, 7], [1, 2, 4, 5])
+        >>> import random
+        >>> rng = random.Random(1)
+        >>> all(math.gcd(random_stride(rng.random, n), n) == 1 for n in range(1, 300))
+        True
     """
-    found = _STRIDES.get(count)
-    if found is None:
-        if count & (count - 1) == 0:  # a power of two (a full shard): the odd numbers
-            found = range(1, max(count, 2), 2)
-        else:
-            found = [step for step in range(1, count) if math.gcd(step, count) == 1] or [1]
-        _STRIDES[count] = found
-    return found
+    if count < 3:
+        return 1
+    if count & (count - 1) == 0:
+        return int(random_() * (count >> 1)) * 2 + 1
+    while True:
+        step = 1 + int(random_() * (count - 1))
+        if math.gcd(step, count) == 1:
+            return step
 
 
 class CandidateSet:
@@ -143,8 +145,7 @@ class CandidateSet:
         count = len(items)
         if count:
             index = int(random_() * count)
-            steps = strides(count)
-            stride = steps[int(random_() * len(steps))]
+            stride = random_stride(random_, count)
             for _ in range(count):
                 port = items[index]
                 if port not in excluded:
@@ -161,9 +162,8 @@ class CandidateSet:
         if items is None:
             items = self.shard(key)
         count = len(items)
-        steps = _STRIDES.get(count) or strides(count)
         random_ = rng.random
-        return items, int(random_() * count), steps[int(random_() * len(steps))]
+        return items, int(random_() * count), random_stride(random_, count)
 
     def rest(self, rng: random.Random, home: int | None) -> Iterator[int]:
         """The shard keys other than *home*, in a random order (start and coprime stride)."""
@@ -171,8 +171,7 @@ class CandidateSet:
         keys = self._keys
         total = len(keys)
         index = int(random_() * total)
-        steps = strides(total)
-        stride = steps[int(random_() * len(steps))]
+        stride = random_stride(random_, total)
         for _ in range(total):
             if keys[index] != home:
                 yield keys[index]

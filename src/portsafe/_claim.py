@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     Plan = bytes | tuple[Step, ...]
     Claim = Callable[..., int]  # (lock_fd, port, plan[, dir_fd, dir_ctime]) -> int
 
-__all__ = ["CHANGED", "CLAIMED", "HELD", "IMPLEMENTATION", "LOCK_ERROR", "NO_SOCKET", "REFUSED",
-           "claim_py", "compile_plan", "dir_ctime_py", "unlock_py"]
+__all__ = ["CHANGED", "CLAIMED", "HELD", "IMPLEMENTATION", "LOCK_ERROR", "NO_SOCKET", "PURE",
+           "REFUSED", "claim_py", "compile_plan", "dir_ctime_py", "unlock_py"]
 
 CLAIMED, HELD, REFUSED, NO_SOCKET, LOCK_ERROR, CHANGED = 0, 1, 2, 3, 4, 5
 
@@ -149,10 +149,15 @@ unlock: Callable[[int, int], int] = unlock_py
 dir_ctime: Callable[[int], int] = dir_ctime_py
 _compile: Callable[[tuple[Step, ...]], Plan | None] = _compile_py
 
+#: ``fstatfs(fd).f_type`` (``_dirwatch``), or None: Python has no ``statfs``.
+fs_magic: Callable[[int], int] | None = None
+
 #: "c" when ``portsafe._speedups`` is in use, else "python".
 IMPLEMENTATION = "python"
+#: Whether ``PORTSAFE_PURE_PYTHON`` asked for the Python version (read once, here).
+PURE = bool(flag(PURE_PYTHON))
 
-if not flag(PURE_PYTHON):
+if not PURE:
     try:
         from portsafe import _speedups
     except ImportError:  # not built here (no compiler, not Linux): the Python version
@@ -161,6 +166,7 @@ if not flag(PURE_PYTHON):
         # The C claim takes only its own (bytes) plans: compile_plan pairs them so.
         claim = _speedups.claim
         unlock, dir_ctime, _compile = _speedups.unlock, _speedups.dir_ctime, _speedups.compile
+        fs_magic = _speedups.fs_magic
         IMPLEMENTATION = "c"
 
 

@@ -10,7 +10,8 @@ that the path check sees, *where* all of these hold:
    entry (a shard deleted), removing the directory (``rm -rf``; its link count drops to
    0 as well), renaming it away (to put another in its place), ``chmod``/``chown``: each
    sets the directory's ctime to the current time, on the local file systems listed in
-   :data:`WATCHED_TYPES` (read from ``/proc/self/mountinfo``). Network and FUSE file
+   :data:`WATCHED_TYPES` (the type is ``fstatfs``'s, from the C module, else read from
+   ``/proc/self/mountinfo``). Network and FUSE file
    systems, overlayfs (a lower directory "removed" is only hidden) and the rest are
    checked by path.
 2. **A later change cannot land on the same timestamp.** File timestamps may be coarse
@@ -38,11 +39,17 @@ TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["MARGIN_NS", "WATCHED_TYPES", "ancestors_fixed", "fs_type", "unwatchable"]
+__all__ = ["MAGIC", "MARGIN_NS", "WATCHED_TYPES", "ancestors_fixed", "fs_type", "unwatchable"]
 
 #: File systems whose directories change ctime on every change of entries, rename and
 #: removal, with inode attributes read locally (not from a cache of a server's).
 WATCHED_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"})
+
+#: ``statfs`` ``f_type`` magic numbers (linux/magic.h) by name: the watched types
+#: (ext2, ext3 and ext4 share one) and a few common others, for messages.
+MAGIC = {0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tmpfs",
+         0xF2F52010: "f2fs", 0x6969: "nfs", 0x794C7630: "overlay", 0x65735546: "fuse",
+         0xFF534D42: "cifs", 0xFE534D42: "smb2", 0x01021997: "9p", 0x9FA0: "proc"}
 
 #: How old the directory's ctime must be, when a path check confirms it, before its
 #: descriptor is trusted (far more than any file system's timestamp granularity).
@@ -62,6 +69,8 @@ def fs_type(mountinfo: str, dev: int) -> str | None:
     wanted = f"{os.major(dev)}:{os.minor(dev)}"
     found = None
     for line in mountinfo.splitlines():
+        if wanted not in line:  # most lines: no split
+            continue
         # id parent major:minor root mount-point options [optional fields...] - type ...
         fields = line.split()
         if len(fields) > 7 and fields[2] == wanted and "-" in fields[6:-1]:
@@ -101,11 +110,14 @@ def ancestors_fixed(path: str,
 
 
 def unwatchable(path: str, dev: int, *, platform: str = sys.platform,
-                read: Callable[[], str] | None = None) -> str | None:
+                read: Callable[[], str] | None = None, fd: int = -1,
+                magic: Callable[[int], int] | None = None) -> str | None:
     """None if the lock directory at *path* (on device *dev*) may be checked by its
     descriptor at each reservation; else why it is checked by path.
 
-    *read* returns the text of ``/proc/self/mountinfo`` (replaceable for tests).
+    The file system's type is that of descriptor *fd* by *magic* (``fstatfs``, from the
+    C module: one system call) where both are given, else the type ``/proc/self/
+    mountinfo`` gives for *dev*; *read* returns that file's text (replaceable for tests).
 
     Example:
         >>> unwatchable("/tmp/x", 0, platform="darwin")
@@ -117,15 +129,27 @@ def unwatchable(path: str, dev: int, *, platform: str = sys.platform,
         why = ancestors_fixed(path)
         if why is not None:
             return why
-        text = read() if read is not None else _read_mountinfo()
+        number = magic(fd) if magic is not None and fd >= 0 else None
+        text = "" if number is not None else read() if read is not None else _read_mountinfo()
     except OSError as exc:
         return f"cannot check it ({exc.strerror})"
-    kind = fs_type(text, dev)
+    if number is not None and number < 0:  # the errno of fstatfs
+        return f"cannot check it ({os.strerror(-number)})"
+    # (ext2 and ext3 share ext4's number: all three are watched)
+    kind = fs_type(text, dev) if number is None else MAGIC.get(number, f"type {number:#x}")
     if kind not in WATCHED_TYPES:
         return f"its file system is {kind or 'unknown'}, not one of {sorted(WATCHED_TYPES)}"
     return None
 
 
 def _read_mountinfo() -> str:
-    with open(_MOUNTINFO, encoding="utf-8", errors="replace") as file:
-        return file.read()
+    # os.read and a bytes decode, as _ranges reads /proc: a text-mode open() costs the
+    # first reservation of a process more than the read (this runs there).
+    fd = os.open(_MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")

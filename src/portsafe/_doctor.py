@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["CHECKS", "CheckResult", "check_candidates", "check_ephemeral", "check_files",
            "check_format",
            "check_keeper", "check_path", "check_port_server", "check_record_locks",
-           "check_reserved", "check_setting", "check_tmp_cleaner", "check_trust",
+           "check_reserved", "check_setting", "check_speedups", "check_tmp_cleaner",
+           "check_trust",
            "doctor_verb", "run_checks"]
 
 def _ranges() -> dict[str, object]:
@@ -182,10 +183,37 @@ def check_port_server(path: str | None = None) -> CheckResult:
                        f" of {_who(uid) if uid is not None else 'an unknown user'}")
 
 
+def check_speedups(path: str | None = None) -> CheckResult:
+    """Which version of a reservation's system calls runs here (``portsafe._claim``):
+    the C module, or the same calls in Python, and why. Either is correct, so this is
+    always ok; the detail says how to get the C module where it is missing.
+
+    Example:
+        >>> check_speedups().name
+        'speedups'
+    """
+    import sys
+
+    from portsafe import _claim
+
+    name = "speedups"
+    if _claim.IMPLEMENTATION == "c":
+        return CheckResult(name, True, "the C module portsafe._speedups makes each "
+                           "reservation's system calls in one call")
+    if _claim.PURE:
+        why = "PORTSAFE_PURE_PYTHON asks for it"
+    elif sys.platform.startswith("linux"):
+        why = ("the C module was not built when portsafe was installed (no C compiler or "
+               "Python headers then); install them and reinstall portsafe to get it")
+    else:
+        why = "the C module is built on Linux only"
+    return CheckResult(name, True, f"pure Python: {why}")
+
+
 CHECKS: tuple[Callable[[str | None], CheckResult], ...] = (
     check_setting, check_path, check_trust, check_format, check_files, check_tmp_cleaner,
     check_record_locks, check_ephemeral, check_reserved, check_candidates, check_keeper,
-    check_port_server,
+    check_port_server, check_speedups,
 )
 
 

@@ -35,6 +35,7 @@ from time import time_ns as _time_ns
 from portsafe import _dirwatch
 from portsafe._claim import HELD
 from portsafe._claim import dir_ctime as _dir_ctime
+from portsafe._claim import fs_magic as _fs_magic
 from portsafe._claim import unlock as _unlock_port
 from portsafe._errors import LockDirError
 from portsafe._lockdir import (
@@ -159,7 +160,9 @@ class LockTable:
                 lockdir.watch_path = path
                 lockdir.watch_refused = ("it is reached through a symbolic link" if link
                                          else "it has no descriptor" if lockdir.fd < 0 else
-                                         _dirwatch.unwatchable(path, lockdir.dev)) or ""
+                                         _dirwatch.unwatchable(path, lockdir.dev,
+                                                               fd=lockdir.fd,
+                                                               magic=_fs_magic)) or ""
             if lockdir.watch_refused:
                 lockdir.watch_at = 0
                 return

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 /* Results of claim(), as in _claim.py: kind | step << 4 | errno << 8. */
@@ -289,6 +290,21 @@ speedups_dir_ctime(PyObject *module, PyObject *arg)
                                (long long)info.st_ctim.tv_nsec);
 }
 
+/* fs_magic(fd) -> int: the file system type (statfs f_type) of *fd*; -errno on error. */
+static PyObject *
+speedups_fs_magic(PyObject *module, PyObject *arg)
+{
+    int fd;
+    struct statfs info;
+    if (as_int(arg, &fd) < 0) {
+        return NULL;
+    }
+    if (fstatfs(fd, &info) != 0) {
+        return PyLong_FromLong(-(long)errno);
+    }
+    return PyLong_FromUnsignedLong((unsigned long)info.f_type & 0xFFFFFFFFUL);
+}
+
 static PyMethodDef speedups_methods[] = {
     {"compile", speedups_compile, METH_O,
      "compile(steps) -> bytes | None: a probe plan as claim() runs it."},
@@ -298,6 +314,8 @@ static PyMethodDef speedups_methods[] = {
      "unlock(lock_fd, port) -> int: release one port's lock; 0 or the errno."},
     {"dir_ctime", speedups_dir_ctime, METH_O,
      "dir_ctime(fd) -> int: st_ctime in ns, 0 if unlinked, -errno on error."},
+    {"fs_magic", speedups_fs_magic, METH_O,
+     "fs_magic(fd) -> int: the statfs f_type of fd, -errno on error."},
     {NULL, NULL, 0, NULL},
 };
 
