@@ -113,6 +113,9 @@ def parse_netsh_dynamic_ports(text: str) -> tuple[int, int]:
     return start, start + count - 1
 
 
+_BLANKS = str.maketrans("\t\n\r\f\v", "     ")
+
+
 def parse_services(text: str) -> frozenset[int]:
     """Port numbers named in a services database (``/etc/services`` format).
 
@@ -121,10 +124,11 @@ def parse_services(text: str) -> frozenset[int]:
     by line (half the time). A number before a ``/`` in a comment (``1/29/99``) is taken
     too: one more port skipped, never one wrongly handed out.
     """
-    pieces = text.split("/")
+    pieces = text.translate(_BLANKS).split("/")
     pieces.pop()  # nothing follows the last "/"
-    return frozenset(int(word) for piece in pieces
-                     if (word := piece.rsplit(None, 1)[-1] if piece.strip() else "").isdecimal())
+    # the word before each "/": whatever follows the piece's last blank
+    return frozenset(map(int, filter(str.isdecimal, [piece.rpartition(" ")[2]
+                                                     for piece in pieces])))
 
 
 # -- reading the OS (cached) -----------------------------------------------------------
