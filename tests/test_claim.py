@@ -336,3 +336,16 @@ class TestHotPath:
             new = table.current()
             assert new is not old
             assert table.held[r.port].lockdir is new  # locked in the new directory
+
+    def test_a_module_of_another_version_is_not_used(self) -> None:
+        """A compiled module left from another portsafe version (lacking a function) is
+        passed over whole: the Python version runs, nothing is half C."""
+        code = ("import sys, types\n"
+                "old = types.ModuleType('portsafe._speedups')\n"
+                "old.claim = old.unlock = old.dir_ctime = old.compile = print\n"
+                "sys.modules['portsafe._speedups'] = old\n"
+                "from portsafe import _claim\n"
+                "print(_claim.IMPLEMENTATION, _claim.claim is _claim.claim_py, _claim.fs_magic)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True)
+        assert done.stdout.split() == ["python", "True", "None"]

@@ -160,13 +160,16 @@ PURE = bool(flag(PURE_PYTHON))
 if not PURE:
     try:
         from portsafe import _speedups
-    except ImportError:  # not built here (no compiler, not Linux): the Python version
-        pass
-    else:
+
+        # All or nothing: a module left from another portsafe version may lack one.
         # The C claim takes only its own (bytes) plans: compile_plan pairs them so.
-        claim = _speedups.claim
-        unlock, dir_ctime, _compile = _speedups.unlock, _speedups.dir_ctime, _speedups.compile
-        fs_magic = _speedups.fs_magic
+        claim, unlock, dir_ctime, _compile, fs_magic = (
+            _speedups.claim, _speedups.unlock, _speedups.dir_ctime, _speedups.compile,
+            _speedups.fs_magic)
+    except (ImportError, AttributeError):  # not built here (no compiler, not Linux)
+        claim, unlock, dir_ctime, _compile, fs_magic = (
+            claim_py, unlock_py, dir_ctime_py, _compile_py, None)
+    else:
         IMPLEMENTATION = "c"
 
 
