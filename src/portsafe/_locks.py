@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import threading
 
-from portsafe._claim import HELD
+from portsafe._claim import HELD, LOCK_ERROR, compile_plan
 from portsafe._claim import unlock as _unlock_port
 from portsafe._errors import LockDirError
 from portsafe._lockdir import (
@@ -43,19 +43,18 @@ from portsafe._lockdir import (
 )
 from portsafe._lockdirs import DirectoryTable
 from portsafe._recordlock import (
-    BUSY,
-    EXCLUSIVE,
-    LOCKF,
     flock_layout,
     foreign_locks,
     query_shard,
 )
-from portsafe._recordlock import try_lock as _try_lock
 from portsafe._settings import lock_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from portsafe._claim import Claim, Plan
+
+#: A claim that only locks (no probe binds): what try_acquire is.
+_LOCK_ONLY = compile_plan(())
 
 __all__ = ["SHARD_BITS", "LockDir", "LockTable", "flock_layout", "holders", "lock_dir",
            "shard_name", "table", "unusable_error"]
@@ -121,40 +120,13 @@ class LockTable(DirectoryTable):
 
         *where* is :meth:`current`, passed in by callers that already looked it up.
         """
-        with self._mutex:
-            if port in self.held:
-                return False
-            home = self._home
-            if home is not None and home.index == port >> SHARD_BITS and home.lockdir is where:
-                shard = home  # the common case: no lookup
-            else:
-                found = self._shard_for(port, where)
-                if found is None:
-                    return False
-                shard = found
-            if LOCKF is not None:  # _try_lock, inlined: this is every reservation's lock
-                try:
-                    LOCKF(shard.fd, EXCLUSIVE, 1, port)
-                    locked = True
-                except OSError as exc:
-                    if exc.errno not in BUSY:
-                        raise
-                    locked = False
-            else:
-                locked = _try_lock(shard.fd, port)
-            if not locked:
-                self._missed(shard)
-                self._close_if_idle(shard)
-                return False
-            self.held[port] = shard
-            shard.count += 1
-            if home is not shard:
-                self._home = shard
-                if home is not None:
-                    self._close_if_idle(home)
-            return True
+        code = self.try_claim(port, where, _LOCK_ONLY)  # a claim with no binds
+        if code & 15 == LOCK_ERROR:
+            raise OSError(code >> 8, os.strerror(code >> 8))
+        return not code
 
-    def try_claim(self, port: int, where: LockDir, claim: tuple[Claim, Plan]) -> int:
+    def try_claim(self, port: int, where: LockDir | str | None,
+                  claim: tuple[Claim, Plan]) -> int:
         """Lock *port* and bind-check it, in one call: *claim* is a probe's ``(claim
         function, plan)`` (``_claim``, ``_probe.Probes.claim``). Returns the claim's code:
         0 (``CLAIMED``) when the port is now held, else why not, with nothing held:
