@@ -245,10 +245,25 @@ def complete(fd: int, path: str, repair: bool) -> tuple[str, int]:
         if made is None:
             raise LockDirError(errno.ENOENT, f"the format marker in {path} vanished as it "
                                f"was written; find out what deletes files there")
+        _wait_past(made[1])
         return made
     finally:
         if locking:
             flock(fd, path, exclusive=False)
+
+
+#: The coarsest clock tick a file system stamps times with (Linux: CONFIG_HZ >= 100).
+_TICK_NS = 10_000_000
+
+
+def _wait_past(marker_ctime: int) -> None:
+    """Return once the clock is a tick past *marker_ctime*, still under the exclusive
+    flock: a lock file deleted and made again later must look newer than the marker
+    (``_lockdir`` skips it then), but ctimes come from a coarse clock, and one made
+    again within the marker's own tick would look as old as the files made with it.
+    Once per completed directory: at most 10 ms."""
+    while (left := marker_ctime + _TICK_NS - time.time_ns()) > 0:
+        time.sleep(left / 1e9)
 
 
 def _make_shard(fd: int, path: str, index: int) -> None:
