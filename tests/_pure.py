@@ -14,3 +14,19 @@ def pure_claim(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_claim, "_compile", _claim._compile_py)
     monkeypatch.setattr(_probe, "_cache", {})
     monkeypatch.setattr(_reserve, "_default_probes", None)
+
+
+def count_locks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """:func:`pure_claim`, and the list every port the claims try to lock is appended to."""
+    locked: list[int] = []
+    real = _claim.LOCKF
+    assert real is not None
+
+    def counting(fd: int, command: int, length: int, port: int) -> None:
+        if command == _claim.EXCLUSIVE:
+            locked.append(port)
+        real(fd, command, length, port)
+
+    pure_claim(monkeypatch)
+    monkeypatch.setattr(_claim, "LOCKF", counting)
+    return locked

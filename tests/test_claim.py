@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests._pure import pure_claim
+from tests._pure import count_locks
 
 import portsafe
 from portsafe import _claim, _dirwatch, _locks, _probe, _walk
@@ -295,19 +295,7 @@ class TestHotPath:
                 assert r.port in self.PORTS
 
     def test_every_candidate_counted_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        first = self.next_candidate()
-        locks: list[int] = []
-        real = _claim.LOCKF
-        assert real is not None
-
-        def counting(fd: int, command: int, length: int, port: int) -> None:
-            if command == _claim.EXCLUSIVE:
-                locks.append(port)
-            real(fd, command, length, port)
-
-        pure_claim(monkeypatch)  # the Python claim, whose lock calls can be counted
-        monkeypatch.setattr(_claim, "LOCKF", counting)
-        portsafe.reserve_port(ports=self.PORTS).release()  # plans compiled again
+        locks = count_locks(monkeypatch)  # the Python claim, whose lock calls are counted
         first = self.next_candidate()
         del locks[:]
         other = next(port for port in self.PORTS if port != first)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests._pure import pure_claim
+from tests._pure import count_locks
 
 import portsafe
 from portsafe import _announce, _claim, _dirwatch, _lockdir, _lockformat, _locks
@@ -495,17 +495,7 @@ class TestPoisonedShard:
         assert flooder.ask(op="flood", path=str(locks / _locks.shard_name(SHARD)),
                            start=1 << 20, count=29000, hold=list(SHARD_PORTS)) == {
             "warnings": []}
-        calls: list[int] = []
-        real = _claim.LOCKF
-        assert real is not None
-
-        def counting(fd: int, command: int, length: int, port: int) -> None:
-            if command == _claim.EXCLUSIVE:
-                calls.append(port)
-            real(fd, command, length, port)
-
-        pure_claim(monkeypatch)  # the Python claim, whose lock calls can be counted
-        monkeypatch.setattr(_claim, "LOCKF", counting)
+        calls = count_locks(monkeypatch)  # the Python claim, whose lock calls are counted
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
         with pytest.raises(portsafe.LockDirError, match=_locks.shard_name(SHARD)), \
                 pytest.warns(RuntimeWarning, match="flood"):

@@ -266,11 +266,11 @@ def claim_next(table: LockTable, path: str, candidates: CandidateSet,
         if not code:
             table.held[port] = home
             home.count += 1
+        elif code == HELD:
+            table._missed(home)  # the flood check's counters: under the mutex
     if code == CHANGED:
         return 0
     cursor[5] = (index + cursor[4]) % len(items)
-    if code == HELD:
-        table._missed(home)
     return -code if code else port
 
 
