@@ -110,7 +110,13 @@ def tests(session: nox.Session) -> None:
 # The tests of the claim and of everything that reaches it, for the pure-Python run.
 PURE = [
     "tests/test_claim.py", "tests/test_probe.py", "tests/test_reserve.py",
-    "tests/test_lockdir_hardening.py", "tests/test_properties.py", "tests/stress",
+    "tests/test_lockdir_hardening.py", "tests/test_properties.py",
+    # The stress proofs whose processes reserve through the core; the command-line and
+    # port-server fleets, and the controls without portsafe, claim no differently.
+    "tests/stress/test_reserve_processes.py",
+    *(f"tests/stress/test_xdist_collisions.py::TestXdistCollisions::{name}" for name in (
+        "test_300_tests_on_4_workers_never_share_a_port",
+        "test_two_concurrent_runs_never_share_a_port")),
 ]
 
 

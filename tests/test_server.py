@@ -353,6 +353,59 @@ class TestRequestLoop:
             listener.close()
         assert lost == [b"123"]
 
+    def test_request_waiting_at_the_deadline_is_served(self) -> None:
+        """A request that arrives while the server is busy past the client's deadline is
+        answered, not reset: the deadline is for silent clients, not the server's lag."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(_server.unix_address(server_name()))
+        listener.listen()
+        late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        late.settimeout(10)
+
+        def handler(line: bytes, _pid: int | None, _uid: int | None) -> bytes:
+            if line == b"slow":  # the server is busy past late's deadline, and late
+                late.sendall(b"late\n")  # sends while it is
+                time.sleep(0.5)
+            return line + b"!\n"
+
+        loop = _server.RequestLoop(listener, handler, max_request=32, timeout=0.2)
+        try:
+            late.connect(listener.getsockname())
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
+                slow.settimeout(10)
+                slow.connect(listener.getsockname())
+                slow.sendall(b"slow\n")
+                thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
+                thread.start()
+                try:
+                    assert slow.recv(16) == b"slow!\n"
+                    assert late.recv(16) == b"late!\n"  # was: ECONNRESET
+                finally:
+                    loop.stop()
+                    thread.join()
+        finally:
+            late.close()
+            listener.close()
+
+    def test_silent_client_is_dropped_at_the_deadline(self) -> None:
+        """A client that sends nothing is closed once its deadline passes."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(_server.unix_address(server_name()))
+        listener.listen()
+        loop = _server.RequestLoop(listener, lambda line, pid, uid: b"no\n", max_request=32,
+                                   timeout=0.2)
+        thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
+        thread.start()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(10)
+                client.connect(listener.getsockname())
+                assert client.recv(16) == b""  # closed, without a reply
+        finally:
+            loop.stop()
+            thread.join()
+            listener.close()
+
     def test_admit_refuses_at_accept(self) -> None:
         """A peer that admit() refuses is closed before it sends anything, and the
         handler never sees it."""

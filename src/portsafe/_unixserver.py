@@ -248,7 +248,7 @@ class RequestLoop:
                 now = time.monotonic()
                 for fd, conn in list(self._conns.items()):
                     if conn.deadline <= now:
-                        self._drop(sel, fd)
+                        self._expire(sel, fd, conn)
                 if now >= next_tick:
                     next_tick = now + self._tick_interval
                     if self._tick is not None:
@@ -310,6 +310,20 @@ class RequestLoop:
             elif conn.outbuf is not None and mask & selectors.EVENT_WRITE:
                 self._write(sel, fd, conn)
         except OSError:
+            self._drop(sel, fd)
+
+    def _expire(self, sel: selectors.BaseSelector, fd: int, conn: _Conn) -> None:
+        """End a connection past its deadline, but serve a request that is waiting.
+
+        The deadline bounds what a silent client costs; it must not punish a client for
+        the server's own lag. When the server was slow (a long handler, or starved of
+        CPU on a loaded machine), a request may have arrived after this round's select:
+        closing with it unread would reset the client (ECONNRESET) although it was on
+        time, so it is read and answered first.
+        """
+        if conn.outbuf is None:
+            self._service(sel, fd, selectors.EVENT_READ)  # a silent one ends here (EAGAIN)
+        if self._conns.get(fd) is conn:
             self._drop(sel, fd)
 
     def _write(self, sel: selectors.BaseSelector, fd: int, conn: _Conn) -> None:
