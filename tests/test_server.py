@@ -322,12 +322,36 @@ class TestHandOver:
             server.close()
 
 
+@contextlib.contextmanager
+def _loop_serving(handler, **options):  # type: ignore[no-untyped-def]
+    """A RequestLoop on a fresh abstract unix socket, run in a thread; yields the
+    address to connect to, and stops the loop and closes the socket on the way out."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(_server.unix_address(server_name()))
+        listener.listen()
+        loop = _server.RequestLoop(listener, handler, max_request=32, **options)
+        thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
+        thread.start()
+        try:
+            yield listener.getsockname()
+        finally:
+            loop.stop()
+            thread.join()
+    finally:
+        listener.close()
+
+
+def _client(address: str) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(10)
+    client.connect(address)
+    return client
+
+
 class TestRequestLoop:
     def test_reply_lost_when_the_client_left(self) -> None:
         """A reply to a client that closed before it was written is reported lost."""
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(_server.unix_address(server_name()))
-        listener.listen()
         lost: list[bytes] = []
         answered = threading.Event()
 
@@ -335,102 +359,52 @@ class TestRequestLoop:
             answered.set()
             return _server.Reply(b"x" * (1 << 22), on_lost=lambda: lost.append(line))
 
-        loop = _server.RequestLoop(listener, handler, max_request=32, timeout=5.0)
-        thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
-        thread.start()
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-                client.connect(listener.getsockname())
+        with _loop_serving(handler, timeout=5.0) as address:
+            with _client(address) as client:
                 client.sendall(b"123\n")
                 assert answered.wait(10)
             for _ in range(200):
                 if lost:
                     break
                 time.sleep(0.025)
-        finally:
-            loop.stop()
-            thread.join()
-            listener.close()
         assert lost == [b"123"]
 
     def test_request_waiting_at_the_deadline_is_served(self) -> None:
         """A request that arrives while the server is busy past the client's deadline is
         answered, not reset: the deadline is for silent clients, not the server's lag."""
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(_server.unix_address(server_name()))
-        listener.listen()
-        late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        late.settimeout(10)
+        late: list[socket.socket] = []
 
         def handler(line: bytes, _pid: int | None, _uid: int | None) -> bytes:
             if line == b"slow":  # the server is busy past late's deadline, and late
-                late.sendall(b"late\n")  # sends while it is
+                late[0].sendall(b"late\n")  # sends while it is
                 time.sleep(0.5)
             return line + b"!\n"
 
-        loop = _server.RequestLoop(listener, handler, max_request=32, timeout=0.2)
-        try:
-            late.connect(listener.getsockname())
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
-                slow.settimeout(10)
-                slow.connect(listener.getsockname())
-                slow.sendall(b"slow\n")
-                thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
-                thread.start()
-                try:
-                    assert slow.recv(16) == b"slow!\n"
-                    assert late.recv(16) == b"late!\n"  # was: ECONNRESET
-                finally:
-                    loop.stop()
-                    thread.join()
-        finally:
-            late.close()
-            listener.close()
+        with (_loop_serving(handler, timeout=0.2) as address, _client(address) as waiting,
+              _client(address) as slow):
+            late.append(waiting)
+            slow.sendall(b"slow\n")
+            assert slow.recv(16) == b"slow!\n"
+            assert waiting.recv(16) == b"late!\n"  # was: ECONNRESET
 
     def test_silent_client_is_dropped_at_the_deadline(self) -> None:
         """A client that sends nothing is closed once its deadline passes."""
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(_server.unix_address(server_name()))
-        listener.listen()
-        loop = _server.RequestLoop(listener, lambda line, pid, uid: b"no\n", max_request=32,
-                                   timeout=0.2)
-        thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
-        thread.start()
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-                client.settimeout(10)
-                client.connect(listener.getsockname())
-                assert client.recv(16) == b""  # closed, without a reply
-        finally:
-            loop.stop()
-            thread.join()
-            listener.close()
+        with (_loop_serving(lambda line, pid, uid: b"no\n", timeout=0.2) as address,
+              _client(address) as client):
+            assert client.recv(16) == b""  # closed, without a reply
 
     def test_admit_refuses_at_accept(self) -> None:
         """A peer that admit() refuses is closed before it sends anything, and the
         handler never sees it."""
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(_server.unix_address(server_name()))
-        listener.listen()
         seen: list[tuple[int | None, int | None]] = []
 
         def admit(pid: int | None, uid: int | None) -> bool:
             seen.append((pid, uid))
             return False
 
-        loop = _server.RequestLoop(listener, lambda line, pid, uid: b"no\n", max_request=32,
-                                   timeout=5.0, admit=admit)
-        thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
-        thread.start()
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-                client.settimeout(10)
-                client.connect(listener.getsockname())
-                assert client.recv(16) == b""  # closed without a reply
-        finally:
-            loop.stop()
-            thread.join()
-            listener.close()
+        with (_loop_serving(lambda line, pid, uid: b"no\n", timeout=5.0,
+                            admit=admit) as address, _client(address) as client):
+            assert client.recv(16) == b""  # closed without a reply
         assert seen[0][0] in (os.getpid(), None)
 
 
