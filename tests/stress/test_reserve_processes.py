@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
+
+from portsafe import _locks
 
 WORKER = textwrap.dedent("""
     import json, socket, sys, time, portsafe
@@ -31,30 +35,84 @@ WORKER = textwrap.dedent("""
                 errors += 1
             intervals.append((r.port, begin, time.monotonic()))
     print(json.dumps({"held": [r.port for r in held], "intervals": intervals,
-                      "errors": errors}))
+                      "errors": errors}), flush=True)
+    sys.stdin.read()  # keep the 50 held until every process has reported its own
 """)
 
 
-@pytest.mark.parametrize("reuse", [False, True])
-def test_sixteen_processes_never_share(reuse):
-    """16 processes: 50 held each plus 60 reserve-bind-release rounds; no overlap, no error."""
-    import time
+#: Asks the kernel who holds each (shard file, port) on stdin, one F_GETLK each, from a
+#: process of its own: this one must not open a lock file (closing it would drop its own
+#: locks there). /proc/locks would not do: it is read in pieces, and while other
+#: processes lock and unlock, a piece can skip a lock that was held all along.
+HOLDER = textwrap.dedent("""
+    import fcntl, json, os, struct, sys
+    files, answers = {}, []
+    for path, port in json.load(sys.stdin):
+        if path not in files:
+            files[path] = os.open(path, os.O_RDONLY)
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, port, 1, 0)
+        found = fcntl.fcntl(files[path], fcntl.F_GETLK, query)
+        kind, _, _, _, pid = struct.unpack("hhqqi4x", found)
+        answers.append(0 if kind == fcntl.F_UNLCK else pid)
+    print(json.dumps(answers))
+""")
 
+
+def kernel_holders(ports: list[int]) -> list[int]:
+    """The pid the kernel says holds each of *ports* in the lock directory (0: nobody)."""
+    where = _locks.lock_dir()
+    asked = [(os.path.join(where, _locks.shard_name(port >> 8)), port) for port in ports]
+    answer = subprocess.run([sys.executable, "-c", HOLDER], input=json.dumps(asked),
+                            capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(answer.stdout)
+
+
+def run_workers(reuse: bool) -> list[dict]:
+    """Start 16 workers together; once all have reported, check their held ports against
+    the kernel's lock table while every one of them still holds them."""
     start_at = time.time() + 1.5  # all start together, after interpreter start-up
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(start_at), "60",
-                               "1" if reuse else "0"], stdout=subprocess.PIPE, text=True)
+                               "1" if reuse else "0"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
              for _ in range(16)]
-    reports = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0
-        reports.append(json.loads(out))
+    try:
+        reports = []
+        for proc in procs:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, f"worker {proc.pid} died: rc {proc.wait(timeout=60)}"
+            reports.append(dict(json.loads(line), pid=proc.pid))
+        if sys.platform.startswith("linux"):  # every process is alive and holding: ask
+            claims = [(report["pid"], port) for report in reports for port in report["held"]]
+            holders = kernel_holders([port for _, port in claims])
+            wrong = [(pid, port, holder) for (pid, port), holder in zip(claims, holders,
+                                                                       strict=True)
+                     if holder != pid]
+            assert not wrong, ("reported held, but the kernel says otherwise (pid, port, "
+                               f"holder; 0 for nobody): {wrong[:5]}")
+    finally:
+        for proc in procs:
+            proc.stdin.close()  # type: ignore[union-attr]: the workers may exit now
+        for proc in procs:
+            proc.wait(timeout=60)
+            proc.stdout.close()  # type: ignore[union-attr]
+    assert all(proc.returncode == 0 for proc in procs)
+    return reports
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_sixteen_processes_never_share(reuse: bool) -> None:
+    """16 processes: 50 held each plus 60 reserve-bind-release rounds; no overlap, no error.
+
+    The 50 are held until every process has reported: a process that exited early has
+    released its ports, and another may rightly get them then.
+    """
+    reports = run_workers(reuse)
     held = [port for report in reports for port in report["held"]]
     assert len(held) == 16 * 50
     assert len(set(held)) == len(held), "two live reservations shared a port"
     assert sum(report["errors"] for report in reports) == 0, "a bind failed"
     # monotonic clocks are system-wide on Linux, so intervals compare across processes
-    by_port: dict[int, list[tuple[float, float]]] = {}
+    by_port: dict[int, list[tuple[float, float, int]]] = {}
     for index, report in enumerate(reports):
         for port, begin, end in report["intervals"]:
             by_port.setdefault(port, []).append((begin, end, index))
