@@ -18,8 +18,9 @@ per-call medians, 3 repeats, as ``bench_reserve.py`` measures:
   a Reservation-like object, the in-process mutex and held-port map; no checks of
   arguments or settings);
 - ``portsafe``: ``portsafe.reserve_port().release()``;
-- ``three_syscalls`` / ``three``: the same for ``reserve_ports(3)+release()`` (one check,
-  three ports' five calls each) / the real call;
+- ``three_syscalls`` / ``three_c_syscalls`` / ``three``: the same for
+  ``reserve_ports(3)+release()`` (one check, three ports' five calls each) from Python /
+  from C (three claims, three unlocks) / the real call;
 - ``unspec_syscalls`` / ``unspec``: the same for ``family=AF_UNSPEC, socktype=0`` (one
   dual-stack ``[::]`` socket per type, with its ``IPV6_V6ONLY=0``) / the real call.
 
@@ -162,6 +163,17 @@ def three_syscalls():  # reserve_ports(3)+release(): one check, then three ports
         lockf(fd, UNLOCK, 1, port)
 
 
+def three_c_syscalls():  # the same from C: one claim with the check, two without
+    for k in range(3):
+        i = step[0] = (step[0] + 37) % len(ports)
+        if k:
+            c_claim(fd, ports[i], c_plan)
+        else:
+            c_claim(fd, ports[i], c_plan, dfd, ctime)
+    for k in range(3):
+        _claim.unlock(fd, ports[(step[0] - 37 * k) % len(ports)])
+
+
 def three():
     portsafe.reserve_ports(3).release()
 
@@ -194,7 +206,7 @@ out = {"python": sys.version.split()[0], "watched": bool(lockdir.watch_ctime),
 calls = (("syscalls", syscalls), ("ideal", ideal), ("portsafe", whole),
          ("three_syscalls", three_syscalls), ("three", three))
 if _claim.IMPLEMENTATION == "c":
-    calls += (("c_syscalls", c_syscalls),)
+    calls += (("c_syscalls", c_syscalls), ("three_c_syscalls", three_c_syscalls))
 if socket.has_ipv6 and _probe.dual_stack_is_stricter():
     calls += (("unspec_syscalls", unspec_syscalls), ("unspec", unspec))
 for name, call in calls:
@@ -220,8 +232,8 @@ def main() -> int:
                         help="interpreter: a path, a pyenv version, or 'all' (repeatable)")
     parser.add_argument("--samples", type=int, default=3000)
     args = parser.parse_args()
-    names = ("syscalls", "c_syscalls", "ideal", "portsafe", "three_syscalls", "three",
-             "unspec_syscalls", "unspec")
+    names = ("syscalls", "c_syscalls", "ideal", "portsafe", "three_syscalls",
+             "three_c_syscalls", "three", "unspec_syscalls", "unspec")
     print("ratios to find_unused_port, min/median/max of 3 repeats; syscalls: the system "
           "calls alone, from Python; c_syscalls: the same from C (one claim, one unlock); "
           "ideal: a near-ideal Python version; three: reserve_ports(3); unspec: AF_UNSPEC, "
