@@ -17,7 +17,7 @@ import pytest
 from tests._pure import count_locks
 
 import portsafe
-from portsafe import _claim, _dirwatch, _locks, _probe, _walk
+from portsafe import _claim, _dirwatch, _locks, _probe, _reserve, _walk
 from portsafe._claim import CLAIMED, HELD, LOCK_ERROR, NO_SOCKET, REFUSED
 
 try:
@@ -307,6 +307,51 @@ class TestHotPath:
         assert caught.value.attempts == 2
         assert sorted(locks) == sorted(self.PORTS)  # each locked once, in one call
 
+    @staticmethod
+    def spy_run(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        """The codes reserve_ports' one-call way (``_reserve._claim_run``) returns."""
+        codes: list[int] = []
+        real = _reserve._claim_run
+
+        def spy(*args: Any, **kwargs: Any) -> int:
+            codes.append(real(*args, **kwargs))
+            return codes[-1]
+
+        monkeypatch.setattr(_reserve, "_claim_run", spy)
+        return codes
+
+    def test_reserve_ports_claims_the_walk_in_one_call(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        locks = count_locks(monkeypatch)
+        self.next_candidate()
+        codes = self.spy_run(monkeypatch)
+        del locks[:]
+        with portsafe.reserve_ports(2, ports=self.PORTS) as group:
+            assert sorted(group.ports) == list(self.PORTS)
+        assert codes == [CLAIMED]  # both in the one call, no other walk
+        assert sorted(locks) == list(self.PORTS)
+
+    def test_reserve_ports_passes_a_busy_candidate_once(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A candidate the one-call way finds not free is counted, and the general walk
+        goes on after it: each candidate is locked once per call (G5), all or nothing."""
+        locks = count_locks(monkeypatch)
+        busy_port = self.next_candidate()
+        codes = self.spy_run(monkeypatch)
+        del locks[:]
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", busy_port))
+            with portsafe.reserve_ports(1, ports=self.PORTS) as group:
+                assert group.ports[0] != busy_port
+            assert codes[0] & 15 == REFUSED  # the busy one was first: tried, passed
+            assert sorted(locks) == list(self.PORTS)  # then the other, once
+            del locks[:]
+            with pytest.raises(portsafe.NoFreePortError, match="found only 1") as caught:
+                portsafe.reserve_ports(2, ports=self.PORTS)
+        assert caught.value.attempts == 2
+        assert sorted(locks) == list(self.PORTS)
+        assert not any(_locks.table().holds(port) for port in self.PORTS)  # none kept
+
     def test_a_changed_directory_is_noticed_in_the_same_call(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """The claim's own directory check: a lock directory replaced after the last call
@@ -324,6 +369,12 @@ class TestHotPath:
             new = table.current()
             assert new is not old
             assert table.held[r.port].lockdir is new  # locked in the new directory
+        portsafe.reserve_ports(2).release()  # reserve_ports' one-call way watches it too
+        shutil.rmtree(path)
+        with portsafe.reserve_ports(2) as group:
+            newer = table.current()
+            assert newer is not new
+            assert all(table.held[port].lockdir is newer for port in group.ports)
 
     def test_a_module_of_another_version_is_not_used(self) -> None:
         """A compiled module left from another portsafe version (lacking a function) is

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from tests._kernel import kernel_holders
 
 import portsafe
 from portsafe import _lockdir, _locks, _probe, _ranges
@@ -308,6 +309,47 @@ class TestThreads:
             for batch in results:
                 for r in batch:
                     r.release()
+
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="asks F_GETLK's pid")
+    def test_threads_churning_hold_real_locks(self):
+        """G1 across threads while the home shard moves: 8 threads reserving (one port and
+        three at a time) and releasing at random; every port held at the end is distinct
+        and locked by this process, as the kernel says (not only portsafe's own map)."""
+        import random
+
+        kept: list[list[portsafe.Reservation | portsafe.ReservationGroup]] = []
+        barrier = threading.Barrier(8)
+
+        def work(seed: int) -> None:
+            pick = random.Random(seed)
+            mine: list[portsafe.Reservation | portsafe.ReservationGroup] = []
+            barrier.wait()
+            for _ in range(300):
+                if mine and pick.random() < 0.45:
+                    mine.pop(pick.randrange(len(mine))).release()
+                else:
+                    mine.append(portsafe.reserve_ports(3) if pick.random() < 0.3
+                                else portsafe.reserve_port())
+            kept.append(mine)
+
+        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        held = [port for mine in kept for item in mine for port in
+                (item.ports if isinstance(item, portsafe.ReservationGroup) else [item.port])]
+        try:
+            assert len(kept) == 8
+            assert len(set(held)) == len(held)
+            holders = kernel_holders(held)
+            assert [port for port, pid in zip(held, holders, strict=True)
+                    if pid != os.getpid()] == []
+        finally:
+            for mine in kept:
+                for item in mine:
+                    item.release()
 
 
 @posix_only

@@ -41,8 +41,10 @@ import os
 import socket
 import warnings
 
-from portsafe import _locks, _probe, _reservation
+from portsafe import _locks, _probe, _reservation, _walk
+from portsafe._claim import CHANGED, HELD
 from portsafe._errors import InvalidSettingError
+from portsafe._lockformat import SHARD_BITS
 from portsafe._ranges import default_candidates, explicit_candidates
 from portsafe._reservation import Reservation, ReservationGroup, _deferred, _drain_deferred
 from portsafe._settings import EXCLUDE, LOCK_DIR, PORTSERVER, RANGE, reservation_settings, shown
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from typing import TypedDict
 
     from portsafe._candidates import CandidateSet
+    from portsafe._locks import LockTable
 
     class ReserveOptions(TypedDict, total=False):
         """The keyword options of :func:`reserve_port`, for helpers that pass them on."""
@@ -259,6 +262,11 @@ def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
         raise TypeError(f"n must be an int, not {shown(n)}")
     if n < 1:
         raise InvalidSettingError(f"n must be at least 1, not {shown(n)}")
+    if host is None and family is _AF_INET and socktype is _STREAM and not contiguous and \
+            not exclude and not _deferred:  # the default request: reserve_port's way
+        group = _take_default(n, ports)
+        if group is not None:
+            return group
     search = _search(host, family, socktype, ports, exclude)
     if n > search.candidates.count:  # impossible: say so before locking anything
         raise search.too_many(n, contiguous)
@@ -268,7 +276,101 @@ def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
         for port in taken:
             search.table.release(port)
         raise search.failure(f"{n} {'contiguous ' if contiguous else ''}free ports", len(taken))
-    spec, pid = (chosen_host, family, socktype, False), _reservation._pid
+    return _group(taken, (chosen_host, family, socktype, False))
+
+
+def _take_default(n: int, ports: Iterable[int] | None) -> ReservationGroup | None:
+    """``reserve_ports(n)`` of the default kind, the home shard's next *n* candidates
+    claimed in one go (:func:`_claim_run`); None where that does not apply (nothing was
+    tried: the general way takes over)."""
+    probes = _default_probes or _set_default_probes()
+    if ports is None:
+        path, server, candidates = _settings_now()
+    else:
+        candidates, (path, server) = explicit_candidates(ports), reservation_settings()
+    if server or candidates.fallback or n > candidates.count:
+        return None
+    table = _locks._table or _locks.table()
+    taken: list[int] = []
+    code = _claim_run(table, path, candidates, probes, n, taken=taken)
+    if code < 0:
+        return None
+    if len(taken) < n:  # go on with the walk after what claim_run visited
+        search = Search(candidates, probes, _NOTHING, table.current(path))
+        search.attempts = len(taken)
+        if code:
+            search.passed(code)
+        search.take(n, taken=taken, visited=search.attempts)
+        if len(taken) < n:
+            table.release_all(taken)
+            raise search.failure(f"{n} free ports", len(taken))
+    return _group(taken, _DEFAULT_SPEC)
+
+
+def _claim_run(table: LockTable, path: str, candidates: CandidateSet, probes: _probe.Probes,
+              n: int, *, taken: list[int]) -> int:
+    """``reserve_ports``' hot path: ``_walk.claim_next`` for up to *n* ports in one hold of
+    the mutex, the lock directory checked by descriptor in the first claim only (one
+    check per call, as :meth:`LockTable.current` makes).
+
+    Appends the ports claimed to *taken*, in walk order, and stops at the first candidate
+    that is not free (the walk moves past it). Returns -1 when that does not apply and
+    nothing was tried (the general way takes over), else the code
+    of the candidate that stopped the run, 0 if none did: ``len(taken) + (code != 0)``
+    candidates of the walk were visited, for ``Search.take(n, taken=, visited=)`` to go
+    on after them (G5: no candidate is tried twice in a call).
+
+    Example:
+        >>> t, cands = _locks.table(), explicit_candidates(range(30000, 30010))
+        >>> got = []
+        >>> code = _claim_run(t, _locks.lock_dir(), cands, _probe.targets(None, 2, 1), 2,
+        ...                   taken=got)
+        >>> code == -1 and not got or code >= 0
+        True
+        >>> t.release_all(got)
+    """
+    cursor = _walk._cursor
+    directory = table._last_dir
+    if cursor is None or cursor[1] is not candidates or cursor[0] is not directory or \
+            path is not table._last_path or directory is None:
+        return -1
+    ctime = directory.watch_ctime
+    home = table._home
+    if not ctime or directory.broken or home is None or home.lockdir is not directory:
+        return -1
+    items: list[int] = cursor[3]
+    stride: int = cursor[4]
+    index: int = cursor[5]
+    count = len(items)
+    key, held = home.index, table.held
+    run, plan = probes.claim
+    code = 0
+    with table._mutex:
+        if table._home is not home:  # another thread moved it (its file may be closed)
+            return -1
+        fd = home.fd
+        for _ in range(min(n, count)):
+            port = items[index]
+            if port >> SHARD_BITS != key or port in held:
+                break  # not tried: the general way decides
+            code = run(fd, port, plan, directory.fd, ctime) if not taken else \
+                run(fd, port, plan)
+            if code:
+                if code == HELD:
+                    table._missed(home)  # the flood check's counters: under the mutex
+                break
+            held[port] = home
+            home.count += 1
+            taken.append(port)
+            index = (index + stride) % count
+    if code == CHANGED or (not taken and not code):
+        return -1  # nothing tried (CHANGED comes only from the first claim)
+    cursor[5] = (index + stride) % count if code else index
+    return code
+
+
+def _group(taken: list[int], spec: tuple[str, int, int, bool]) -> ReservationGroup:
+    pid = _reservation._pid
     items = []
     for port in taken:  # Reservation(port, *spec), without __init__
         made = _new(Reservation)

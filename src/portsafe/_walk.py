@@ -77,13 +77,29 @@ class Search:
         self.directory = directory
         self.attempts = self.held = self.in_use = self.denied = 0
 
-    def take(self, n: int, walked: int | None = None) -> list[int]:
+    def take(self, n: int, walked: int | None = None, taken: list[int] | None = None,
+             visited: int = 0) -> list[int]:
         """Lock and verify up to *n* ports, in walk order; nothing else is left held.
 
         *walked*: a home shard :func:`first_free` already walked (it is skipped).
+        *taken*, *visited*: what ``_reserve``'s one-call way took, and how many candidates of the
+        home shard's walk in progress it visited: the walk goes on after them.
         """
         candidates = self.candidates
-        taken: list[int] = []
+        if taken is None:
+            taken = []
+        elif _cursor is not None:  # that way's walk: go on with it, then the other shards
+            key = _cursor[2]
+            try:
+                if self._take_in(key, n, taken, _cursor, visited):
+                    return taken
+                for other in candidates.rest(rng, key):
+                    if self._take_in(other, n, taken):
+                        return taken
+            except BaseException:
+                self.table.release_all(taken)
+                raise
+            return taken
         last = _home
         home = last[1] if last is not None and last[0] == self.directory else None
         if walked is not None:
@@ -106,10 +122,11 @@ class Search:
         return taken
 
     def _take_in(self, key: int, n: int, taken: list[int],
-                 cursor: list[Any] | None = None) -> bool:
+                 cursor: list[Any] | None = None, visited: int = 0) -> bool:
         """Walk shard *key*, adding what it locks and verifies to *taken*; True at *n*.
 
-        *cursor*: the walk of *key* in progress (``_cursor``), to go on with.
+        *cursor*: the walk of *key* in progress (``_cursor``), to go on with; *visited*:
+        how many of its candidates this call has already tried (they are not again).
         """
         global _home, _cursor
         if cursor is not None:
@@ -122,7 +139,7 @@ class Search:
         try_claim, claim, steps = table.try_claim, probes.claim, probes.steps
         attempts = held = in_use = denied = 0
         try:
-            for _ in range(count):
+            for _ in range(count - visited):
                 port = items[index]
                 index = (index + stride) % count
                 if port in excluded:
@@ -180,19 +197,23 @@ class Search:
         return []
 
     def _take_one(self, port: int) -> bool:
-        self.attempts += 1
-        probes = self.probes
-        code = self.table.try_claim(port, self.directory, probes.claim)
+        code = self.table.try_claim(port, self.directory, self.probes.claim)
         if not code:
+            self.attempts += 1
             return True
-        busy = refusal(code, probes.steps)
+        self.passed(code)
+        return False
+
+    def passed(self, code: int) -> None:
+        """Count one candidate tried and found not free, by its claim's *code*."""
+        self.attempts += 1
+        busy = refusal(code, self.probes.steps)
         if busy < 0:
             self.held += 1
         elif busy == _DENIED:
             self.denied += 1
         else:
             self.in_use += 1
-        return False
 
     def failure(self, wanted: str, found: int = 0) -> NoFreePortError | LockDirError:
         """The error for a walk that found too few: LockDirError when no candidate's
@@ -260,8 +281,8 @@ def claim_next(table: LockTable, path: str, candidates: CandidateSet,
         return 0
     run, plan = probes.claim
     with table._mutex:
-        if port in table.held:
-            return 0
+        if port in table.held or table._home is not home:  # another thread moved it: its
+            return 0  # file may be closed, and its descriptor's number another file's now
         code = run(home.fd, port, plan, directory.fd, ctime)
         if not code:
             table.held[port] = home
