@@ -31,7 +31,8 @@ HOLDER = textwrap.dedent("""
 def kernel_holders(ports: list[int]) -> list[int]:
     """The pid the kernel says holds each of *ports* in the lock directory (0: nobody)."""
     where = _locks.lock_dir()
-    asked = [(os.path.join(where, _locks.shard_name(port >> 8)), port) for port in ports]
+    asked = [(os.path.join(where, _locks.shard_name(port >> _locks.SHARD_BITS)), port)
+             for port in ports]
     answer = subprocess.run([sys.executable, "-c", HOLDER], input=json.dumps(asked),
                             capture_output=True, text=True, check=True, timeout=60)
     return json.loads(answer.stdout)

@@ -287,20 +287,29 @@ class TestBadInput:
 
 
 class TestThreads:
-    def test_threads_never_share(self):
-        """G1 across threads: 8 threads x 100 live reservations, all distinct."""
-        results: list[list[portsafe.Reservation]] = []
-        barrier = threading.Barrier(8)
+    @staticmethod
+    def run_together(work, count: int = 8) -> None:
+        """Run *work(index)* in *count* threads that start together; wait for them all."""
+        barrier = threading.Barrier(count)
 
-        def work():
+        def start(index: int) -> None:
             barrier.wait()
-            results.append([portsafe.reserve_port() for _ in range(100)])
+            work(index)
 
-        threads = [threading.Thread(target=work) for _ in range(8)]
+        threads = [threading.Thread(target=start, args=(index,)) for index in range(count)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+
+    def test_threads_never_share(self):
+        """G1 across threads: 8 threads x 100 live reservations, all distinct."""
+        results: list[list[portsafe.Reservation]] = []
+
+        def work(_: int) -> None:
+            results.append([portsafe.reserve_port() for _ in range(100)])
+
+        self.run_together(work)
         ports = [r.port for batch in results for r in batch]
         try:
             assert len(ports) == 800
@@ -310,7 +319,6 @@ class TestThreads:
                 for r in batch:
                     r.release()
 
-
     @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="asks F_GETLK's pid")
     def test_threads_churning_hold_real_locks(self):
         """G1 across threads while the home shard moves: 8 threads reserving (one port and
@@ -319,12 +327,10 @@ class TestThreads:
         import random
 
         kept: list[list[portsafe.Reservation | portsafe.ReservationGroup]] = []
-        barrier = threading.Barrier(8)
 
         def work(seed: int) -> None:
             pick = random.Random(seed)
             mine: list[portsafe.Reservation | portsafe.ReservationGroup] = []
-            barrier.wait()
             for _ in range(300):
                 if mine and pick.random() < 0.45:
                     mine.pop(pick.randrange(len(mine))).release()
@@ -333,11 +339,7 @@ class TestThreads:
                                 else portsafe.reserve_port())
             kept.append(mine)
 
-        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        self.run_together(work)
         held = [port for mine in kept for item in mine for port in
                 (item.ports if isinstance(item, portsafe.ReservationGroup) else [item.port])]
         try:

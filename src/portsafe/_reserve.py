@@ -44,7 +44,6 @@ import warnings
 from portsafe import _locks, _probe, _reservation, _walk
 from portsafe._claim import CHANGED, HELD
 from portsafe._errors import InvalidSettingError
-from portsafe._lockformat import SHARD_BITS
 from portsafe._ranges import default_candidates, explicit_candidates
 from portsafe._reservation import Reservation, ReservationGroup, _deferred, _drain_deferred
 from portsafe._settings import EXCLUDE, LOCK_DIR, PORTSERVER, RANGE, reservation_settings, shown
@@ -121,6 +120,14 @@ def _set_default_probes() -> _probe.Probes:
     return _default_probes
 
 
+def _request_settings(ports: Iterable[int] | None) -> tuple[str, str, CandidateSet]:
+    """(lock directory, port server, candidates) for a request with *ports*."""
+    if ports is None:
+        return _settings_now()
+    candidates = explicit_candidates(ports)  # its errors first, as before
+    return (*reservation_settings(), candidates)
+
+
 def _search(host: str | None, family: int, socktype: int, ports: Iterable[int] | None,
             exclude: Iterable[int]) -> Search:
     if _deferred:
@@ -129,10 +136,7 @@ def _search(host: str | None, family: int, socktype: int, ports: Iterable[int] |
         probes = _default_probes or _set_default_probes()
     else:
         probes = _probe.targets(host, family, socktype)
-    if ports is None:
-        path, _, candidates = _settings_now()
-    else:
-        candidates, path = explicit_candidates(ports), reservation_settings()[0]
+    path, _, candidates = _request_settings(ports)
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
     return Search(candidates, probes, _excluded(exclude) if exclude else _NOTHING,
@@ -284,19 +288,18 @@ def _take_default(n: int, ports: Iterable[int] | None) -> ReservationGroup | Non
     claimed in one go (:func:`_claim_run`); None where that does not apply (nothing was
     tried: the general way takes over)."""
     probes = _default_probes or _set_default_probes()
-    if ports is None:
-        path, server, candidates = _settings_now()
-    else:
-        candidates, (path, server) = explicit_candidates(ports), reservation_settings()
+    path, server, candidates = _request_settings(ports)
     if server or candidates.fallback or n > candidates.count:
         return None
     table = _locks._table or _locks.table()
     taken: list[int] = []
     code = _claim_run(table, path, candidates, probes, n, taken=taken)
-    if code < 0:
+    directory = table._last_dir
+    if code < 0 or directory is None:
         return None
-    if len(taken) < n:  # go on with the walk after what claim_run visited
-        search = Search(candidates, probes, _NOTHING, table.current(path))
+    if len(taken) < n:  # go on with the walk after what claim_run visited, in the
+        # directory its first claim checked (one check per call)
+        search = Search(candidates, probes, _NOTHING, directory)
         search.attempts = len(taken)
         if code:
             search.passed(code)
@@ -336,13 +339,14 @@ def _claim_run(table: LockTable, path: str, candidates: CandidateSet, probes: _p
         return -1
     ctime = directory.watch_ctime
     home = table._home
-    if not ctime or directory.broken or home is None or home.lockdir is not directory:
+    if not ctime or directory.broken or home is None or home.lockdir is not directory or \
+            home.index != cursor[2]:  # the walk is of the home shard's candidates
         return -1
     items: list[int] = cursor[3]
     stride: int = cursor[4]
     index: int = cursor[5]
     count = len(items)
-    key, held = home.index, table.held
+    held = table.held
     run, plan = probes.claim
     code = 0
     with table._mutex:
@@ -351,7 +355,7 @@ def _claim_run(table: LockTable, path: str, candidates: CandidateSet, probes: _p
         fd = home.fd
         for _ in range(min(n, count)):
             port = items[index]
-            if port >> SHARD_BITS != key or port in held:
+            if port in held:
                 break  # not tried: the general way decides
             code = run(fd, port, plan, directory.fd, ctime) if not taken else \
                 run(fd, port, plan)

@@ -82,35 +82,27 @@ class Search:
         """Lock and verify up to *n* ports, in walk order; nothing else is left held.
 
         *walked*: a home shard :func:`first_free` already walked (it is skipped).
-        *taken*, *visited*: what ``_reserve``'s one-call way took, and how many candidates of the
-        home shard's walk in progress it visited: the walk goes on after them.
+        *taken*, *visited*: what ``_reserve``'s one-call way took, and how many candidates
+        of the walk in progress it visited: the walk goes on after them.
         """
         candidates = self.candidates
         if taken is None:
             taken = []
-        elif _cursor is not None:  # that way's walk: go on with it, then the other shards
-            key = _cursor[2]
-            try:
-                if self._take_in(key, n, taken, _cursor, visited):
-                    return taken
-                for other in candidates.rest(rng, key):
-                    if self._take_in(other, n, taken):
-                        return taken
-            except BaseException:
-                self.table.release_all(taken)
-                raise
-            return taken
-        last = _home
-        home = last[1] if last is not None and last[0] == self.directory else None
-        if walked is not None:
-            home = walked
         cursor = _cursor
         if walked is not None or cursor is None or cursor[1] is not candidates or \
                 cursor[0] is not self.directory:
             cursor = None
+        last = _home
+        home = last[1] if last is not None and last[0] == self.directory else None
+        if walked is not None:
+            home = walked
+        elif visited and cursor is not None:
+            home = cursor[2]  # the one-call way's walk: go on with it
+        if cursor is not None and cursor[2] != home:
+            cursor = None
         try:
             if walked is None and home in candidates.shard_keys and \
-                    self._take_in(home, n, taken, cursor if cursor and cursor[2] == home else None):
+                    self._take_in(home, n, taken, cursor, visited if cursor else 0):
                 return taken
             for key in candidates.rest(rng, home):  # made only when home falls short
                 if self._take_in(key, n, taken):
