@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests._kernel import kernel_holders
 from tests._pure import count_locks
 
 import portsafe
@@ -351,6 +352,48 @@ class TestHotPath:
         assert caught.value.attempts == 2
         assert sorted(locks) == list(self.PORTS)
         assert not any(_locks.table().holds(port) for port in self.PORTS)  # none kept
+
+    @pytest.mark.parametrize("call", ["reserve_port", "reserve_ports"])
+    def test_a_home_shard_moved_before_the_mutex_is_not_used(
+            self, call: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The one-call ways read the home shard before taking the mutex. Another thread
+        that moves home in that gap closes the old file (nothing held there): the claim
+        must not use its descriptor (EBADF, or another file's by then)."""
+        self.next_candidate()
+        table = _locks.table()
+        real = table._mutex
+
+        class Interloper:  # the mutex, entered first by "another thread" that moves home
+            moved = False
+
+            def __enter__(self) -> object:
+                if not Interloper.moved:
+                    Interloper.moved = True
+                    old, table._home = table._home, None
+                    assert old is not None
+                    assert not old.count
+                    table._close_if_idle(old)  # closes its file, as try_claim would
+                return real.__enter__()
+
+            def __exit__(self, *exc: object) -> None:
+                real.__exit__(*exc)
+
+            def acquire(self, wait: bool = True) -> bool:
+                return real.acquire(wait)
+
+            def release(self) -> None:
+                real.release()
+
+        monkeypatch.setattr(table, "_mutex", Interloper())
+        if call == "reserve_port":
+            with portsafe.reserve_port(ports=self.PORTS) as r:
+                ports = [r.port]
+                assert kernel_holders(ports) == [os.getpid()]
+        else:
+            with portsafe.reserve_ports(2, ports=self.PORTS) as group:
+                ports = list(group.ports)
+                assert kernel_holders(ports) == [os.getpid()] * 2
+        assert Interloper.moved
 
     def test_a_changed_directory_is_noticed_in_the_same_call(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
