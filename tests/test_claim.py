@@ -169,6 +169,22 @@ class TestOutcomes:
         assert run(-1, port, steps) == CLAIMED
 
 
+@pytest.mark.skipif(not _claim.SPAN_UNLOCK, reason="POSIX record locks")
+@pytest.mark.parametrize("unlock", [pytest.param(_claim.unlock_py, id="python"),
+                                    *([pytest.param(_speedups.unlock, id="c")]
+                                      if _speedups is not None else [])])
+def test_unlock_over_a_span(unlock: Callable[..., int], lock_file: int, tmp_path: Path) -> None:
+    """unlock(fd, port, length) drops this process's locks on those bytes, and only
+    those: a byte it holds no lock on is no error."""
+    for port in (20000, 20002, 20003, 20005):
+        assert _claim.claim_py(lock_file, port, ()) == CLAIMED
+    assert unlock(lock_file, 20000, 4) == 0
+    assert [locked_elsewhere(tmp_path / "shard", port) for port in range(20000, 20006)] == \
+        [False, False, False, False, False, True]
+    assert unlock(lock_file, 20005) == 0
+    assert not locked_elsewhere(tmp_path / "shard", 20005)
+
+
 class TestAgreement:
     @pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
     @pytest.mark.parametrize(("family", "address"), [
@@ -215,6 +231,10 @@ class TestCompiled:
             _speedups.claim(-1, 70000, plan)
         with pytest.raises(TypeError):
             _speedups.compile([TCP4[0]])  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="port"):
+            _speedups.unlock(-1, 65535, 2)
+        with pytest.raises(ValueError, match="port"):
+            _speedups.unlock(-1, 100, 0)
 
     def test_in_use_here(self) -> None:
         assert ("python" if os.environ.get("PORTSAFE_PURE_PYTHON")

@@ -197,6 +197,61 @@ class TestReservePorts:
                 portsafe.reserve_ports(4, ports=block, contiguous=True)
             assert _locks.table().held_count == before
 
+    @staticmethod
+    def shard_block(size: int) -> range:
+        """*size* ports nobody holds now, in one shard file (contiguous)."""
+        with portsafe.reserve_port() as r:
+            first = (r.port >> _locks.SHARD_BITS) << _locks.SHARD_BITS
+        with portsafe.reserve_ports(size, contiguous=True,
+                                    ports=range(max(first, 1024), first + 256)) as group:
+            return range(group.ports[0], group.ports[-1] + 1)
+
+    @staticmethod
+    def spy_unlocks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+        calls: list[tuple[int, ...]] = []
+        real = _locks._unlock_port
+
+        def unlock(fd: int, port: int, *length: int) -> int:
+            calls.append((port, *length))
+            return real(fd, port, *length)
+
+        monkeypatch.setattr(_locks, "_unlock_port", unlock)
+        return calls
+
+    @posix_only
+    def test_group_release_is_one_unlock_over_its_span(self, monkeypatch):
+        """A group that is all this process holds in its shard file is released by one
+        unlock over its span; a lock between its ports is another process's, and stays."""
+        block = self.shard_block(5)
+        holder = Holder(ports=[block[2], block[2] + 1])
+        try:
+            group = portsafe.reserve_ports(2, ports=[block[0], block[4]])
+            table = _locks.table()
+            assert table.held[block[0]].count == 2  # the shard's only ports of this process
+            calls = self.spy_unlocks(monkeypatch)
+            group.release()
+            assert calls == [(block[0], 5)]
+            assert kernel_holders([block[0], block[2], block[4]]) == [0, holder.proc.pid, 0]
+            assert not table.holds(block[0])
+            assert not table.holds(block[4])
+            with portsafe.reserve_ports(2, ports=[block[0], block[4]]):
+                pass  # free again for this process, too
+        finally:
+            holder.close()
+
+    @posix_only
+    def test_group_release_keeps_this_process_other_ports(self, monkeypatch):
+        """With another port of this process between a group's ports, each of the group's
+        ports is unlocked on its own: the other stays held."""
+        block = self.shard_block(5)
+        with portsafe.reserve_port(ports=[block[2]]) as kept:
+            group = portsafe.reserve_ports(2, ports=[block[0], block[4]])
+            calls = self.spy_unlocks(monkeypatch)
+            group.release()
+            assert sorted(calls) == [(block[0],), (block[4],)]
+            assert kernel_holders([block[0], kept.port, block[4]]) == [0, os.getpid(), 0]
+            assert _locks.table().holds(kept.port)
+
     def test_huge_n_gets_the_documented_error(self):
         """n=-10**5000 cannot be printed: the message says so instead of failing."""
         with pytest.raises(portsafe.InvalidSettingError, match="an int of 16610 bits"):

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     Claim = Callable[..., int]  # (lock_fd, port, plan[, dir_fd, dir_ctime]) -> int
 
 __all__ = ["CHANGED", "CLAIMED", "HELD", "IMPLEMENTATION", "LOCK_ERROR", "NO_SOCKET", "PURE",
-           "REFUSED", "claim_py", "compile_plan", "dir_ctime_py", "unlock_py"]
+           "REFUSED", "SPAN_UNLOCK", "claim_py", "compile_plan", "dir_ctime_py", "unlock_py"]
 
 CLAIMED, HELD, REFUSED, NO_SOCKET, LOCK_ERROR, CHANGED = 0, 1, 2, 3, 4, 5
 
@@ -102,8 +102,8 @@ def claim_py(lock_fd: int, port: int, plan: Plan, dir_fd: int = -1, dir_ctime: i
     return CLAIMED
 
 
-def unlock_py(lock_fd: int, port: int) -> int:
-    """Drop the lock on *port*: 0, or the errno.
+def unlock_py(lock_fd: int, port: int, length: int = 1) -> int:
+    """Drop the lock on *port* (on the *length* ports from it): 0, or the errno.
 
     Example:
         >>> import tempfile
@@ -113,9 +113,10 @@ def unlock_py(lock_fd: int, port: int) -> int:
     """
     try:
         if LOCKF is not None:
-            LOCKF(lock_fd, UNLOCK, 1, port)
+            LOCKF(lock_fd, UNLOCK, length, port)
         else:
-            _unlock(lock_fd, port)
+            for byte in range(port, port + length):
+                _unlock(lock_fd, byte)
     except OSError as exc:
         return exc.errno or 0
     return 0
@@ -145,12 +146,16 @@ def _compile_py(steps: tuple[Step, ...]) -> Plan | None:
 
 
 claim: Claim = claim_py
-unlock: Callable[[int, int], int] = unlock_py
+unlock: Callable[..., int] = unlock_py  # (lock_fd, port[, length]) -> int
 dir_ctime: Callable[[int], int] = dir_ctime_py
 _compile: Callable[[tuple[Step, ...]], Plan | None] = _compile_py
 
 #: ``fstatfs(fd).f_type`` (``_dirwatch``), or None: Python has no ``statfs``.
 fs_magic: Callable[[int], int] | None = None
+
+#: Whether :func:`unlock` with a length may span bytes this process holds no lock on
+#: (POSIX record locks: it unlocks only this process's own). Windows' locks may not.
+SPAN_UNLOCK = LOCKF is not None
 
 #: "c" when ``portsafe._speedups`` is in use, else "python".
 IMPLEMENTATION = "python"

@@ -255,12 +255,13 @@ speedups_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(CLAIMED);
 }
 
-/* unlock(lock_fd, port) -> int: 0, or the errno of F_SETLK. */
+/* unlock(lock_fd, port[, length]) -> int: 0, or the errno of F_SETLK. With *length*, the
+ * bytes port .. port+length-1: this process's locks there, whatever else they cover. */
 static PyObject *
 speedups_unlock(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "unlock(lock_fd, port)");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "unlock(lock_fd, port[, length])");
         return NULL;
     }
     int fd;
@@ -268,7 +269,24 @@ speedups_unlock(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (as_int(args[0], &fd) < 0 || (port == -1 && PyErr_Occurred())) {
         return NULL;
     }
-    return PyLong_FromLong(set_lock(fd, port, F_UNLCK));
+    long length = 1;
+    if (nargs == 3) {
+        length = PyLong_AsLong(args[2]);
+        if (length == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (length < 1 || port < 0 || port + length > 65536) {
+            PyErr_SetString(PyExc_ValueError, "port .. port+length-1 must lie in 0-65535");
+            return NULL;
+        }
+    }
+    struct flock lock;
+    memset(&lock, 0, sizeof(lock));
+    lock.l_type = F_UNLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = (off_t)port;
+    lock.l_len = (off_t)length;
+    return PyLong_FromLong(fcntl(fd, F_SETLK, &lock) == 0 ? 0 : errno);
 }
 
 /* dir_ctime(fd) -> int: the st_ctime in ns of *fd*; 0 once it has no links; -errno. */
@@ -311,7 +329,8 @@ static PyMethodDef speedups_methods[] = {
     {"claim", (PyCFunction)(void (*)(void))speedups_claim, METH_FASTCALL,
      "claim(lock_fd, port, plan[, dir_fd, dir_ctime]) -> int: lock and bind-check one port."},
     {"unlock", (PyCFunction)(void (*)(void))speedups_unlock, METH_FASTCALL,
-     "unlock(lock_fd, port) -> int: release one port's lock; 0 or the errno."},
+     "unlock(lock_fd, port[, length]) -> int: release a port's lock (or length ports'); "
+     "0 or the errno."},
     {"dir_ctime", speedups_dir_ctime, METH_O,
      "dir_ctime(fd) -> int: st_ctime in ns, 0 if unlinked, -errno on error."},
     {"fs_magic", speedups_fs_magic, METH_O,
