@@ -81,7 +81,8 @@ def latency(samples: int, repeats: int) -> list[dict]:
              "AF_UNSPEC, socktype=0"),
             ("three_vs_fup", "reserve_ports(3)+release() p50",
              lambda: portsafe.reserve_ports(3).release(), 1.5,
-             "one check, then 5 system calls per port: 16 (bench/bench_floor.py)",
+             ("one check, 4 system calls per port, one unlock over the span: 14 "
+              "(bench/bench_floor.py)"),
              "reserve_ports(3)+release()")):
         ours, base = pair(call, find_unused_port)
         figures.append(figure(key, label, FUP, ratios(ours, base), target=target,

@@ -19,8 +19,11 @@ per-call medians, 3 repeats, as ``bench_reserve.py`` measures:
   arguments or settings);
 - ``portsafe``: ``portsafe.reserve_port().release()``;
 - ``three_syscalls`` / ``three_c_syscalls`` / ``three``: the same for
-  ``reserve_ports(3)+release()`` (one check, three ports' five calls each) from Python /
-  from C (three claims, three unlocks) / the real call;
+  ``reserve_ports(3)+release()`` (one check, three ports' four calls each, one unlock
+  over their span) from Python /
+  from C (three claims, one unlock) / the real call;
+- ``probe_c``: one bind check alone (socket, bind, close), from C: what each port of a
+  group costs at least, whatever the Python around it;
 - ``unspec_syscalls`` / ``unspec``: the same for ``family=AF_UNSPEC, socktype=0`` (one
   dual-stack ``[::]`` socket per type, with its ``IPV6_V6ONLY=0``) / the real call.
 
@@ -148,8 +151,9 @@ def whole():
     portsafe.reserve_port().release()
 
 
-def three_syscalls():  # reserve_ports(3)+release(): one check, then three ports' calls
-    fstat(dfd)
+def three_syscalls():  # reserve_ports(3)+release(): one check, three ports' four calls
+    fstat(dfd)  # each, and one unlock over their span (this process holds nothing between)
+    taken = []
     for _ in range(3):
         i = step[0] = (step[0] + 37) % len(ports)
         port = ports[i]
@@ -160,18 +164,27 @@ def three_syscalls():  # reserve_ports(3)+release(): one check, then three ports
         except OSError:
             pass
         sock.close()
-        lockf(fd, UNLOCK, 1, port)
+        taken.append(port)
+    low = min(taken)
+    lockf(fd, UNLOCK, max(taken) - low + 1, low)
 
 
-def three_c_syscalls():  # the same from C: one claim with the check, two without
+def three_c_syscalls():  # the same from C: one claim with the check, two without, and
+    taken = []  # one unlock over the span
     for k in range(3):
         i = step[0] = (step[0] + 37) % len(ports)
+        taken.append(ports[i])
         if k:
             c_claim(fd, ports[i], c_plan)
         else:
             c_claim(fd, ports[i], c_plan, dfd, ctime)
-    for k in range(3):
-        _claim.unlock(fd, ports[(step[0] - 37 * k) % len(ports)])
+    low = min(taken)
+    _claim.unlock(fd, low, max(taken) - low + 1)
+
+
+def probe_c():  # one bind check, no lock: socket, bind, close from C
+    i = step[0] = (step[0] + 37) % len(ports)
+    c_claim(-1, ports[i], c_plan)
 
 
 def three():
@@ -206,7 +219,8 @@ out = {"python": sys.version.split()[0], "watched": bool(lockdir.watch_ctime),
 calls = (("syscalls", syscalls), ("ideal", ideal), ("portsafe", whole),
          ("three_syscalls", three_syscalls), ("three", three))
 if _claim.IMPLEMENTATION == "c":
-    calls += (("c_syscalls", c_syscalls), ("three_c_syscalls", three_c_syscalls))
+    calls += (("c_syscalls", c_syscalls), ("three_c_syscalls", three_c_syscalls),
+              ("probe_c", probe_c))
 if socket.has_ipv6 and _probe.dual_stack_is_stricter():
     calls += (("unspec_syscalls", unspec_syscalls), ("unspec", unspec))
 for name, call in calls:
@@ -233,10 +247,11 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=3000)
     args = parser.parse_args()
     names = ("syscalls", "c_syscalls", "ideal", "portsafe", "three_syscalls",
-             "three_c_syscalls", "three", "unspec_syscalls", "unspec")
+             "three_c_syscalls", "probe_c", "three", "unspec_syscalls", "unspec")
     print("ratios to find_unused_port, min/median/max of 3 repeats; syscalls: the system "
           "calls alone, from Python; c_syscalls: the same from C (one claim, one unlock); "
-          "ideal: a near-ideal Python version; three: reserve_ports(3); unspec: AF_UNSPEC, "
+          "ideal: a near-ideal Python version; three: reserve_ports(3); probe_c: one bind "
+          "check (socket, bind, close) from C; unspec: AF_UNSPEC, "
           "socktype=0; claim: the claim portsafe ran (c or python)")
     print(f"{'python':8} {'watched':7} {'claim':6} " + " ".join(f"{name:>15}" for name in names))
     scratch = tempfile.mkdtemp(prefix="portsafe-floor-")

@@ -265,9 +265,14 @@ class LockTable(DirectoryTable):
         with self._mutex:
             held, home = self.held, self._home
             shard = held.get(ports[0]) if len(ports) > 1 and _SPAN_UNLOCK else None
-            if shard is not None and shard.count == len(ports) and \
-                    all(held.get(port) is shard for port in ports) and \
-                    len(set(ports)) == len(ports):  # the shard's held ports, exactly
+            if shard is not None and shard.count == len(ports) == len(set(ports)):
+                for port in ports:  # all held in that shard: then they are all it holds
+                    if held.get(port) is not shard:
+                        shard = None
+                        break
+            else:
+                shard = None
+            if shard is not None:
                 low = min(ports)
                 failed = _unlock_port(shard.fd, low, max(ports) - low + 1)
                 if failed:
