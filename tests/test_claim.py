@@ -439,15 +439,30 @@ class TestHotPath:
             assert newer is not new
             assert all(table.held[port].lockdir is newer for port in group.ports)
 
-    def test_a_module_of_another_version_is_not_used(self) -> None:
-        """A compiled module left from another portsafe version (lacking a function) is
-        passed over whole: the Python version runs, nothing is half C."""
+    @pytest.mark.parametrize("api", [None, 1, 3])
+    def test_a_module_of_another_version_is_not_used(self, api: int | None) -> None:
+        """A compiled module left from another portsafe version (of another contract: its
+        ``API``, 1 before there was one) is passed over whole: the Python version runs,
+        nothing is half C, and nothing is called with arguments it does not take."""
         code = ("import sys, types\n"
                 "old = types.ModuleType('portsafe._speedups')\n"
-                "old.claim = old.unlock = old.dir_ctime = old.compile = print\n"
+                "old.claim = old.unlock = old.dir_ctime = old.compile = old.fs_magic = print\n"
+                f"if {api!r} is not None: old.API = {api!r}\n"
                 "sys.modules['portsafe._speedups'] = old\n"
                 "from portsafe import _claim\n"
-                "print(_claim.IMPLEMENTATION, _claim.claim is _claim.claim_py, _claim.fs_magic)")
+                "from portsafe import _doctor\n"
+                "print(_claim.IMPLEMENTATION, _claim.claim is _claim.claim_py, _claim.fs_magic)\n"
+                "print(_doctor.check_speedups().detail)")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              check=True)
-        assert done.stdout.split() == ["python", "True", "None"]
+                              check=True, env={k: v for k, v in os.environ.items()
+                                               if k != "PORTSAFE_PURE_PYTHON"})
+        first, said = done.stdout.splitlines()
+        assert first.split() == ["python", "True", "None"]
+        assert "from another portsafe version" in said
+        assert "reinstall portsafe" in said
+        assert f"contract {api or 1}, not 2" in said  # before API: contract 1
+
+    def test_the_built_module_is_of_this_contract(self) -> None:
+        if _speedups is None:
+            pytest.skip("the C module is not built here")
+        assert _speedups.API == _claim._API

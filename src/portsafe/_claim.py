@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     Claim = Callable[..., int]  # (lock_fd, port, plan[, dir_fd, dir_ctime]) -> int
 
 __all__ = ["CHANGED", "CLAIMED", "HELD", "IMPLEMENTATION", "LOCK_ERROR", "NO_SOCKET", "PURE",
-           "REFUSED", "SPAN_UNLOCK", "claim_py", "compile_plan", "dir_ctime_py", "unlock_py"]
+           "REFUSED", "SPAN_UNLOCK", "STALE", "claim_py", "compile_plan", "dir_ctime_py",
+           "unlock_py"]
 
 CLAIMED, HELD, REFUSED, NO_SOCKET, LOCK_ERROR, CHANGED = 0, 1, 2, 3, 4, 5
 
@@ -159,6 +160,10 @@ SPAN_UNLOCK = LOCKF is not None
 
 #: "c" when ``portsafe._speedups`` is in use, else "python".
 IMPLEMENTATION = "python"
+#: The contract of ``portsafe._speedups`` this version uses (its ``API``).
+_API = 2
+#: Why a compiled module that is there is not used (it is another version's), or "".
+STALE = ""
 #: Whether ``PORTSAFE_PURE_PYTHON`` asked for the Python version (read once, here).
 PURE = bool(flag(PURE_PYTHON))
 
@@ -166,15 +171,21 @@ if not PURE:
     try:
         from portsafe import _speedups
 
-        # All or nothing: a module left from another portsafe version may lack one.
-        # The C claim takes only its own (bytes) plans: compile_plan pairs them so.
-        claim, unlock, dir_ctime, _compile, fs_magic = (
-            _speedups.claim, _speedups.unlock, _speedups.dir_ctime, _speedups.compile,
-            _speedups.fs_magic)
-    except (ImportError, AttributeError):  # not built here (no compiler, not Linux)
-        claim, unlock, dir_ctime, _compile, fs_magic = (
-            claim_py, unlock_py, dir_ctime_py, _compile_py, None)
-    else:
+        # All or nothing, and only the module of this version's contract: one left from
+        # another portsafe version (an editable install not rebuilt) may lack a function,
+        # or take other arguments. The C claim takes only its own (bytes) plans:
+        # compile_plan pairs them so.
+        _compiled = (_speedups.claim, _speedups.unlock, _speedups.dir_ctime,
+                     _speedups.compile, _speedups.fs_magic) \
+            if getattr(_speedups, "API", None) == _API else None
+        if _compiled is None:
+            STALE = f"contract {getattr(_speedups, 'API', 1)}, not {_API}"  # 1: no API
+    except AttributeError:  # a function missing: from another version too
+        _compiled, STALE = None, "a function missing"
+    except ImportError:  # not built here (no compiler, not Linux)
+        _compiled = None
+    if _compiled is not None:
+        claim, unlock, dir_ctime, _compile, fs_magic = _compiled
         IMPLEMENTATION = "c"
 
 

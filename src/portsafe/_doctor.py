@@ -202,6 +202,9 @@ def check_speedups(path: str | None = None) -> CheckResult:
                            "reservation's system calls in one call")
     if _claim.PURE:
         why = "PORTSAFE_PURE_PYTHON asks for it"
+    elif _claim.STALE:
+        why = (f"the C module here is from another portsafe version ({_claim.STALE}); "
+               f"reinstall portsafe to rebuild it")
     elif sys.platform.startswith("linux"):
         why = ("the C module was not built when portsafe was installed (no C compiler or "
                "Python headers then); install them and reinstall portsafe to get it")

@@ -338,7 +338,20 @@ static PyMethodDef speedups_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The version of this module's contract with _claim.py, which uses the module only when
+ * it is the one it expects: a module built from another portsafe version (an editable
+ * install not rebuilt) is left unused, not called with arguments it does not take.
+ * 2: unlock() takes a length. */
+#define API 2
+
+static int
+speedups_exec(PyObject *module)
+{
+    return PyModule_AddIntConstant(module, "API", API);
+}
+
 static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
