@@ -52,9 +52,9 @@ class Holder:
             stream.close()
 
 
-def free_block(size: int) -> range:
-    """A block of ports nobody holds right now (reserved, then released)."""
-    with portsafe.reserve_ports(size, contiguous=True) as group:
+def free_block(size: int, ports: range | None = None) -> range:
+    """A block of ports nobody holds right now (reserved, then released), of *ports*."""
+    with portsafe.reserve_ports(size, contiguous=True, ports=ports) as group:
         return range(group.ports[0], group.ports[-1] + 1)
 
 
@@ -202,9 +202,7 @@ class TestReservePorts:
         """*size* ports nobody holds now, in one shard file (contiguous)."""
         with portsafe.reserve_port() as r:
             first = (r.port >> _locks.SHARD_BITS) << _locks.SHARD_BITS
-        with portsafe.reserve_ports(size, contiguous=True,
-                                    ports=range(max(first, 1024), first + 256)) as group:
-            return range(group.ports[0], group.ports[-1] + 1)
+        return free_block(size, range(max(first, 1024), first + 256))
 
     @staticmethod
     def spy_unlocks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:

@@ -264,14 +264,7 @@ class LockTable(DirectoryTable):
         """
         with self._mutex:
             held, home = self.held, self._home
-            shard = held.get(ports[0]) if len(ports) > 1 and _SPAN_UNLOCK else None
-            if shard is not None and shard.count == len(ports) == len(set(ports)):
-                for port in ports:  # all held in that shard: then they are all it holds
-                    if held.get(port) is not shard:
-                        shard = None
-                        break
-            else:
-                shard = None
+            shard = self._sole_shard(ports) if len(ports) > 1 and _SPAN_UNLOCK else None
             if shard is not None:
                 low = min(ports)
                 failed = _unlock_port(shard.fd, low, max(ports) - low + 1)
@@ -293,6 +286,17 @@ class LockTable(DirectoryTable):
                     if not shard.count and (shard is not home or shard.lockdir.broken or
                                             shard.lockdir.retired):
                         self._emptied(shard)
+
+    def _sole_shard(self, ports: list[int]) -> Shard | None:
+        """The shard whose held ports are exactly *ports* (distinct), or None."""
+        held = self.held
+        shard = held.get(ports[0])
+        if shard is None or shard.count != len(ports) or len(set(ports)) != len(ports):
+            return None
+        for port in ports:
+            if held.get(port) is not shard:
+                return None
+        return shard
 
     def release_nowait(self, port: int) -> bool:
         """:meth:`release` without blocking: False if it must be deferred."""

@@ -151,15 +151,16 @@ error:
     return NULL;
 }
 
+/* F_SETLK of type *type* on the *length* bytes from *port*: 0, or the errno. */
 static int
-set_lock(int fd, long port, short type)
+set_lock(int fd, long port, long length, short type)
 {
     struct flock lock;
     memset(&lock, 0, sizeof(lock));
     lock.l_type = type;
     lock.l_whence = SEEK_SET;
     lock.l_start = (off_t)port;
-    lock.l_len = 1;
+    lock.l_len = (off_t)length;
     return fcntl(fd, F_SETLK, &lock) == 0 ? 0 : errno;
 }
 
@@ -203,7 +204,7 @@ speedups_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const step_t *plan = (const step_t *)PyBytes_AS_STRING(args[2]);
     Py_ssize_t count = PyBytes_GET_SIZE(args[2]) / (Py_ssize_t)sizeof(step_t);
 
-    int failed = fd < 0 ? 0 : set_lock(fd, port, F_WRLCK);
+    int failed = fd < 0 ? 0 : set_lock(fd, port, 1, F_WRLCK);
     if (failed) {
         if (failed == EAGAIN || failed == EACCES || failed == EDEADLK) {
             return PyLong_FromLong(HELD);
@@ -216,7 +217,7 @@ speedups_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (sock < 0) {
             int code = errno;
             if (fd >= 0) {
-                set_lock(fd, port, F_UNLCK);
+                set_lock(fd, port, 1, F_UNLCK);
             }
             return PyLong_FromLong(NO_SOCKET | (long)i << 4 | (long)code << 8);
         }
@@ -247,7 +248,7 @@ speedups_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         close(sock);
         if (code) {
             if (fd >= 0) {
-                set_lock(fd, port, F_UNLCK);
+                set_lock(fd, port, 1, F_UNLCK);
             }
             return PyLong_FromLong(REFUSED | (long)i << 4 | (long)code << 8);
         }
@@ -280,13 +281,7 @@ speedups_unlock(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    struct flock lock;
-    memset(&lock, 0, sizeof(lock));
-    lock.l_type = F_UNLCK;
-    lock.l_whence = SEEK_SET;
-    lock.l_start = (off_t)port;
-    lock.l_len = (off_t)length;
-    return PyLong_FromLong(fcntl(fd, F_SETLK, &lock) == 0 ? 0 : errno);
+    return PyLong_FromLong(set_lock(fd, port, length, F_UNLCK));
 }
 
 /* dir_ctime(fd) -> int: the st_ctime in ns of *fd*; 0 once it has no links; -errno. */
