@@ -250,6 +250,19 @@ class TestReservePorts:
             assert kernel_holders([block[0], kept.port, block[4]]) == [0, os.getpid(), 0]
             assert _locks.table().holds(kept.port)
 
+    @posix_only
+    @pytest.mark.parametrize("listed", ["another port", "a port twice"])
+    def test_release_all_spans_only_exactly_the_shards_ports(self, listed):
+        """release_all of as many ports as this process holds in a shard, but not those
+        ports (one it does not hold, or one twice), unlocks port by port: a port of this
+        process between them stays held."""
+        block = self.shard_block(5)
+        with portsafe.reserve_ports(2, ports=[block[0], block[2]]):
+            table = _locks.table()
+            table.release_all([block[0], block[4] if listed == "another port" else block[0]])
+            assert kernel_holders([block[0], block[2]]) == [0, os.getpid()]
+            assert table.holds(block[2])
+
     def test_huge_n_gets_the_documented_error(self):
         """n=-10**5000 cannot be printed: the message says so instead of failing."""
         with pytest.raises(portsafe.InvalidSettingError, match="an int of 16610 bits"):
