@@ -298,6 +298,20 @@ class LockTable(DirectoryTable):
                 return None
         return shard
 
+    #: Whether a held port is a descriptor that can be passed to another process
+    #: (``SCM_RIGHTS``): true of names (``_locking.names``), not of lock files.
+    passes_descriptors = False
+
+    def detach(self, port: int) -> int | None:
+        """Stop holding *port* here and return the descriptor that holds it, for the
+        caller to pass on and close. Only where :attr:`passes_descriptors`."""
+        raise NotImplementedError("lock files cannot be passed to another process")
+
+    def adopt(self, port: int, fd: int) -> bool:
+        """Hold *port* by *fd*, a descriptor received from another process that holds
+        it; False (and *fd* closed) if it does not. Only where :attr:`passes_descriptors`."""
+        raise NotImplementedError("lock files cannot be passed to another process")
+
     def release_nowait(self, port: int) -> bool:
         """:meth:`release` without blocking: False if it must be deferred."""
         return self.release(port, False)
