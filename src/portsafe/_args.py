@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import math
 import socket
+import sys
 
 from portsafe._errors import AddressNotAvailableError, InvalidSettingError
 
@@ -19,9 +20,15 @@ TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe 
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["bind_error", "check_backlog", "check_family", "check_timeout", "resolve", "shown"]
+__all__ = ["bind_error", "check_backlog", "check_family", "check_timeout", "ephemeral_range",
+           "in_use", "resolve", "shown"]
 
 _C_INT_MAX = 2**31 - 1
+_LINUX_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+_IN_USE = frozenset({errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE)})
+#: What a port-0 failure advises by default: a port from outside the kernel's range.
+RESERVE_INSTEAD = ("bind a port outside it instead: pass port=portsafe.reserve_port() "
+                   "(a reservation, bound while it is held)")
 
 
 def shown(value: object) -> str:
@@ -138,28 +145,100 @@ def resolve(host: str | None, port: int, family: int,
             f"as {example}") from exc
 
 
-def bind_error(exc: OSError, host: str, port: int) -> OSError:
+def in_use(exc: OSError) -> bool:
+    """Whether *exc* is "Address already in use" (``EADDRINUSE``, or Windows' code).
+
+    Example:
+        >>> in_use(OSError(errno.EADDRINUSE, "Address already in use"))
+        True
+    """
+    return exc.errno in _IN_USE or getattr(exc, "winerror", None) in _IN_USE
+
+
+def ephemeral_range() -> tuple[int, int, str]:
+    """(low, high, where it was read) of the range the kernel picks port 0 from, now.
+
+    On Linux ``/proc/sys/net/ipv4/ip_local_port_range`` is read afresh (it may have
+    changed since portsafe cached it); elsewhere, and where it is unreadable, what
+    :func:`portsafe.ephemeral_port_range` found.
+
+    Example:
+        >>> low, high, source = ephemeral_range()
+        >>> 1 <= low <= high <= 65535
+        True
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open(_LINUX_RANGE, "rb") as f:
+                low, high = (int(field) for field in f.read().split()[:2])
+        except (OSError, ValueError):
+            pass
+        else:
+            return low, high, _LINUX_RANGE
+    from portsafe import _ranges  # the OS's own tools (sysctl, netsh): only when needed
+
+    (low, high), source = _ranges._ephemeral_with_source()
+    return low, high, source
+
+
+def _widen_advice(platform: str) -> str:
+    if platform.startswith("linux"):
+        return "widen it (sysctl -w net.ipv4.ip_local_port_range='32768 60999', the default)"
+    if platform == "win32":
+        return "widen it (netsh int ipv4 set dynamicport tcp start=49152 num=16384)"
+    return ("widen it (sysctl net.inet.ip.portrange.first=49152 "
+            "net.inet.ip.portrange.last=65535)")
+
+
+def _ephemeral_full(host: str, instead: str) -> str:
+    """Why a bind of *host* on port 0 found no port, and what to do."""
+    low, high, source = ephemeral_range()
+    count = high - low + 1
+    return (
+        f"no free port left for {shown(host)} in the kernel's ephemeral range {low}-{high} "
+        f"({count} port{'s' if count != 1 else ''}, read from {source}): port 0 asks the "
+        "kernel to pick from that range, and every port in it is in use (bound, or the "
+        f"local end of a connection, TIME_WAIT ones too); {_widen_advice(sys.platform)}, close what holds its "
+        f"ports (or wait for TIME_WAIT to pass), or {instead}"
+    )
+
+
+def bind_error(exc: OSError, host: str, port: int, *, instead: str = RESERVE_INSTEAD) -> OSError:
     """The documented error for a failed ``bind()`` of *host*:*port* (raise it from *exc*).
 
     ``EADDRNOTAVAIL``/``EAFNOSUPPORT``/``EINVAL``: :class:`AddressNotAvailableError`;
     ``EACCES``: a ``PermissionError`` about privileged ports; ``EADDRINUSE``: the
     ``AddressInUseError`` naming the holders; anything else: *exc* itself.
 
+    With port 0 the kernel picks from its ephemeral range, so ``EADDRINUSE`` means that
+    range is full: the error names the range, how to widen it, and *instead* (what the
+    caller may do in place of port 0; never the call that just failed). Outside Linux,
+    where ``EADDRNOTAVAIL`` says that too (BSD, macOS), it names both causes.
+
     Example:
         >>> import errno
         >>> type(bind_error(OSError(errno.EADDRNOTAVAIL, "x"), "8.8.8.8", 1)).__name__
         'AddressNotAvailableError'
+        >>> print(bind_error(OSError(errno.EADDRINUSE, "x"), "127.0.0.1", 0))
+        ... # doctest: +ELLIPSIS
+        no free port left for '127.0.0.1' in the kernel's ephemeral range ...
     """
+    not_here = (f"cannot bind {shown(host)} ({exc.strerror}): it is not an address of "
+                "this machine; pass '127.0.0.1', '::1', '' (all) or another local address")
     if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL):
-        return AddressNotAvailableError(
-            exc.errno, f"cannot bind {shown(host)} ({exc.strerror}): it is not an "
-            "address of this machine; pass '127.0.0.1', '::1', '' (all) or another "
-            "local address")
+        if port == 0 and exc.errno == errno.EADDRNOTAVAIL \
+                and not sys.platform.startswith("linux"):
+            return AddressNotAvailableError(
+                exc.errno, f"{not_here}. Or else (this OS says the same for both) "
+                f"{_ephemeral_full(host, instead)}")
+        return AddressNotAvailableError(exc.errno, not_here)
     if exc.errno == errno.EACCES:
         return PermissionError(
             errno.EACCES, f"binding port {port} on {shown(host)} was refused "
             f"({exc.strerror}): ports below 1024 need root or CAP_NET_BIND_SERVICE; use "
             "port=0 or a portsafe.reserve_port() reservation")
-    from portsafe._who import explain_address_in_use  # reads /proc: only when needed
+    from portsafe._who import AddressInUseError, explain_address_in_use  # reads /proc
 
+    if port == 0 and in_use(exc):
+        return AddressInUseError(_ephemeral_full(host, instead), port=0)
     return explain_address_in_use(exc, port)

@@ -198,7 +198,7 @@ class DirectoryTable:
         if home is not None and home.lockdir.shards.get(home.index) is not home:
             self._home = None
 
-    def _resolve(self, where: LockDir | str | None) -> LockDir:
+    def _resolve(self, where: object) -> LockDir:
         if isinstance(where, LockDir):
             return where
-        return self._current_locked(where or lock_dir())
+        return self._current_locked(where if isinstance(where, str) and where else lock_dir())

@@ -48,16 +48,18 @@ from portsafe._recordlock import (
     foreign_locks,
     query_shard,
 )
-from portsafe._settings import lock_dir
+from portsafe._locking.backend import NAMES
+from portsafe._settings import LOCK_DIR, getenv, lock_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from portsafe._claim import Claim, Plan
+    from portsafe._locking.nametable import NameTable
 
 #: A claim that only locks (no probe binds): what try_acquire is.
 _LOCK_ONLY = compile_plan(())
 
-__all__ = ["SHARD_BITS", "LockDir", "LockTable", "flock_layout", "holders", "lock_dir",
+__all__ = ["SHARD_BITS", "LockDir", "LockTable", "Table", "flock_layout", "holders", "lock_dir",
            "shard_name", "table", "unusable_error"]
 
 _SHARD_SIZE = 1 << SHARD_BITS
@@ -115,7 +117,7 @@ class LockTable(DirectoryTable):
         """How many lock files this process has open."""
         return sum(len(lockdir.shards) for lockdir in self._dirs.values())
 
-    def try_acquire(self, port: int, where: LockDir | str | None = None) -> bool:
+    def try_acquire(self, port: int, where: object = None) -> bool:
         """Lock *port* for this process; False if any process (this one too) holds it,
         or its lock file is unusable (see :meth:`unusable`).
 
@@ -126,8 +128,7 @@ class LockTable(DirectoryTable):
             raise OSError(code >> 8, os.strerror(code >> 8))
         return not code
 
-    def try_claim(self, port: int, where: LockDir | str | None,
-                  claim: tuple[Claim, Plan]) -> int:
+    def try_claim(self, port: int, where: object, claim: tuple[Claim, Plan]) -> int:
         """Lock *port* and bind-check it, in one call: *claim* is a probe's ``(claim
         function, plan)`` (``_claim``, ``_probe.Probes.claim``). Returns the claim's code:
         0 (``CLAIMED``) when the port is now held, else why not, with nothing held:
@@ -168,7 +169,7 @@ class LockTable(DirectoryTable):
                     self._close_if_idle(home)
             return 0
 
-    def _shard_for(self, port: int, where: LockDir | str | None) -> Shard | None:
+    def _shard_for(self, port: int, where: object) -> Shard | None:
         """The open shard file of *port* in *where*, opened if need be; None if unusable."""
         lockdir = self._resolve(where)
         index = port >> SHARD_BITS
@@ -211,8 +212,10 @@ class LockTable(DirectoryTable):
                           f"process runs (it is then made again)", RuntimeWarning,
                           stacklevel=4)
 
-    def unusable(self, where: LockDir, shards: object) -> dict[int, str]:
+    def unusable(self, where: object, shards: object) -> dict[int, str]:
         """Of the shard indexes *shards*, those whose file is skipped, with why."""
+        if not isinstance(where, LockDir):
+            return {}
         poisoned = where.poisoned
         return {index: poisoned[index] for index in shards  # type: ignore[attr-defined]
                 if index in poisoned}
@@ -390,23 +393,51 @@ class LockTable(DirectoryTable):
         self._mutex.release()
 
 
-_table: LockTable | None = None
+if TYPE_CHECKING:
+    #: What :func:`table` returns: this platform's lock table.
+    Table = LockTable | NameTable
+
+_table: Table | None = None
 _table_mutex = threading.Lock()
 
 
-def table() -> LockTable:
-    """This process's :class:`LockTable`, made on first use."""
+def table() -> Table:
+    """This process's lock table, made on first use: a
+    :class:`~portsafe._locking.nametable.NameTable` on Linux (ports held by names), a
+    :class:`LockTable` elsewhere (lock files).
+
+    Example:
+        >>> table() is table()
+        True
+    """
     global _table
     if _table is None:
         with _table_mutex:
             if _table is None:
-                made = LockTable()
+                made: Table
+                if NAMES:
+                    from portsafe._locking.nametable import NameTable
+
+                    made = NameTable()
+                    _warn_lock_dir_ignored()
+                else:
+                    made = LockTable()
                 if hasattr(os, "register_at_fork"):
                     os.register_at_fork(before=made.before_fork,
                                         after_in_parent=made.after_fork_in_parent,
                                         after_in_child=made.after_fork_in_child)
                 _table = made
     return _table
+
+
+def _warn_lock_dir_ignored() -> None:
+    if getenv(LOCK_DIR):
+        import warnings
+
+        warnings.warn(f"portsafe: {LOCK_DIR} is ignored on Linux: reservations are held by "
+                      f"names in the network namespace, which every process that could "
+                      f"use the same ports sees (containers sharing a network namespace "
+                      f"need nothing); unset it", RuntimeWarning, stacklevel=4)
 
 
 def holders() -> list[tuple[int, int]]:

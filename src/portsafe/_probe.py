@@ -17,10 +17,16 @@ import socket
 
 from portsafe._claim import HELD, NO_SOCKET, REFUSED, claim_py, compile_plan
 from portsafe._errors import AddressNotAvailableError, InvalidSettingError
+from portsafe._locking.backend import NAMES
 from portsafe._settings import shown
+
+if NAMES:
+    from portsafe._locking.names import compile_claim
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from portsafe._claim import Claim, Plan
 
 __all__ = ["Bind", "ProbeTarget", "Probes", "dual_stack_is_stricter", "ipv6_available",
@@ -34,6 +40,8 @@ _IN_USE = frozenset(
                       getattr(errno, "WSAEACCES", None)) if code is not None
 )
 _EXCLUSIVE = getattr(socket, "SO_EXCLUSIVEADDRUSE", None)
+#: socket() errors that say nothing about the family: out of descriptors or memory
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 _FAMILIES: dict[int, str] = {socket.AF_INET: "AF_INET", socket.AF_INET6: "AF_INET6",
              socket.AF_UNSPEC: "AF_UNSPEC"}
 _SOCKTYPES: dict[int, tuple[int, ...]] = {
@@ -67,8 +75,12 @@ class Probes(tuple[ProbeTarget, ...]):
     plan: tuple[Bind, ...]
     #: the plan as :func:`is_free` runs it, every fixed part worked out once
     steps: tuple[Step, ...]
-    #: (claim function, its plan of the steps): ``_claim.compile_plan``
-    claim: tuple[Claim, Plan]
+    #: (claim function, its plan of the steps), as the lock table's ``try_claim`` takes
+    #: it: ``_locking.names.compile_claim`` on Linux, ``_claim.compile_plan`` elsewhere
+    claim: tuple[Any, Plan]
+    #: (claim function, plan) with no lock, as :func:`is_free` runs it
+    #: (``_claim.compile_plan``)
+    check: tuple[Claim, Plan]
 
 
 def ipv6_available() -> bool:
@@ -87,7 +99,9 @@ def ipv6_available() -> bool:
             with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
                 sock.bind(("::1", 0))
             _ipv6 = True
-        except OSError:
+        except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCES:  # says nothing of IPv6: ask again later
+                return False
             _ipv6 = False
     return _ipv6
 
@@ -147,7 +161,8 @@ def _compile(made: Probes, plan: tuple[Bind, ...]) -> Probes:
     """Set *made*'s plan and what :func:`is_free` runs for it."""
     made.plan = plan
     made.steps = _steps(plan)
-    made.claim = compile_plan(made.steps)
+    made.check = compile_plan(made.steps)
+    made.claim = compile_claim(made.steps) if NAMES else made.check
     return made
 
 
@@ -255,7 +270,7 @@ def is_free(port: int, probes: tuple[ProbeTarget, ...]) -> int:
     """
     if type(probes) is Probes:
         steps = probes.steps
-        run, compiled = probes.claim
+        run, compiled = probes.check
         code = run(-1, port, compiled)
     else:
         steps = _steps(tuple((*target, False) for target in probes))
@@ -283,6 +298,11 @@ def refusal(code: int, steps: tuple[Step, ...]) -> int:
     if kind == REFUSED:
         return _refused(exc, steps[index][2])
     if kind == NO_SOCKET:
+        if number in _OUT_OF_RESOURCES:  # not the family's fault: nothing to remember
+            raise OSError(number, f"cannot create a socket to check a port "
+                          f"({exc.strerror}): this process or the system is out of "
+                          f"descriptors or memory; close some, or raise the limit "
+                          f"(RLIMIT_NOFILE, ulimit -n)")
         raise _no_family(exc, steps[index][0]) from exc
     raise exc
 

@@ -44,6 +44,7 @@ import warnings
 from portsafe import _locks, _probe, _reservation, _walk
 from portsafe._claim import CHANGED, HELD
 from portsafe._errors import InvalidSettingError
+from portsafe._locking.nametable import NAMESPACE
 from portsafe._ranges import default_candidates, explicit_candidates
 from portsafe._reservation import Reservation, ReservationGroup, _deferred, _drain_deferred
 from portsafe._settings import EXCLUDE, LOCK_DIR, PORTSERVER, RANGE, reservation_settings, shown
@@ -54,8 +55,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import TypedDict
 
+    from typing import Any
+
     from portsafe._candidates import CandidateSet
-    from portsafe._locks import LockTable
+    from portsafe._locks import LockTable, Table
 
     class ReserveOptions(TypedDict, total=False):
         """The keyword options of :func:`reserve_port`, for helpers that pass them on."""
@@ -294,7 +297,7 @@ def _take_default(n: int, ports: Iterable[int] | None) -> ReservationGroup | Non
     table = _locks._table or _locks.table()
     taken: list[int] = []
     code = _claim_run(table, path, candidates, probes, n, taken=taken)
-    directory = table._last_dir
+    directory = NAMESPACE if table.passes_descriptors else table._last_dir  # type: ignore[union-attr]
     if code < 0 or directory is None:
         return None
     if len(taken) < n:  # go on with the walk after what claim_run visited, in the
@@ -310,7 +313,7 @@ def _take_default(n: int, ports: Iterable[int] | None) -> ReservationGroup | Non
     return _group(taken, _DEFAULT_SPEC)
 
 
-def _claim_run(table: LockTable, path: str, candidates: CandidateSet, probes: _probe.Probes,
+def _claim_run(table: Table, path: str, candidates: CandidateSet, probes: _probe.Probes,
               n: int, *, taken: list[int]) -> int:
     """``reserve_ports``' hot path: ``_walk.claim_next`` for up to *n* ports in one hold of
     the mutex, the lock directory checked by descriptor in the first claim only (one
@@ -333,9 +336,14 @@ def _claim_run(table: LockTable, path: str, candidates: CandidateSet, probes: _p
         >>> t.release_all(got)
     """
     cursor = _walk._cursor
+    if cursor is None or cursor[1] is not candidates:
+        return -1
+    if cursor[0] is NAMESPACE:
+        return _claim_names(table, cursor, probes, n, taken)
+    if TYPE_CHECKING:
+        assert isinstance(table, LockTable)
     directory = table._last_dir
-    if cursor is None or cursor[1] is not candidates or cursor[0] is not directory or \
-            path is not table._last_path or directory is None:
+    if cursor[0] is not directory or path is not table._last_path or directory is None:
         return -1
     ctime = directory.watch_ctime
     home = table._home
@@ -369,6 +377,32 @@ def _claim_run(table: LockTable, path: str, candidates: CandidateSet, probes: _p
             index = (index + stride) % count
     if code == CHANGED or (not taken and not code):
         return -1  # nothing tried (CHANGED comes only from the first claim)
+    cursor[5] = (index + stride) % count if code else index
+    return code
+
+
+def _claim_names(table: Table, cursor: list[Any], probes: _probe.Probes, n: int,
+                 taken: list[int]) -> int:
+    """:func:`_claim_run` with names: up to *n* of the walk's next candidates, one claim
+    each, stopping at the first that is not free (its code is returned)."""
+    items: list[int] = cursor[3]
+    stride: int = cursor[4]
+    index: int = cursor[5]
+    count = len(items)
+    try_claim, claim = table.try_claim, probes.claim
+    code = 0
+    try:
+        for _ in range(min(n, count)):
+            port = items[index]
+            code = try_claim(port, NAMESPACE, claim)
+            if code:
+                break
+            taken.append(port)
+            index = (index + stride) % count
+    except BaseException:
+        table.release_all(taken)
+        del taken[:]
+        raise
     cursor[5] = (index + stride) % count if code else index
     return code
 

@@ -13,12 +13,15 @@
 #include <Python.h>
 
 #include <arpa/inet.h>
+#include <limits.h>
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -164,6 +167,49 @@ set_lock(int fd, long port, long length, short type)
     return fcntl(fd, F_SETLK, &lock) == 0 ? 0 : errno;
 }
 
+/* Bind and close each of the *count* steps of *plan* on *port*: CLAIMED, or the code of
+ * the first that failed (REFUSED or NO_SOCKET, with its step and errno). */
+static long
+check_binds(const step_t *plan, Py_ssize_t count, long port)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const step_t *step = &plan[i];
+        int sock = socket(step->family, step->type | SOCK_CLOEXEC, 0);
+        if (sock < 0) {
+            return NO_SOCKET | (long)i << 4 | (long)errno << 8;
+        }
+        int code = 0;
+        for (int k = 0; k < step->options && !code; k++) {
+            int value = step->option[k][2];
+            if (setsockopt(sock, step->option[k][0], step->option[k][1], &value,
+                           sizeof(value)) != 0) {
+                code = errno;
+            }
+        }
+        if (!code) {
+            union {
+                struct sockaddr_in in;
+                struct sockaddr_in6 in6;
+            } address;
+            memcpy(&address, &step->address, sizeof(address));
+            if (step->family == AF_INET) {
+                address.in.sin_port = htons((uint16_t)port);
+            }
+            else {
+                address.in6.sin6_port = htons((uint16_t)port);
+            }
+            if (bind(sock, (struct sockaddr *)&address, step->length) != 0) {
+                code = errno;
+            }
+        }
+        close(sock);
+        if (code) {
+            return REFUSED | (long)i << 4 | (long)code << 8;
+        }
+    }
+    return CLAIMED;
+}
+
 /* claim(lock_fd, port, plan[, dir_fd, dir_ctime]) -> int: (with *dir_fd*: CHANGED unless
  * dir_ctime(dir_fd) == *dir_ctime*, then) lock byte *port* of *lock_fd* (none if it is
  * below 0), then bind and close each step of *plan* on *port*. CLAIMED leaves the lock held;
@@ -211,49 +257,82 @@ speedups_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         return PyLong_FromLong(LOCK_ERROR | (long)failed << 8);
     }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        const step_t *step = &plan[i];
-        int sock = socket(step->family, step->type | SOCK_CLOEXEC, 0);
-        if (sock < 0) {
-            int code = errno;
-            if (fd >= 0) {
-                set_lock(fd, port, 1, F_UNLCK);
-            }
-            return PyLong_FromLong(NO_SOCKET | (long)i << 4 | (long)code << 8);
-        }
-        int code = 0;
-        for (int k = 0; k < step->options && !code; k++) {
-            int value = step->option[k][2];
-            if (setsockopt(sock, step->option[k][0], step->option[k][1], &value,
-                           sizeof(value)) != 0) {
-                code = errno;
-            }
-        }
-        if (!code) {
-            union {
-                struct sockaddr_in in;
-                struct sockaddr_in6 in6;
-            } address;
-            memcpy(&address, &step->address, sizeof(address));
-            if (step->family == AF_INET) {
-                address.in.sin_port = htons((uint16_t)port);
-            }
-            else {
-                address.in6.sin6_port = htons((uint16_t)port);
-            }
-            if (bind(sock, (struct sockaddr *)&address, step->length) != 0) {
-                code = errno;
-            }
-        }
-        close(sock);
-        if (code) {
-            if (fd >= 0) {
-                set_lock(fd, port, 1, F_UNLCK);
-            }
-            return PyLong_FromLong(REFUSED | (long)i << 4 | (long)code << 8);
+    long code = check_binds(plan, count, port);
+    if (code != CLAIMED && fd >= 0) {
+        set_lock(fd, port, 1, F_UNLCK);
+    }
+    return PyLong_FromLong(code);
+}
+
+/* The abstract name of a held port, as _locking/names.py makes it: "\0portsafe1:" and the
+ * port in three six-bit digits of ALPHABET, most significant first. */
+static const char ALPHABET[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+#define NAME_PREFIX "\0portsafe1:"
+#define NAME_PREFIX_LENGTH (sizeof(NAME_PREFIX) - 1)
+#define LOW_FDS 256 /* a held name at or above this descriptor is moved to *high* */
+
+/* claim_name(port, plan, high) -> int: bind *port*'s name with a new SOCK_DGRAM socket,
+ * then bind and close each step of *plan* on *port*. Claimed: the socket's descriptor
+ * << 8 (kind CLAIMED), moved to the lowest free descriptor from *high* when it is at or
+ * above LOW_FDS and *high* is above 0 (where that fails it stays). Else, with nothing
+ * left open: HELD (the name is bound: someone holds the port), LOCK_ERROR with the errno
+ * of socket() or bind() of the name, or the failed step's code as claim(). */
+static PyObject *
+speedups_claim_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "claim_name(port, plan, high)");
+        return NULL;
+    }
+    long port = PyLong_AsLong(args[0]);
+    long high = PyLong_AsLong(args[2]);
+    if ((port == -1 || high == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (port < 0 || port > 65535 || high < 0 || high > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "port must be 0-65535, high a descriptor");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) % sizeof(step_t)) {
+        PyErr_SetString(PyExc_TypeError, "plan must come from compile()");
+        return NULL;
+    }
+    const step_t *plan = (const step_t *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t count = PyBytes_GET_SIZE(args[1]) / (Py_ssize_t)sizeof(step_t);
+
+    struct sockaddr_un address;
+    memset(&address, 0, sizeof(address));
+    address.sun_family = AF_UNIX;
+    memcpy(address.sun_path, NAME_PREFIX, NAME_PREFIX_LENGTH);
+    address.sun_path[NAME_PREFIX_LENGTH] = ALPHABET[port >> 12];
+    address.sun_path[NAME_PREFIX_LENGTH + 1] = ALPHABET[(port >> 6) & 63];
+    address.sun_path[NAME_PREFIX_LENGTH + 2] = ALPHABET[port & 63];
+    socklen_t length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
+                                   NAME_PREFIX_LENGTH + 3);
+
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return PyLong_FromLong(LOCK_ERROR | (long)errno << 8);
+    }
+    if (bind(fd, (struct sockaddr *)&address, length) != 0) {
+        int failed = errno;
+        close(fd);
+        return PyLong_FromLong(failed == EADDRINUSE ? HELD : LOCK_ERROR | (long)failed << 8);
+    }
+    long code = check_binds(plan, count, port);
+    if (code != CLAIMED) {
+        close(fd);
+        return PyLong_FromLong(code);
+    }
+    if (fd >= LOW_FDS && high > 0 && fd < high) {
+        int moved = fcntl(fd, F_DUPFD_CLOEXEC, (int)high);
+        if (moved >= 0) {
+            close(fd);
+            fd = moved;
         }
     }
-    return PyLong_FromLong(CLAIMED);
+    return PyLong_FromLong((long)fd << 8);
 }
 
 /* unlock(lock_fd, port[, length]) -> int: 0, or the errno of F_SETLK. With *length*, the
@@ -323,6 +402,8 @@ static PyMethodDef speedups_methods[] = {
      "compile(steps) -> bytes | None: a probe plan as claim() runs it."},
     {"claim", (PyCFunction)(void (*)(void))speedups_claim, METH_FASTCALL,
      "claim(lock_fd, port, plan[, dir_fd, dir_ctime]) -> int: lock and bind-check one port."},
+    {"claim_name", (PyCFunction)(void (*)(void))speedups_claim_name, METH_FASTCALL,
+     "claim_name(port, plan, high) -> int: hold a port's name and bind-check the port."},
     {"unlock", (PyCFunction)(void (*)(void))speedups_unlock, METH_FASTCALL,
      "unlock(lock_fd, port[, length]) -> int: release a port's lock (or length ports'); "
      "0 or the errno."},
@@ -336,8 +417,8 @@ static PyMethodDef speedups_methods[] = {
 /* The version of this module's contract with _claim.py, which uses the module only when
  * it is the one it expects: a module built from another portsafe version (an editable
  * install not rebuilt) is left unused, not called with arguments it does not take.
- * 2: unlock() takes a length. */
-#define API 2
+ * 2: unlock() takes a length. 3: claim_name(). */
+#define API 3
 
 static int
 speedups_exec(PyObject *module)

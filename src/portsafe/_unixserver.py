@@ -5,6 +5,11 @@ namespace), who is on the other end of a connection (``SO_PEERCRED``), binding a
 listening socket that refuses to steal a live one, and a small selectors loop that
 serves one request per connection with a size cap and a deadline, so that garbage,
 huge or silent clients cost one closed connection and nothing else.
+
+A reply may carry descriptors (``SCM_RIGHTS``, :class:`Reply`'s *fds*): the port server
+hands a held name over that way. Such a connection is ended only once the client has
+closed its end (or at the deadline), so the client holds its received copy before the
+server's ``on_done`` closes the server's own.
 """
 
 from __future__ import annotations
@@ -121,23 +126,33 @@ class Reply:
         data: The bytes to send.
         on_lost: Called once if the connection ends (error, deadline, eviction, server
             stop) before every byte was written: a grant the client never saw is undone.
+        fds: Descriptors to pass with the first bytes (``SCM_RIGHTS``). The loop never
+            closes them: *on_lost* or *on_done* (exactly one is called) decides.
+        on_done: Called once when the connection ends after every byte (and the
+            descriptors) were written. With *fds*, that is when the client has closed
+            its end (it holds its copies by then) or at the connection's deadline.
 
     Example:
         >>> undone = []
         >>> reply = Reply(b"42", on_lost=lambda: undone.append(42))
-        >>> reply.data
-        b'42'
+        >>> reply.data, reply.fds
+        (b'42', ())
     """
 
-    __slots__ = ("data", "on_lost")
+    __slots__ = ("data", "fds", "on_done", "on_lost")
 
-    def __init__(self, data: bytes, *, on_lost: Callable[[], object] | None = None) -> None:
+    def __init__(self, data: bytes, *, on_lost: Callable[[], object] | None = None,
+                 fds: tuple[int, ...] = (),
+                 on_done: Callable[[], object] | None = None) -> None:
         self.data = data
         self.on_lost = on_lost
+        self.fds = fds
+        self.on_done = on_done
 
 
 class _Conn:
-    __slots__ = ("deadline", "inbuf", "on_lost", "outbuf", "sock")
+    __slots__ = ("deadline", "fds", "inbuf", "lingering", "on_done", "on_lost", "outbuf",
+                 "sock")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
@@ -145,6 +160,9 @@ class _Conn:
         self.inbuf = b""
         self.outbuf: bytes | None = None  # None while still reading the request
         self.on_lost: Callable[[], object] | None = None  # until outbuf is all written
+        self.on_done: Callable[[], object] | None = None  # once it is
+        self.fds: tuple[int, ...] = ()  # to send with the first bytes written
+        self.lingering = False  # written, with descriptors: waiting for the client's EOF
 
 
 class RequestLoop:

@@ -16,6 +16,7 @@ from portsafe import _locks, _probe
 from portsafe._claim import CHANGED, HELD
 from portsafe._errors import LockDirError, NoFreePortError
 from portsafe._lockformat import SHARD_BITS
+from portsafe._locking.nametable import NAMESPACE
 from portsafe._probe import refusal
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from portsafe._candidates import CandidateSet
-    from portsafe._locks import LockDir, LockTable
+    from portsafe._locking.nametable import Namespace
+    from portsafe._locks import LockDir, LockTable, Table
 
 __all__ = ["Search", "claim_next", "first_free", "rng"]
 
@@ -69,7 +71,7 @@ class Search:
                  "in_use", "probes", "table")
 
     def __init__(self, candidates: CandidateSet, probes: _probe.Probes,
-                 excluded: frozenset[int], directory: LockDir) -> None:
+                 excluded: frozenset[int], directory: LockDir | Namespace) -> None:
         self.candidates = candidates
         self.probes = probes
         self.excluded = excluded
@@ -215,6 +217,8 @@ class Search:
         shards = candidates.shards
         unusable = self.table.unusable(self.directory, shards)
         if unusable and len(unusable) == len(shards):
+            if TYPE_CHECKING:
+                assert isinstance(self.directory, LockDir)
             return _locks.unusable_error(self.directory, unusable)
         partial = f", found only {found}" if found else ""
         excluded = len(self.excluded)
@@ -241,7 +245,7 @@ class Search:
             attempts=0, candidates=candidates.count)
 
 
-def claim_next(table: LockTable, path: str, candidates: CandidateSet,
+def claim_next(table: Table, path: str, candidates: CandidateSet,
                probes: _probe.Probes) -> int:
     """``reserve_port``'s hot path: the home shard's next candidate, claimed in one call
     that checks the lock directory by descriptor too, when everything is as the last
@@ -259,13 +263,23 @@ def claim_next(table: LockTable, path: str, candidates: CandidateSet,
         True
     """
     cursor = _cursor
+    if cursor is None or cursor[1] is not candidates:
+        return 0
+    if cursor[0] is NAMESPACE:  # names: the claim is the whole check
+        items: list[int] = cursor[3]
+        index: int = cursor[5]
+        port = items[index]
+        code = table.try_claim(port, NAMESPACE, probes.claim)
+        cursor[5] = (index + cursor[4]) % len(items)
+        return -code if code else port
+    if TYPE_CHECKING:
+        assert isinstance(table, LockTable)
     directory = table._last_dir
-    if cursor is None or cursor[1] is not candidates or cursor[0] is not directory or \
-            path is not table._last_path or directory is None:
+    if cursor[0] is not directory or path is not table._last_path or directory is None:
         return 0
     ctime = directory.watch_ctime
-    items: list[int] = cursor[3]
-    index: int = cursor[5]
+    items = cursor[3]
+    index = cursor[5]
     port = items[index]
     home = table._home
     if not ctime or directory.broken or home is None or home.lockdir is not directory or \
@@ -288,7 +302,7 @@ def claim_next(table: LockTable, path: str, candidates: CandidateSet,
 
 
 def first_free(candidates: CandidateSet, probes: _probe.Probes,
-               excluded: frozenset[int], directory: LockDir, tried: int = 0) -> int | Search:
+               excluded: frozenset[int], directory: LockDir | Namespace, tried: int = 0) -> int | Search:
     """One free port, locked and verified: ``reserve_port``'s walk. Else the Search that
     found none, with its counts, to raise its :meth:`Search.failure`.
 

@@ -21,7 +21,24 @@ The format (``FORMAT``, in the prefix) fixes what a name looks like:
 
 from __future__ import annotations
 
-__all__ = ["ALPHABET", "FORMAT", "PREFIX", "SHOWN_PREFIX", "name", "port_of"]
+import _socket
+import errno
+import os
+
+from portsafe._claim import HELD, IMPLEMENTATION, LOCK_ERROR, claim_py, compile_plan
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from portsafe._claim import Plan, Step
+
+    NameClaim = Callable[..., int]  # (port, plan, high) -> code
+
+__all__ = ["ALPHABET", "FORMAT", "LOW_FDS", "PREFIX", "SHOWN_PREFIX", "claim_name_py",
+           "compile_claim", "name", "port_of"]
+
+_AF_UNIX, _SOCK_DGRAM = _socket.AF_UNIX, _socket.SOCK_DGRAM
 
 #: The format of a name, also in its prefix: a new format is a new set of names.
 FORMAT = 1
@@ -64,3 +81,76 @@ def port_of(shown: str) -> int | None:
         return None
     port = high << 12 | mid << 6 | low
     return port if port < 65536 else None
+
+
+# -- the claim: hold a port's name and bind-check the port, in one call -------------------
+
+#: A held name at or above this descriptor is moved up to the table's ``high`` base, so
+#: that names do not push the process's own sockets past 1023 (``select()``'s limit).
+LOW_FDS = 256
+
+
+def claim_name_py(port: int, plan: Plan, high: int) -> int:
+    """Bind *port*'s name, then bind-check *port* with *plan*: the Python version of
+    ``portsafe._speedups.claim_name``, with the same results.
+
+    Returns the descriptor holding the name ``<< 8`` (its low four bits ``CLAIMED``, 0),
+    or, with nothing left open, ``HELD`` (someone holds the name), ``LOCK_ERROR`` with
+    the errno of the name's ``socket()`` or ``bind()``, or a failed bind's code
+    (``_claim``). A descriptor at or above :data:`LOW_FDS` moves to the lowest free one
+    from *high*, when *high* is above it.
+
+    Example:
+        >>> code = claim_name_py(30001, (), 0)
+        >>> code & 15 == 0 or code == HELD
+        True
+        >>> os.close(code >> 8) if code & 15 == 0 else None
+    """
+    try:
+        sock = _socket.socket(_AF_UNIX, _SOCK_DGRAM)  # close-on-exec, as Python makes them
+    except OSError as exc:
+        return LOCK_ERROR | (exc.errno or 0) << 8
+    try:
+        sock.bind(_NAMES[port])
+    except OSError as exc:
+        sock.close()
+        return HELD if exc.errno == errno.EADDRINUSE else LOCK_ERROR | (exc.errno or 0) << 8
+    code = claim_py(-1, port, plan)
+    if code:
+        sock.close()
+        return code
+    fd: int = sock.detach()
+    if LOW_FDS <= fd < high:
+        import fcntl
+
+        try:
+            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, high)
+        except OSError:
+            pass
+        else:
+            os.close(fd)
+            fd = moved
+    return fd << 8
+
+
+def compile_claim(steps: tuple[Step, ...]) -> tuple[NameClaim, Plan]:
+    """(claim function, plan) for *steps*: the C version's where it takes them.
+
+    Example:
+        >>> import socket
+        >>> run, plan = compile_claim(((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1",
+        ...                             (), ()),))
+        >>> callable(run)
+        True
+    """
+    run, plan = compile_plan(steps)
+    if run is claim_py or _claim_name_c is None:
+        return claim_name_py, steps
+    return _claim_name_c, plan
+
+
+_claim_name_c: NameClaim | None = None
+if IMPLEMENTATION == "c":
+    from portsafe import _speedups
+
+    _claim_name_c = _speedups.claim_name
