@@ -1,7 +1,8 @@
 """Test portsafe on every Python from 3.10 up that this machine has.
 
     nox                      # lint, full suite on 3.11 (and the core's tests again in pure
-                             # Python), smoke on the others, CPython's tests
+                             # Python, and on the lock-file backend), smoke on the others,
+                             # CPython's tests
     nox -s tests-3.12        # the full suite on another interpreter
     nox -s cpython_matrix    # CPython's own test modules on every interpreter (~10 min)
     nox -s bench             # the benchmark figures
@@ -27,8 +28,8 @@ DEFAULT = "3.11"
 OTHERS = ["3.10", "3.12", "3.13"]
 ALL = sorted([DEFAULT, *OTHERS])
 
-nox.options.sessions = ["lint", f"tests-{DEFAULT}", "pure", "smoke", "cpython_suite", "docs",
-                         "build"]
+nox.options.sessions = ["lint", f"tests-{DEFAULT}", "pure", "files", "smoke", "cpython_suite",
+                         "docs", "build"]
 nox.options.error_on_missing_interpreters = False  # skip absent interpreters cleanly
 nox.options.reuse_existing_virtualenvs = True
 
@@ -110,7 +111,7 @@ def tests(session: nox.Session) -> None:
 # The tests of the claim and of everything that reaches it, for the pure-Python run.
 PURE = [
     "tests/test_claim.py", "tests/test_probe.py", "tests/test_reserve.py",
-    "tests/test_lockdir_hardening.py", "tests/test_properties.py",
+    "tests/test_properties.py",
     # The stress proofs whose processes reserve through the core; the command-line and
     # port-server fleets, and the controls without portsafe, claim no differently.
     "tests/stress/test_reserve_processes.py",
@@ -123,10 +124,31 @@ PURE = [
 @nox.session(python=DEFAULT)
 def pure(session: nox.Session) -> None:
     """The claim's and the core's tests again with PORTSAFE_PURE_PYTHON=1: the Python
-    version of portsafe._claim, which other platforms and compiler-less installs run."""
+    version of the name claim, which compiler-less installs run."""
     session.install(*TEST_DEPS)
     session.run("pytest", "-p", "no:cacheprovider", "-q", "-n", "2", *PURE, *session.posargs,
                 env={"PORTSAFE_PURE_PYTHON": "1"})
+
+
+# What the lock-file backend (macOS, the BSDs, Windows) must pass: the core's tests and
+# the lock directory's own.
+FILES = [*PURE, "tests/test_lockdir_hardening.py", "tests/test_doctor_files.py"]
+
+
+@nox.session(python=DEFAULT)
+def files(session: nox.Session) -> None:
+    """The lock-file backend's tests on Linux, through the test-only channel that runs
+    what macOS and the BSDs run (lock files, the Python claim, path-based unix sockets,
+    no /proc), in a private network namespace of their own (``unshare --net``)."""
+    session.install(*TEST_DEPS)
+    if not shutil.which("unshare"):
+        session.skip("needs unshare (util-linux) for a private network namespace")
+    python = os.path.join(session.bin, "python")
+    session.run("unshare", "--net", "--", python, "tests/_netns.py", python, "-m", "pytest",
+                "-p", "no:cacheprovider", "-q", "-n", "2",
+                *[path for path in FILES if os.path.exists(path.split("::")[0])],
+                *session.posargs, env={"_PORTSAFE_SELFTEST_FILE_BACKEND": "1"},
+                external=True)
 
 
 @nox.session(python=OTHERS)

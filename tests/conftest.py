@@ -6,6 +6,22 @@ import importlib.util
 
 import pytest
 
+from portsafe._locking.backend import NAMES
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run each backend's own tests where that backend is in use: on Linux the names
+    backend; the file backend on other platforms, and on Linux in ``nox -s files``
+    (a private network namespace, through the test-only channel)."""
+    skip_files = pytest.mark.skip(reason="lock-file backend: on Linux, `nox -s files` runs "
+                                  "it in a private network namespace")
+    skip_names = pytest.mark.skip(reason="abstract-name backend: Linux only")
+    for item in items:
+        if NAMES and item.get_closest_marker("files") is not None:
+            item.add_marker(skip_files)
+        elif not NAMES and item.get_closest_marker("names") is not None:
+            item.add_marker(skip_names)
+
 
 @pytest.fixture(autouse=True)
 def quiet_pytest_asyncio(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:

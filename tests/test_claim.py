@@ -236,6 +236,7 @@ class TestCompiled:
         with pytest.raises(ValueError, match="port"):
             _speedups.unlock(-1, 100, 0)
 
+    @pytest.mark.names
     def test_in_use_here(self) -> None:
         assert ("python" if os.environ.get("PORTSAFE_PURE_PYTHON")
                                          == "1" else "c") == _claim.IMPLEMENTATION
@@ -273,6 +274,7 @@ class TestPurePython:
 
 
 @pytest.mark.usefixtures("private_lock_dir")
+@pytest.mark.files
 class TestHotPath:
     """reserve_port's one-call path (``_walk.claim_next``) keeps G5: a candidate it finds
     not free is counted, and not tried again in the same call."""
@@ -439,7 +441,12 @@ class TestHotPath:
             assert newer is not new
             assert all(table.held[port].lockdir is newer for port in group.ports)
 
-    @pytest.mark.parametrize("api", [None, 1, 3])
+
+@pytest.mark.names
+class TestContract:
+    """The C module is used only when it is of this version's contract."""
+
+    @pytest.mark.parametrize("api", [None, 2, 4])
     def test_a_module_of_another_version_is_not_used(self, api: int | None) -> None:
         """A compiled module left from another portsafe version (of another contract: its
         ``API``, 1 before there was one) is passed over whole: the Python version runs,
@@ -447,6 +454,7 @@ class TestHotPath:
         code = ("import sys, types\n"
                 "old = types.ModuleType('portsafe._speedups')\n"
                 "old.claim = old.unlock = old.dir_ctime = old.compile = old.fs_magic = print\n"
+                "old.claim_name = print\n"
                 f"if {api!r} is not None: old.API = {api!r}\n"
                 "sys.modules['portsafe._speedups'] = old\n"
                 "from portsafe import _claim\n"
@@ -460,7 +468,7 @@ class TestHotPath:
         assert first.split() == ["python", "True", "None"]
         assert "from another portsafe version" in said
         assert "reinstall portsafe" in said
-        assert f"contract {api or 1}, not 2" in said  # before API: contract 1
+        assert f"contract {api or 1}, not 3" in said  # before API: contract 1
 
     def test_the_built_module_is_of_this_contract(self) -> None:
         if _speedups is None:

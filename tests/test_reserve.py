@@ -217,6 +217,7 @@ class TestReservePorts:
         return calls
 
     @posix_only
+    @pytest.mark.files
     def test_group_release_is_one_unlock_over_its_span(self, monkeypatch):
         """A group that is all this process holds in its shard file is released by one
         unlock over its span; a lock between its ports is another process's, and stays."""
@@ -238,6 +239,7 @@ class TestReservePorts:
             holder.close()
 
     @posix_only
+    @pytest.mark.files
     def test_group_release_keeps_this_process_other_ports(self, monkeypatch):
         """With another port of this process between a group's ports, each of the group's
         ports is unlocked on its own: the other stays held."""
@@ -250,6 +252,7 @@ class TestReservePorts:
             assert kernel_holders([block[0], kept.port, block[4]]) == [0, os.getpid(), 0]
             assert _locks.table().holds(kept.port)
 
+    @pytest.mark.files
     @posix_only
     @pytest.mark.parametrize("listed", ["another port", "a port twice"])
     def test_release_all_spans_only_exactly_the_shards_ports(self, listed):
@@ -386,6 +389,7 @@ class TestThreads:
                     r.release()
 
     @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="asks F_GETLK's pid")
+    @pytest.mark.files
     def test_threads_churning_hold_real_locks(self):
         """G1 across threads while the home shard moves: 8 threads reserving (one port and
         three at a time) and releasing at random; every port held at the end is distinct
@@ -497,6 +501,7 @@ class TestProcessLifetime:
             proc.stdin.close()
             proc.wait(timeout=30)
 
+    @pytest.mark.files
     def test_many_reservations_with_low_fd_limit(self):
         """10,000 live reservations in one process with RLIMIT_NOFILE at 1024."""
         script = textwrap.dedent("""
@@ -521,6 +526,7 @@ class TestProcessLifetime:
 
 
 @posix_only
+@pytest.mark.files
 class TestUsers:
     def test_other_user_is_kept_out_and_can_reserve(self):
         """G1 across users: another uid sees our locks and takes its own (mode 1777/666)."""
@@ -588,6 +594,7 @@ class TestHolders:
             assert (r.port, os.getpid()) in _locks.holders()
 
 
+@pytest.mark.files
 class TestLockDir:
     def test_does_not_follow_tmpdir(self, tmp_path):
         """The lock directory is the same whatever TMPDIR says."""
