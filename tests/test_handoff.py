@@ -6,16 +6,20 @@ import errno
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
 import portsafe
+from portsafe import _handoff
 from portsafe._handoff import listen, listen_fds, spawn
+from portsafe._locking import backend, names
 from portsafe._probe import ipv6_available
 from portsafe._who import AddressInUseError, who_holds
 
@@ -38,14 +42,14 @@ needs_proc = pytest.mark.skipif(
     not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to list a child's fds"
 )
 needs_posix = pytest.mark.skipif(os.name != "posix", reason="fd inheritance is POSIX only")
-
-
-
-
+needs_linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                 reason="reads the ephemeral range from /proc")
+needs_names = pytest.mark.skipif(not backend.NAMES,
+                                 reason="reservations are abstract names only on Linux")
 needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback on this machine")
 
 
-def _report(sockets: list[socket.socket], **kwargs: object) -> dict[str, object]:
+def _report(sockets: list[socket.socket], **kwargs: Any) -> dict[str, object]:
     proc = spawn([sys.executable, "-c", REPORT], sockets, stdout=subprocess.PIPE,
                  text=True, **kwargs)
     out, _ = proc.communicate(timeout=60)
@@ -466,3 +470,309 @@ class TestListenBadInput:
         if not message:
             pytest.skip("unprivileged users may bind port 1 here (ip_unprivileged_port_start)")
         assert "below 1024" in message
+
+
+# -- listen()'s own port: reserved by portsafe, outside the kernel's ephemeral range -------
+
+RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def _kernel_range() -> tuple[int, int]:
+    """The ephemeral range as the kernel states it now, read without portsafe."""
+    with open(RANGE_FILE, encoding="ascii") as f:
+        low, high = (int(field) for field in f.read().split())
+    return low, high
+
+
+def _names_held() -> set[int]:
+    """The ports whose reservation names someone holds, as /proc/net/unix lists them."""
+    with open("/proc/net/unix", encoding="ascii", errors="replace") as f:
+        paths = [fields[7] for fields in map(str.split, f.readlines()[1:]) if len(fields) > 7]
+    return {port for port in map(names.port_of, paths) if port is not None}
+
+
+def _echo(server: socket.socket) -> bytes:
+    """Connect to *server*, have it send b"ping" on the accepted connection; what came."""
+    with socket.create_connection(server.getsockname()[:2], timeout=10) as client:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"ping")
+        return client.recv(4)
+
+
+@pytest.fixture
+def default_candidates(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """portsafe's default candidates (no PORTSAFE_RANGE); the kernel's range, read now."""
+    monkeypatch.delenv("PORTSAFE_RANGE", raising=False)
+    monkeypatch.delenv("PORTSAFE_PORTSERVER", raising=False)
+    monkeypatch.delenv("PORTSERVER_ADDRESS", raising=False)
+    low, high = _kernel_range()
+    if 64512 - (high - low + 1) < 2000:
+        pytest.skip(f"the ephemeral range {low}-{high} leaves portsafe too few ports "
+                    "outside it, so it picks inside it too")
+    return low, high
+
+
+@needs_linux
+class TestListenPort:
+    def test_default_port_is_outside_the_ephemeral_range(
+            self, default_candidates: tuple[int, int]) -> None:
+        """Each listen() port is outside the range the kernel picks port 0 from, and
+        a connection to it is accepted."""
+        low, high = default_candidates
+        with listen() as a, listen() as b, listen() as c:
+            ports = [sock.getsockname()[1] for sock in (a, b, c)]
+            assert [_echo(sock) for sock in (a, b, c)] == [b"ping"] * 3
+        assert not [port for port in ports if low <= port <= high], (ports, low, high)
+        assert len(set(ports)) == 3
+
+    def test_explicit_zero_is_the_kernels_choice(self) -> None:
+        """port=0 still asks the kernel, which picks from its ephemeral range."""
+        low, high = _kernel_range()
+        with listen(port=0) as server:
+            assert low <= server.getsockname()[1] <= high
+            assert _echo(server) == b"ping"
+
+    @needs_ipv6
+    @pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no dual-stack sockets")
+    def test_dual_stack_reserves_for_both_families(
+            self, default_candidates: tuple[int, int],
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """A dual-stack socket's port is reserved free for IPv4 and IPv6 on the wildcard
+        address, and the socket accepts both."""
+        from portsafe import _reserve
+
+        made: list[portsafe.Reservation] = []
+        real = _reserve.reserve_port
+
+        def spy(**kwargs: object) -> portsafe.Reservation:
+            made.append(real(**kwargs))  # type: ignore[arg-type]
+            return made[-1]
+
+        monkeypatch.setattr(_reserve, "reserve_port", spy)
+        with listen(dual_stack=True) as server:
+            port = server.getsockname()[1]
+            for address in (("127.0.0.1", port), ("::1", port)):
+                with socket.create_connection(address, timeout=10):
+                    server.accept()[0].close()
+        assert [(r.port, r.host, r.family) for r in made] == [(port, "", socket.AF_UNSPEC)]
+        assert not default_candidates[0] <= port <= default_candidates[1]
+
+    @needs_names
+    def test_reservation_is_held_until_bound_then_released(
+            self, default_candidates: tuple[int, int]) -> None:
+        """While the socket holds the port, its reservation name is no longer bound (the
+        kernel's list of names says so); a held reservation does show there."""
+        with portsafe.reserve_port() as control:
+            assert control.port in _names_held()
+        with listen() as server:
+            port = server.getsockname()[1]
+            assert port not in _names_held()
+            assert _echo(server) == b"ping"
+
+    @needs_names
+    def test_a_reserved_port_taken_by_an_outsider_is_skipped(
+            self, default_candidates: tuple[int, int],
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """A program outside portsafe binds the reserved port before listen() does: the
+        next reservation is bound, and both are released."""
+        real = _handoff._reserve_for
+        racers: list[socket.socket] = []
+
+        def raced(address: str, family: int, dual_stack: bool) -> portsafe.Reservation:
+            reservation = real(address, family, dual_stack)
+            if not racers:
+                racer = socket.socket()  # binds without SO_REUSEADDR and listens
+                racer.bind(("127.0.0.1", reservation.port))
+                racer.listen()
+                racers.append(racer)
+            return reservation
+
+        monkeypatch.setattr(_handoff, "_reserve_for", raced)
+        try:
+            with listen() as server:
+                port = server.getsockname()[1]
+                taken = racers[0].getsockname()[1]
+                assert port != taken
+                assert _echo(server) == b"ping"
+                assert not {port, taken} & _names_held()
+        finally:
+            for racer in racers:
+                racer.close()
+
+    @needs_names
+    def test_every_reserved_port_taken_is_reported(
+            self, default_candidates: tuple[int, int],
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """When outsiders take every port reserved for it, listen() stops after a few
+        and says so: which ports, who took them, what to do; never "call listen()"."""
+        real = _handoff._reserve_for
+        racers: list[socket.socket] = []
+
+        def raced(address: str, family: int, dual_stack: bool) -> portsafe.Reservation:
+            reservation = real(address, family, dual_stack)
+            racer = socket.socket()
+            racer.bind(("127.0.0.1", reservation.port))
+            racer.listen()
+            racers.append(racer)
+            return reservation
+
+        monkeypatch.setattr(_handoff, "_reserve_for", raced)
+        before = _open_fds()
+        try:
+            with pytest.raises(AddressInUseError) as info:
+                listen()
+            ports = [racer.getsockname()[1] for racer in racers]
+        finally:
+            for racer in racers:
+                racer.close()
+        message = str(info.value)
+        assert len(ports) == _handoff.ATTEMPTS
+        assert info.value.errno == errno.EADDRINUSE
+        assert all(str(port) in message for port in ports), message
+        assert f"pid {os.getpid()}" in message
+        assert "listen(" not in message
+        assert "reserve_port()" in message
+        assert not set(ports) & _names_held()
+        assert _open_fds() <= before
+
+    @pytest.mark.parametrize("error", [
+        portsafe.NoFreePortError("no free port, for the test"),
+        portsafe.LockDirError(errno.EACCES, "unusable lock directory, for the test"),
+    ], ids=["NoFreePortError", "LockDirError"])
+    def test_kernel_picks_when_portsafe_cannot_reserve(
+            self, error: OSError, monkeypatch: pytest.MonkeyPatch) -> None:
+        """No free candidate, or an unusable lock directory: the kernel picks, as
+        before listen() took portsafe's ports."""
+
+        def refuse(address: str, family: int, dual_stack: bool) -> portsafe.Reservation:
+            raise error
+
+        monkeypatch.setattr(_handoff, "_reserve_for", refuse)
+        low, high = _kernel_range()
+        with listen() as server:
+            assert low <= server.getsockname()[1] <= high
+            assert _echo(server) == b"ping"
+
+
+# Run by the tests below, in a network namespace of its own: narrows the ephemeral range
+# to a few ports and fills it (argv[1]: "bound", each port bound, or "time_wait", each the
+# local end of a connection in TIME_WAIT), then reports on listen() there. Exit 77: this
+# host cannot do that (no way to bring up lo, the range cannot be set).
+FULL_RANGE = textwrap.dedent(r"""
+    import errno, fcntl, json, os, shutil, socket, struct, subprocess, sys
+    RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+    if shutil.which("ip") is not None:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # (/sys is the host's)
+        flags = fcntl.ioctl(sock, 0x8913, struct.pack("16sh", b"lo", 0))  # SIOCGIFFLAGS
+    if not struct.unpack("16sh", flags)[1] & 1:  # IFF_UP
+        sys.exit(77)
+    try:
+        with open(RANGE, "w") as f:
+            f.write("40000 40007")
+    except OSError:
+        sys.exit(77)
+    with open(RANGE) as f:
+        low, high = map(int, f.read().split())
+    report = {"low": low, "high": high}
+    import portsafe
+
+    with portsafe.listen(port=0) as sock:  # before the range is full: the kernel's pick
+        report["zero_port"] = sock.getsockname()[1]
+
+    keep = []
+    if sys.argv[1] == "bound":
+        for port in range(low, high + 1):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", port))
+            keep.append(sock)
+    else:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 20000))
+        server.listen()
+        for _ in range(high - low + 3):
+            client = socket.socket()
+            try:
+                client.connect(("127.0.0.1", 20000))
+            except OSError:
+                client.close()
+                break
+            conn, _ = server.accept()
+            client.close()  # the side that closes first keeps the TIME_WAIT
+            conn.close()
+        server.close()
+
+    probe = socket.socket()  # what listen(port=0) binds, asked without portsafe
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind(("127.0.0.1", 0))
+        report["kernel"] = probe.getsockname()[1]
+    except OSError as exc:
+        report["kernel"] = exc.errno
+    probe.close()
+
+    with portsafe.listen() as server:
+        report["port"] = server.getsockname()[1]
+        client = socket.socket()  # a source port of our own: the kernel has none left
+        source = 20001
+        while True:
+            try:
+                client.bind(("127.0.0.1", source))
+                break
+            except OSError:
+                source += 1
+        client.connect(server.getsockname())
+        conn, _ = server.accept()
+        conn.sendall(b"ping")
+        report["echo"] = client.recv(4).decode()
+        conn.close()
+        client.close()
+
+    try:
+        portsafe.listen(port=0).close()
+    except OSError as exc:
+        report["error"] = [type(exc).__name__, exc.errno, str(exc)]
+    print(json.dumps(report))
+""")
+
+
+@pytest.fixture(scope="module")
+def private_netns() -> list[str]:
+    """The command prefix that runs a program in a network namespace of its own."""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        pytest.skip("needs unshare (Linux network namespaces)")
+    done = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"unshare --net is not permitted here: {done.stderr.strip()[:200]}")
+    return ["unshare", "--net"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fill", ["bound", "time_wait"])
+def test_listen_with_a_full_ephemeral_range(private_netns: list[str], fill: str) -> None:
+    """In a namespace whose ephemeral range is full, listen() binds a port outside it and
+    accepts; listen(port=0) fails, naming the full range, and does not advise listen()."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("PORTSAFE") and name != "PORTSERVER_ADDRESS"}
+    done = subprocess.run([*private_netns, sys.executable, "-c", FULL_RANGE, fill],
+                          capture_output=True, text=True, timeout=100, env=env, check=False)
+    if done.returncode == 77:
+        pytest.skip("cannot bring up lo or set the ephemeral range in a network namespace")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    low, high = report["low"], report["high"]
+    assert (low, high) == (40000, 40007)
+    assert low <= report["zero_port"] <= high
+    if report["kernel"] != errno.EADDRINUSE:
+        assert fill == "time_wait", report
+        pytest.skip(f"this kernel still binds port 0 with its range in TIME_WAIT: {report}")
+    assert not low <= report["port"] <= high
+    assert report["echo"] == "ping"
+    kind, code, message = report["error"]
+    assert (kind, code) == ("AddressInUseError", errno.EADDRINUSE)
+    assert "40000-40007" in message, message
+    assert RANGE_FILE in message, message
+    assert "listen(" not in message, message
+    assert "did not say by whom" not in message, message

@@ -198,8 +198,8 @@ def _ephemeral_full(host: str, instead: str) -> str:
         f"no free port left for {shown(host)} in the kernel's ephemeral range {low}-{high} "
         f"({count} port{'s' if count != 1 else ''}, read from {source}): port 0 asks the "
         "kernel to pick from that range, and every port in it is in use (bound, or the "
-        f"local end of a connection, TIME_WAIT ones too); {_widen_advice(sys.platform)}, close what holds its "
-        f"ports (or wait for TIME_WAIT to pass), or {instead}"
+        f"local end of a connection, TIME_WAIT ones too); {_widen_advice(sys.platform)}, "
+        f"close what holds its ports (or wait for TIME_WAIT to pass), or {instead}"
     )
 
 

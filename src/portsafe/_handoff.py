@@ -1,9 +1,11 @@
 """Never release: bind in the test, hand the listening socket to the server.
 
-:func:`listen` binds and listens (port 0 or a reserved port); :func:`spawn` starts a
-server process that inherits the sockets the way systemd socket activation passes them:
-at fds 3, 4, ... with ``LISTEN_FDS``, ``LISTEN_PID`` and ``LISTEN_FDNAMES`` set, which
-gunicorn, uvicorn (``--fd``), hypercorn and any ``sd_listen_fds()`` server read.
+:func:`listen` binds and listens, by default on a port portsafe reserves outside the
+kernel's ephemeral range (so a full ephemeral range does not stop it, and no outgoing
+connection competes for it), held until the bind. :func:`spawn` starts a server process
+that inherits the sockets the way systemd socket activation passes them: at fds 3, 4,
+... with ``LISTEN_FDS``, ``LISTEN_PID`` and ``LISTEN_FDNAMES`` set, which gunicorn,
+uvicorn (``--fd``), hypercorn and any ``sd_listen_fds()`` server read.
 :func:`listen_fds` is the receiving side for servers written in Python. The port is
 never closed between the test choosing it and the server serving it, so no other
 process can take it: there is no race to lose.
@@ -19,8 +21,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from portsafe._args import bind_error, check_backlog, check_family, resolve, shown
-from portsafe._errors import AddressNotAvailableError, InvalidSettingError
+from portsafe._args import bind_error, check_backlog, check_family, in_use, resolve, shown
+from portsafe._errors import (
+    AddressNotAvailableError,
+    InvalidSettingError,
+    LockDirError,
+    NoFreePortError,
+)
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 
@@ -29,23 +36,31 @@ if TYPE_CHECKING:
     from typing import Any
 
     from portsafe._reserve import Reservation
+    from portsafe._who import AddressInUseError
 
 __all__ = ["listen", "listen_fds", "spawn"]
 
 SD_LISTEN_FDS_START = 3
+#: Reservations listen() tries when a program outside portsafe binds each one first
+#: (listen()'s docstring says how many).
+ATTEMPTS = 5
 _NAME_OK = frozenset(chr(c) for c in range(0x21, 0x7F)) - {":"}
 
 
-def _port_and_host(port: object) -> tuple[int, str | None]:
+def _port_and_host(port: object) -> tuple[int | None, str | None]:
+    if port is None:
+        return None, None
     if isinstance(port, bool):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
+        raise TypeError(f"port must be an int, a portsafe.Reservation or None, not "
+                        f"{shown(port)}")
     if isinstance(port, int):
         if not 0 <= port <= 65535:
             raise InvalidSettingError(f"port must be in 0..65535 (0 = any), not {shown(port)}")
         return port, None
     number = getattr(port, "port", None)
     if not isinstance(number, int):
-        raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
+        raise TypeError(f"port must be an int, a portsafe.Reservation or None, not "
+                        f"{shown(port)}")
     if getattr(port, "released", False):
         raise InvalidSettingError(
             f"reservation of port {number} was already released, so another process may "
@@ -57,7 +72,7 @@ def _port_and_host(port: object) -> tuple[int, str | None]:
 
 def listen(
     host: str | None = None,
-    port: int | Reservation = 0,
+    port: int | Reservation | None = None,
     *,
     family: socket.AddressFamily | None = None,
     backlog: int | None = None,
@@ -66,17 +81,24 @@ def listen(
 ) -> socket.socket:
     """Return a TCP socket bound to ``host``/``port`` and already listening.
 
-    With ``port=0`` (the default) the kernel picks a free port, and since the socket
-    stays open nobody else can take it: pass the socket itself to the server (in
-    process, or to a child with :func:`spawn`). Connections made before the server calls
-    ``accept()`` wait in the backlog, so there is nothing to wait for either.
+    By default the port is one portsafe reserves, as :func:`portsafe.reserve_port` would
+    (outside the kernel's ephemeral range, so neither a full ephemeral range nor an
+    outgoing connection gets in the way), held only until the socket is bound. Since
+    the socket stays open nobody else can take the port: pass the socket itself to the
+    server (in process, or to a child with :func:`spawn`). Connections made before the
+    server calls ``accept()`` wait in the backlog, so there is nothing to wait for either.
 
     Args:
         host: Address to bind. Default: the reservation's host if ``port`` is a
             reservation, else ``"127.0.0.1"`` (``"::1"`` for ``AF_INET6``, ``"::"`` with
             ``dual_stack``). ``""`` binds all interfaces.
-        port: ``0`` for any free port, a port number, or a held
-            :class:`portsafe.Reservation` (bound while the reservation is held).
+        port: ``None`` (default) for a port portsafe reserves; ``0`` for the kernel's
+            choice from its ephemeral range; a port number; or a held
+            :class:`portsafe.Reservation` (bound while the reservation is held). If a
+            program that does not use portsafe binds the reserved port first, another
+            is reserved (up to 5 in all); where portsafe cannot reserve one
+            (no free candidate, an unusable lock directory) the kernel picks, as with
+            ``0``.
         family: ``socket.AF_INET`` or ``socket.AF_INET6``; default: from ``host``.
         backlog: ``listen()`` backlog; default ``socket.SOMAXCONN``.
         dual_stack: Accept IPv4 and IPv6 on one ``AF_INET6`` socket (``IPV6_V6ONLY``
@@ -95,14 +117,17 @@ def listen(
             family other than ``AF_INET``/``AF_INET6``, a backlog out of range, a
             malformed host (a NUL in it, too long a name), or ``dual_stack`` with an
             IPv4 host or family.
-        portsafe.AddressInUseError: the port is taken; the message names who holds it.
+        portsafe.AddressInUseError: the port is taken (the message names who holds it),
+            the kernel's ephemeral range is full with ``port=0`` (the message names the
+            range), or programs outside portsafe took every port reserved for it.
         portsafe.AddressNotAvailableError: the host is not an address of this machine,
             does not resolve for the family, or the OS lacks the family (no IPv6, no
             dual-stack sockets).
         PermissionError: a port below 1024 without the privilege to bind it.
         OSError: any other bind or listen failure.
 
-    Nothing is left open when an error is raised.
+    Nothing is left open (or held) when an error is raised. The default port costs one
+    reservation more than ``port=0``: tens of microseconds.
 
     Example:
         >>> import socket, portsafe
@@ -136,7 +161,7 @@ def listen(
                 "this OS has no dual-stack sockets; call listen() once per family instead",
             )
     backlog = check_backlog(backlog)
-    address = tuple(resolve(host or None, number, family, socket.AI_PASSIVE)[0][4])
+    address = tuple(resolve(host or None, number or 0, family, socket.AI_PASSIVE)[0][4])
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:
@@ -152,15 +177,81 @@ def listen(
         if family == socket.AF_INET6:
             # Set explicitly so the result does not depend on the bindv6only sysctl.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise bind_error(exc, host, number) from exc
+        if number is None:
+            _bind_reserved(sock, address, host, dual_stack)
+        else:
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise bind_error(exc, host, number) from exc
         sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _reserve_for(address: str, family: int, dual_stack: bool) -> Reservation:
+    """A reservation of a port free where listen() binds *address* (TCP only: that is
+    what it makes). A dual-stack wildcard needs the port free for IPv4 and IPv6."""
+    from portsafe._reserve import reserve_port  # the lock layer loads on first use
+
+    if dual_stack and address == "::":
+        return reserve_port(host="", family=socket.AF_UNSPEC)
+    if family == socket.AF_INET and address == "127.0.0.1":
+        return reserve_port()  # the same probes, on reserve_port's shortest path
+    return reserve_port(host=address, family=family)
+
+
+def _bind_reserved(sock: socket.socket, address: tuple[Any, ...], host: str,
+                   dual_stack: bool) -> None:
+    """Bind *sock* on a reserved port, released once bound (the socket holds the port
+    from then on); the kernel's choice where portsafe cannot reserve one."""
+    held: list[Reservation] = []
+    failure: OSError | None = None
+    try:
+        for _ in range(ATTEMPTS):
+            try:
+                reservation = _reserve_for(address[0], sock.family, dual_stack)
+            except (NoFreePortError, LockDirError, AddressNotAvailableError) as exc:
+                _bind_kernel_choice(sock, address, host, exc)
+                return
+            held.append(reservation)  # kept until the end: the next one is another port
+            try:
+                sock.bind((address[0], reservation.port, *address[2:]))
+                return
+            except OSError as exc:
+                if not in_use(exc):
+                    raise bind_error(exc, host, reservation.port) from exc
+                failure = exc  # taken since portsafe checked it, by a program outside it
+        raise _all_taken(host, [r.port for r in held]) from failure
+    finally:
+        for reservation in held:
+            reservation.release()
+
+
+def _bind_kernel_choice(sock: socket.socket, address: tuple[Any, ...], host: str,
+                        why: OSError) -> None:
+    """Bind port 0, as before portsafe chose listen()'s port: *why* it cannot here."""
+    try:
+        sock.bind((address[0], 0, *address[2:]))
+    except OSError as exc:
+        raise bind_error(exc, host, 0, instead=(
+            f"make portsafe able to reserve one outside it (it could not: {why})")) from exc
+
+
+def _all_taken(host: str, ports: list[int]) -> AddressInUseError:
+    from portsafe._who import AddressInUseError, who_holds  # reads /proc: only when needed
+
+    holders = [h.describe() for h in who_holds(ports[-1]) if h.pid is not None]
+    seen = f" ({', '.join(dict.fromkeys(holders))} holds port {ports[-1]})" if holders else ""
+    return AddressInUseError(
+        f"none of the {len(ports)} ports portsafe reserved for {shown(host)} could be "
+        f"bound ({', '.join(map(str, ports))}): each was free when portsafe checked it "
+        f"and then taken by a program that does not reserve its ports through portsafe"
+        f"{seen}. Have that program take its ports from portsafe.reserve_port(), keep "
+        "portsafe off its ports (PORTSAFE_EXCLUDE, PORTSAFE_RANGE), or pass port=0 for "
+        "the kernel's choice from its ephemeral range", port=ports[-1])
 
 
 def listen_fds(*, unset_environment: bool = True) -> list[socket.socket]:
