@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import shutil
 import socket
 import struct
 import subprocess
@@ -35,9 +36,30 @@ print(server.getsockname()[1], flush=True)
 sys.stdin.read()
 """
 
+# A child that listens on port argv[1] (with SO_REUSEPORT if argv[2] is "1"), says "up",
+# then waits for stdin to close.
+CHILD_ON_PORT = """
+import socket, sys
+server = socket.socket()
+if sys.argv[2] == "1":
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+print("up", flush=True)
+sys.stdin.read()
+"""
 
-
-
+# Run as another user: explain a bind failure on port argv[1], print the message.
+EXPLAIN = """
+import socket, sys, portsafe
+port = int(sys.argv[1])
+with socket.socket() as sock:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        print(portsafe.explain_address_in_use(exc, port))
+"""
+NOBODY = 65534
 def _hex_address(address: str) -> str:
     """Encode an address the way /proc/net/tcp prints it (host-order 32-bit words)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -165,6 +187,9 @@ class TestWhoHoldsWithoutProc:
         ]
         message = str(explain_address_in_use(OSError(errno.EADDRINUSE, "in use"), 8080))
         assert "cannot inspect" in message
+        # The table's uid column (1000 here) names the owner, unless it is this user.
+        if os.geteuid() != 1000:
+            assert "another user (uid 1000)" in message
 
     def test_bad_arguments(self) -> None:
         """Wrong types raise TypeError; bad values InvalidSettingError."""
@@ -188,7 +213,9 @@ class TestExplainAddressInUse:
             explain_address_in_use(ValueError("x"), 80)  # type: ignore[arg-type]
 
     def test_real_bind_failure_names_this_process(self) -> None:
-        """A real EADDRINUSE becomes an AddressInUseError naming the holder and advice."""
+        """A real EADDRINUSE becomes an AddressInUseError naming the holder and advice;
+        the holder being this very process, it is told to close its socket, never to
+        kill itself."""
         with listen() as held, socket.socket() as sock:
             port = held.getsockname()[1]
             with pytest.raises(OSError) as info:
@@ -200,8 +227,10 @@ class TestExplainAddressInUse:
         assert explained.port == port
         assert "reserve_port" in str(explained)
         if os.path.exists("/proc/net/tcp"):
-            assert f"pid {os.getpid()} (" in str(explained)
-            assert f"kill {os.getpid()}" in str(explained)
+            assert f"this very process (pid {os.getpid()}) on 127.0.0.1:{port}" in str(
+                explained)
+            assert "close that socket" in str(explained)
+            assert "kill" not in str(explained)
             assert any(h.pid == os.getpid() for h in explained.holders)
 
     @needs_proc_net
@@ -249,3 +278,92 @@ class TestExplainAddressInUse:
         assert (str(copy), copy.port, copy.holders, copy.errno) == (
             "port 80 is held", 80, [holder], errno.EADDRINUSE
         )
+
+
+def _child_on(port: int, reuse: bool = False) -> subprocess.Popen[str]:
+    """A child listening on *port*, once it says it is."""
+    proc = subprocess.Popen([sys.executable, "-c", CHILD_ON_PORT, str(port), str(int(reuse))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "up":
+        proc.kill()
+        proc.wait(timeout=60)
+        pytest.fail("the child could not listen on the port")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.communicate(timeout=60)
+
+
+@needs_proc_net
+class TestExplainWho:
+    """Who the explanation names: this process, another, another user, the reservation."""
+
+    def test_this_process_and_another_share_the_port(self) -> None:
+        """This process and a child listen with SO_REUSEPORT: only the child is to be
+        stopped (kill its pid), and this process is told to close its own socket."""
+        with socket.socket() as mine:
+            mine.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            mine.bind(("127.0.0.1", 0))
+            mine.listen()
+            port = mine.getsockname()[1]
+            child = _child_on(port, reuse=True)
+            try:
+                with socket.socket() as sock, pytest.raises(OSError) as info:
+                    sock.bind(("127.0.0.1", port))
+                message = str(explain_address_in_use(info.value, port))
+            finally:
+                _stop(child)
+        assert f"this very process (pid {os.getpid()})" in message
+        assert f"pid {child.pid} (" in message
+        assert f"close this process's socket and stop it (kill {child.pid})" in message
+        assert f"kill {os.getpid()}" not in message
+
+    @pytest.mark.names
+    def test_a_reserved_port_taken_by_another_process(self) -> None:
+        """A port reserved by this process and bound by a child that did not reserve it:
+        the explanation names both, and the child is the one to stop."""
+        with portsafe.reserve_port() as reservation:
+            child = _child_on(reservation.port)
+            try:
+                with socket.socket() as sock, pytest.raises(OSError) as info:
+                    sock.bind(("127.0.0.1", reservation.port))
+                message = str(explain_address_in_use(info.value, reservation.port))
+            finally:
+                _stop(child)
+        assert f"held by pid {child.pid} (" in message
+        assert "while portsafe reserved it for this very process" in message
+        assert f"stop it (kill {child.pid})" in message
+
+    @pytest.mark.names
+    def test_the_reservation_of_the_sockets_own_process_is_not_repeated(self) -> None:
+        """A port reserved and bound by the same process: named once, as its holder."""
+        with portsafe.reserve_port() as reservation, socket.socket() as held:
+            held.bind(("127.0.0.1", reservation.port))
+            held.listen()
+            with socket.socket() as sock, pytest.raises(OSError) as info:
+                sock.bind(("127.0.0.1", reservation.port))
+            message = str(explain_address_in_use(info.value, reservation.port))
+        assert "this very process" in message
+        assert "reserved it for" not in message
+
+    @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0
+                        or shutil.which("setpriv") is None,
+                        reason="needs root and setpriv to run a reader as another user")
+    def test_a_reader_of_another_user_names_the_uid(self) -> None:
+        """Read as uid 65534, root's listener cannot be inspected: the explanation names
+        its owner, uid 0, and says root could see which process it is."""
+        with listen() as held:
+            port = held.getsockname()[1]
+            done = subprocess.run(
+                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                 sys.executable, "-c", EXPLAIN, str(port)],
+                capture_output=True, text=True, timeout=60, check=False, cwd="/")
+        if done.returncode != 0:
+            pytest.skip(f"cannot run a reader as uid {NOBODY}: {done.stderr.strip()}")
+        expected = (f"port {port} is held by a process of another user (uid 0) that "
+                    f"portsafe cannot inspect (LISTEN on 127.0.0.1:{port};")
+        assert expected in done.stdout
+        assert "run as root to see which" in done.stdout
+        assert "kill" not in done.stdout

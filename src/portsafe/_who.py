@@ -1,11 +1,17 @@
 """Who holds a port: the OS's socket table joined with its process table.
 
 On Linux the kernel lists every socket of the current network namespace in
-``/proc/net/{tcp,tcp6,udp,udp6}`` (local address, state, inode), and each process's
-open sockets appear as ``/proc/<pid>/fd/* -> socket:[<inode>]``. Joining the two names
-the process behind a port. Processes we may not inspect (other users', without
-privileges) still show up, with ``pid=None``. Other OSes have no such files: the answer
-there is an empty list, never an exception, so callers can always ask.
+``/proc/net/{tcp,tcp6,udp,udp6}`` (local address, state, owner's uid, inode), and each
+process's open sockets appear as ``/proc/<pid>/fd/* -> socket:[<inode>]``. Joining the
+two names the process behind a port. Processes we may not inspect (other users', without
+privileges) still show up, with ``pid=None``; an explanation names their uid. Other OSes
+have no such files: the answer there is an empty list, never an exception, so callers
+can always ask.
+
+A port's *reservation* is another thing than its sockets: on Linux, the port's name
+bound by the process that reserved it (``_locking.holders`` reads who). An explanation of
+``EADDRINUSE`` names the reservation too, where it is not the socket's own process: a
+program that binds ports without reserving them took a port reserved for another.
 """
 
 from __future__ import annotations
@@ -107,12 +113,7 @@ class Holder:
             if self.state == "TIME_WAIT":  # a closed connection: no process has it
                 return "TIME_WAIT (no process)"
             return "a process portsafe cannot inspect (another user's?)"
-        if not self.command:
-            return f"pid {self.pid}"
-        command = " ".join(self.command.split())
-        if len(command) > _MAX_COMMAND:
-            command = command[: _MAX_COMMAND - 3] + "..."
-        return f"pid {self.pid} ({command})"
+        return _process(self.pid, self.command)
 
 
 class AddressInUseError(PortsafeError, OSError):
@@ -181,6 +182,7 @@ def _decode_address(hex_address: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class _Entry:
     inode: int
+    uid: int | None
     state: str
     host: str
     port: int
@@ -210,6 +212,7 @@ def _entries(port: int | None, socktypes: Iterable[int]) -> Iterator[_Entry]:
                 state_code = int(fields[3], 16)
                 yield _Entry(
                     inode=int(fields[9]),
+                    uid=int(fields[7]),
                     state=states.get(state_code, f"STATE_{state_code:02X}"),
                     host=_decode_address(hex_host),
                     port=local_port,
@@ -232,30 +235,6 @@ def _listening(port: int, host: str | None = None) -> bool:
         if entry.host == "::" or (entry.host == "0.0.0.0" and ":" not in host):
             return True
     return False
-
-
-def _pids_by_inode(inodes: set[int]) -> dict[int, list[int]]:
-    found: dict[int, list[int]] = {}
-    try:
-        pids = [int(name) for name in os.listdir(_PROC) if name.isdigit()]
-    except OSError:
-        return found
-    for pid in sorted(pids):
-        fd_dir = f"{_PROC}/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:  # another user's process, or it just exited
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inode = int(target[8:-1])
-                if inode in inodes and pid not in found.setdefault(inode, []):
-                    found[inode].append(pid)
-    return found
 
 
 def _command(pid: int) -> str | None:
@@ -300,30 +279,30 @@ def who_holds(port: int, *, socktype: int = socket.SOCK_STREAM) -> list[Holder]:
         >>> [h.state for h in mine]  # doctest: +SKIP
         ['LISTEN']
     """
-    port = _check_port(port)
+    return [holder for holder, _ in _holders(_check_port(port), socktype)]
+
+
+def _holders(port: int, socktype: int) -> list[tuple[Holder, int | None]]:
+    """who_holds(), each holder with the socket's owner's uid (from the kernel's table)."""
+    from portsafe._locking.holders import processes_of
+
     entries = list(_entries(port, _socktypes(socktype)))
     inodes = {e.inode for e in entries if e.inode}
-    pids = _pids_by_inode(inodes) if inodes else {}
+    pids = processes_of(inodes, every=True, proc=_PROC) if inodes else {}
     commands: dict[int, str | None] = {}
-    holders: list[Holder] = []
+    found: list[tuple[Holder, int | None]] = []
     for entry in entries:
         entry_pids: list[int | None] = list(pids.get(entry.inode, ())) or [None]
         for pid in entry_pids:
             if pid is not None and pid not in commands:
                 commands[pid] = _command(pid)
-            holders.append(
-                Holder(
-                    pid=pid,
-                    command=None if pid is None else commands[pid],
-                    state=entry.state,
-                    host=entry.host,
-                    port=entry.port,
-                    family=entry.family,
-                    socktype=entry.socktype,
-                )
-            )
-    holders.sort(key=lambda h: (h.state != "LISTEN", h.pid is None, h.pid or 0))
-    return holders
+            holder = Holder(pid=pid, command=None if pid is None else commands[pid],
+                            state=entry.state, host=entry.host, port=entry.port,
+                            family=entry.family, socktype=entry.socktype)
+            found.append((holder, entry.uid))
+    found.sort(key=lambda pair: (pair[0].state != "LISTEN", pair[0].pid is None,
+                                 pair[0].pid or 0))
+    return found
 
 
 def _is_address_in_use(exc: OSError) -> bool:
@@ -345,7 +324,10 @@ def explain_address_in_use(
     Returns:
         An :class:`AddressInUseError` (``errno`` ``EADDRINUSE``) whose message names the
         holders and what to do, if ``exc`` is an ``EADDRINUSE`` error; otherwise ``exc``
-        itself, unchanged. Raise the result ``from exc``.
+        itself, unchanged. Raise the result ``from exc``. A holder that is this very
+        process is named so (close that socket; it is never told to kill itself); one
+        that cannot be inspected is named by its uid; on Linux, the process portsafe
+        reserved the port for is named too, where it is not the socket's.
 
     Raises:
         TypeError: ``exc`` is not an ``OSError`` or ``port`` not an int.
@@ -358,48 +340,100 @@ def explain_address_in_use(
         ...         sock.bind(("127.0.0.1", port))
         ...     except OSError as exc:
         ...         print(portsafe.explain_address_in_use(exc, port))  # doctest: +ELLIPSIS
-        port ... is held by pid ...
+        port ... is held by this very process (pid ...) on 127.0.0.1:...: close that socket...
     """
     if not isinstance(exc, OSError):
         raise TypeError(f"exc must be an OSError, not {exc!r}")
     port = _check_port(port)
     if not _is_address_in_use(exc):
         return exc
-    holders = who_holds(port, socktype=socktype)
-    return AddressInUseError(_explain(port, holders), port=port, holders=holders)
+    found = _holders(port, socktype)
+    holders = [holder for holder, _ in found]
+    return AddressInUseError(_explain(port, found, _reserved(port)), port=port,
+                             holders=holders)
 
 
-def _explain(port: int, holders: list[Holder]) -> str:
-    advice = (
-        "pick another port (portsafe.reserve_port() hands out one nobody else gets, "
-        "portsafe.listen() binds one and keeps it)"
-    )
-    live = [h for h in holders if h.state != "TIME_WAIT"]
-    known = [h for h in live if h.pid is not None]
-    if known:
-        listeners = [h for h in known if h.state in ("LISTEN", "UNCONN")] or known
-        pids: list[int] = []
-        parts: list[str] = []
-        for holder in listeners:
-            if holder.pid not in pids and holder.pid is not None:
-                pids.append(holder.pid)
-                parts.append(f"{holder.describe()} on {_address(holder)}")
-        kill = " ".join(str(p) for p in pids)
-        return f"port {port} is held by {', '.join(parts)}; {advice}, or stop it (kill {kill})"
+def _reserved(port: int) -> tuple[int | None, str] | None:
+    """Who portsafe reserved *port* for (pid, in words), where names hold reservations."""
+    from portsafe._locking import backend
+
+    if not backend.NAMES:
+        return None  # lock files: reading them opens the lock directory; not on an error
+    from portsafe._locking.holders import holder_of
+
+    holder = holder_of(port)
+    if holder is None:
+        return None
+    if holder.pid == os.getpid():
+        return holder.pid, "this very process"
+    if holder.pid is not None:
+        return holder.pid, _process(holder.pid, _command(holder.pid))
+    return None, holder.describe()
+
+
+_ADVICE = ("pick another port (portsafe.reserve_port() hands out one nobody else gets, "
+           "portsafe.listen() binds one and keeps it)")
+
+
+def _explain(port: int, found: list[tuple[Holder, int | None]],
+             reserved: tuple[int | None, str] | None) -> str:
+    live = [(holder, uid) for holder, uid in found if holder.state != "TIME_WAIT"]
+    known = [holder for holder, _ in live if holder.pid is not None]
+    me = os.getpid()
+    pids: list[int] = []
+    parts: list[str] = []
+    for holder in [h for h in known if h.state in ("LISTEN", "UNCONN")] or known:
+        if holder.pid is not None and holder.pid not in pids:
+            pids.append(holder.pid)
+            what = f"this very process (pid {me})" if holder.pid == me else holder.describe()
+            parts.append(f"{what} on {_address(holder)}")
+    # The reservation, where it is not the socket's own process: someone took the port.
+    note = ""
+    if reserved is not None and (reserved[0] is None or reserved[0] not in pids):
+        note = f", while portsafe reserved it for {reserved[1]}"
+    if pids:
+        held = f"port {port} is held by {', '.join(parts)}{note}"
+        others = [pid for pid in pids if pid != me]
+        if not others:  # never advise a process to kill itself
+            return f"{held}: close that socket before binding the port again, or {_ADVICE}"
+        stop = "stop it" if len(others) == 1 else "stop them"
+        if me in pids:
+            stop = f"close this process's socket and {stop}"
+        return f"{held}; {_ADVICE}, or {stop} (kill {' '.join(map(str, others))})"
     if live:
-        return (
-            f"port {port} is held by a process portsafe cannot inspect ({live[0].state} on "
-            f"{_address(live[0])}; another user's, or run as root to see it); {advice}"
-        )
-    if holders:
-        return (
-            f"port {port} has only connections in TIME_WAIT, held by no process: set "
-            f"SO_REUSEADDR on the server socket or wait for them to expire; or {advice}"
-        )
-    return (
-        f"port {port} is in use, but the OS did not say by whom (another network namespace "
-        f"or an OS without /proc); {advice}"
-    )
+        holder, uid = live[0]
+        who, why = _unseen(uid)
+        return (f"port {port} is held by {who} that portsafe cannot inspect ({holder.state} "
+                f"on {_address(holder)}; {why}){note}; {_ADVICE}")
+    if found:
+        return (f"port {port} has only connections in TIME_WAIT, held by no process{note}: "
+                f"set SO_REUSEADDR on the server socket or wait for them to expire; or "
+                f"{_ADVICE}")
+    return (f"port {port} is in use, but the OS did not say by whom (another network "
+            f"namespace or an OS without /proc){note}; {_ADVICE}")
+
+
+def _unseen(uid: int | None) -> tuple[str, str]:
+    """(who, why) for a socket whose process could not be read, owned by *uid*."""
+    if uid is None:
+        return "a process", "another user's, or run as root to see it"
+    elsewhere = "in another pid namespace (a container?)"
+    if uid == os.geteuid():
+        return (f"a process of yours (uid {uid})",
+                f"{elsewhere}, or its socket is on its way between processes")
+    if os.geteuid() == 0:
+        return f"a process of another user (uid {uid})", elsewhere
+    return f"a process of another user (uid {uid})", "run as root to see which"
+
+
+def _process(pid: int, command: str | None) -> str:
+    """``pid 42 (sleep 9)``: the command on one line, cut to a readable length."""
+    if not command:
+        return f"pid {pid}"
+    command = " ".join(command.split())
+    if len(command) > _MAX_COMMAND:
+        command = command[: _MAX_COMMAND - 3] + "..."
+    return f"pid {pid} ({command})"
 
 
 def _address(holder: Holder) -> str:
