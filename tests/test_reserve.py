@@ -388,8 +388,7 @@ class TestThreads:
                 for r in batch:
                     r.release()
 
-    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="asks F_GETLK's pid")
-    @pytest.mark.files
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="asks /proc or F_GETLK")
     def test_threads_churning_hold_real_locks(self):
         """G1 across threads while the home shard moves: 8 threads reserving (one port and
         three at a time) and releasing at random; every port held at the end is distinct

@@ -20,7 +20,10 @@ Importing this package is cheap: the submodules load on first use.
 so pytest must neither rewrite it nor warn that it cannot.)
 """
 
-from __future__ import annotations
+# Every name this module binds for itself is private or deleted below, so that the
+# namespace holds the public API only. Both modules were loaded before site ran.
+import os as _os
+from _thread import RLock as _RLock
 
 TYPE_CHECKING = False  # not typing: importing it would cost more than all of portsafe
 
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
         AddressNotAvailableError,
         InvalidSettingError,
         LockDirError,
+        LockUnavailableError,
         NoFreePortError,
         PortsafeError,
     )
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from portsafe._reserve import Reservation, ReservationGroup, reserve_port, reserve_ports
     from portsafe._wait import PortNotReadyError, wait_for_port
     from portsafe._who import AddressInUseError, Holder, explain_address_in_use, who_holds
+del TYPE_CHECKING
 
 __all__ = [
     "AddressInUseError",
@@ -44,6 +49,7 @@ __all__ = [
     "Holder",
     "InvalidSettingError",
     "LockDirError",
+    "LockUnavailableError",
     "NoFreePortError",
     "PortNotReadyError",
     "PortsafeError",
@@ -67,6 +73,7 @@ _LAZY = {
     "AddressNotAvailableError": "portsafe._errors",
     "InvalidSettingError": "portsafe._errors",
     "LockDirError": "portsafe._errors",
+    "LockUnavailableError": "portsafe._errors",
     "NoFreePortError": "portsafe._errors",
     "PortsafeError": "portsafe._errors",
     "Reservation": "portsafe._reserve",
@@ -86,20 +93,39 @@ _LAZY = {
 }
 
 
+# The lazy imports run one at a time under this lock, and a fork waits for the one under
+# way: a child forked while another thread was inside one would inherit that import's
+# module lock held by a thread it does not have, and hang on its own first use of the
+# name. The forking thread holds the lock across the fork, so the child can release it.
+_imports = _RLock()
+if hasattr(_os, "register_at_fork"):  # not on Windows, which has no fork
+    _os.register_at_fork(before=_imports.acquire, after_in_parent=_imports.release,
+                         after_in_child=_imports.release)
+
+
 def __getattr__(name: str) -> object:
-    if name == "__version__":
-        from importlib.metadata import version
-
-        value: object = version("portsafe")
-    elif name in _LAZY:
-        from importlib import import_module
-
-        value = getattr(import_module(_LAZY[name]), name)
-    else:
+    if name != "__version__" and name not in _LAZY:
         raise AttributeError(f"module 'portsafe' has no attribute {name!r}")
-    globals()[name] = value
+    with _imports:
+        if name == "__version__":
+            from importlib.metadata import version
+
+            value: object = version("portsafe")
+        else:
+            from importlib import import_module
+
+            value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
     return value
 
 
+def _listed(key: str, value: object) -> bool:
+    """Whether ``dir()`` shows a name bound here: dunders, and public submodules."""
+    if key.startswith("__") and key.endswith("__"):
+        return True
+    return not key.startswith("_") and getattr(value, "__name__", None) == f"{__name__}.{key}"
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """``__all__``, the public submodules imported so far, and the module's dunders."""
+    return sorted({*__all__, *(key for key, value in globals().items() if _listed(key, value))})

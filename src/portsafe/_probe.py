@@ -101,7 +101,7 @@ def ipv6_available() -> bool:
             _ipv6 = True
         except OSError as exc:
             if exc.errno in _OUT_OF_RESOURCES:  # says nothing of IPv6: ask again later
-                return False
+                raise _out_of_resources(exc) from None
             _ipv6 = False
     return _ipv6
 
@@ -299,12 +299,15 @@ def refusal(code: int, steps: tuple[Step, ...]) -> int:
         return _refused(exc, steps[index][2])
     if kind == NO_SOCKET:
         if number in _OUT_OF_RESOURCES:  # not the family's fault: nothing to remember
-            raise OSError(number, f"cannot create a socket to check a port "
-                          f"({exc.strerror}): this process or the system is out of "
-                          f"descriptors or memory; close some, or raise the limit "
-                          f"(RLIMIT_NOFILE, ulimit -n)")
+            raise _out_of_resources(exc)
         raise _no_family(exc, steps[index][0]) from exc
     raise exc
+
+
+def _out_of_resources(exc: OSError) -> OSError:
+    return OSError(exc.errno, f"cannot create a socket to check a port ({exc.strerror}): "
+                   f"this process or the system is out of descriptors or memory; close "
+                   f"some, or raise the limit (RLIMIT_NOFILE, ulimit -n)")
 
 
 def _no_family(exc: OSError, family: int) -> AddressNotAvailableError:

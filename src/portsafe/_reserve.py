@@ -53,9 +53,7 @@ from portsafe._walk import Search, claim_next, first_free
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from typing import TypedDict
-
-    from typing import Any
+    from typing import Any, TypedDict
 
     from portsafe._candidates import CandidateSet
     from portsafe._locks import LockTable, Table
@@ -342,6 +340,12 @@ def _claim_run(table: Table, path: str, candidates: CandidateSet, probes: _probe
         return _claim_names(table, cursor, probes, n, taken)
     if TYPE_CHECKING:
         assert isinstance(table, LockTable)
+    return _claim_files(table, path, cursor, probes, n, taken=taken)
+
+
+def _claim_files(table: LockTable, path: str, cursor: list[Any], probes: _probe.Probes,
+                 n: int, *, taken: list[int]) -> int:
+    """:func:`_claim_run` with lock files: the first claim checks the directory too."""
     directory = table._last_dir
     if cursor[0] is not directory or path is not table._last_path or directory is None:
         return -1

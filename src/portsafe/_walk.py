@@ -274,12 +274,18 @@ def claim_next(table: Table, path: str, candidates: CandidateSet,
         return -code if code else port
     if TYPE_CHECKING:
         assert isinstance(table, LockTable)
+    return _claim_next_file(table, path, cursor, probes)
+
+
+def _claim_next_file(table: LockTable, path: str, cursor: list[Any],
+                     probes: _probe.Probes) -> int:
+    """:func:`claim_next` with lock files: the claim checks the directory too."""
     directory = table._last_dir
     if cursor[0] is not directory or path is not table._last_path or directory is None:
         return 0
     ctime = directory.watch_ctime
-    items = cursor[3]
-    index = cursor[5]
+    items: list[int] = cursor[3]
+    index: int = cursor[5]
     port = items[index]
     home = table._home
     if not ctime or directory.broken or home is None or home.lockdir is not directory or \
@@ -302,7 +308,8 @@ def claim_next(table: Table, path: str, candidates: CandidateSet,
 
 
 def first_free(candidates: CandidateSet, probes: _probe.Probes,
-               excluded: frozenset[int], directory: LockDir | Namespace, tried: int = 0) -> int | Search:
+               excluded: frozenset[int], directory: LockDir | Namespace,
+               tried: int = 0) -> int | Search:
     """One free port, locked and verified: ``reserve_port``'s walk. Else the Search that
     found none, with its counts, to raise its :meth:`Search.failure`.
 

@@ -45,9 +45,9 @@ FORMAT = 1
 #: 64 printable characters, one per six-bit digit.
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 #: What every port's name starts with, as bound (a leading NUL: the abstract namespace).
-PREFIX = b"\0portsafe%d:" % FORMAT
+PREFIX = b"\0portsafe" + str(FORMAT).encode() + b":"
 #: The same as ``/proc/net/unix`` shows it (``@`` for the NUL).
-SHOWN_PREFIX = "@portsafe%d:" % FORMAT
+SHOWN_PREFIX = f"@portsafe{FORMAT}:"
 
 _DIGITS = ALPHABET.encode()
 _NAMES = [PREFIX + bytes((_DIGITS[p >> 12], _DIGITS[(p >> 6) & 63], _DIGITS[p & 63]))

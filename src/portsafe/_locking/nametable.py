@@ -31,11 +31,12 @@ Descriptors, the price of names:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
 
-from portsafe._claim import HELD, LOCK_ERROR, NO_SOCKET
+from portsafe._claim import LOCK_ERROR, NO_SOCKET
 from portsafe._errors import LockUnavailableError
 from portsafe._locking import names
 
@@ -152,7 +153,7 @@ class NameTable:
                     self._limits(port, fd)
                 return 0
         kind = code & 15
-        if kind == LOCK_ERROR or kind == NO_SOCKET and code >> 8 in _NO_FDS:
+        if kind == LOCK_ERROR or (kind == NO_SOCKET and code >> 8 in _NO_FDS):
             number = code >> 8
             if number not in _NO_FDS:
                 raise LockUnavailableError(
@@ -338,10 +339,8 @@ class NameTable:
         """Close the copies of the parent's names: the child holds none of its ports."""
         self._mutex = threading.Lock()
         for fd in self.held.values():
-            try:
+            with contextlib.suppress(OSError):
                 _close(fd)
-            except OSError:
-                pass
         self.held.clear()
         self.pid = os.getpid()
         self.high, self._looked = 0, False  # the child may lower its limit before it reserves
