@@ -487,3 +487,16 @@ class TestManyProcessesAndUsers:
         assert distinct
         assert wrong == []
         assert (held, short) == (held_total, short_total)
+
+
+def test_auto_mode_keeps_its_leases_within_the_descriptor_limit() -> None:
+    """Each auto-mode lease holds a name, one descriptor: the cap is a quarter of the soft
+    limit, whatever PORTSAFE_AUTO_MAX_LEASES says."""
+    script = ("import resource\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (200, "
+              "resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+              "from portsafe import _autosock\n"
+              "print(_autosock._lease_settings()[1])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, env=dict(os.environ, PORTSAFE_AUTO_MAX_LEASES="1000"))
+    assert int(done.stdout) == 50

@@ -158,8 +158,20 @@ def _lease_settings() -> tuple[float, int]:
         except InvalidSettingError as exc:  # a close must not fail: the defaults, and say so
             _note_problem(exc, "auto mode uses its default lease settings")
             parsed = [raw, _settings.AUTO_LEASE_DEFAULT, _settings.AUTO_MAX_LEASES_DEFAULT]
+        parsed[2] = min(parsed[2], _descriptor_budget())  # type: ignore[call-overload]
         _lease_conf[:] = parsed
     return _lease_conf[1], _lease_conf[2]  # type: ignore[return-value]
+
+
+def _descriptor_budget() -> int:
+    """The most leases a process keeps whatever the setting: a quarter of its soft
+    ``RLIMIT_NOFILE`` (each lease holds a name, one descriptor, on Linux), at least 16."""
+    try:
+        import resource
+    except ImportError:  # Windows: lock files, no descriptor per lease
+        return 1 << 30
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 30 if soft == resource.RLIM_INFINITY else max(16, soft // 4)
 
 
 def _lease(reservation: Reservation) -> None:
