@@ -1,6 +1,10 @@
 """The command line's looking-around verbs: ``list``, ``who``, ``ranges``, and ``serve``.
 
 Text output is for people (no Python reprs); ``--json`` is for programs.
+
+Reservations are read from where they are held: on Linux the ports' names
+(``_locking.holders``: pid, and the uid of another user's holder whose process cannot be
+read), elsewhere the lock files (``_locks.holders()``: pid only).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
     import argparse
 
+    from portsafe._locking.holders import Holder
+
 __all__ = ["list_verb", "ranges_text", "ranges_verb", "serve_verb", "who_verb"]
 
 
@@ -24,6 +30,26 @@ def _command_of(pid: int | None) -> str | None:
 
     text = " ".join(_command_line(pid).split())  # one line, even for `python -m "..."`
     return None if text == "?" else text
+
+
+def _reservations(only: int | None = None) -> list[Holder]:
+    """Every reservation on this machine (or of port *only*), sorted by port."""
+    from portsafe._locking import backend, holders
+
+    if backend.NAMES:
+        return holders.holders(only)
+    from portsafe import _locks
+
+    # pid 0: the lock's holder is in another pid namespace, or the OS does not say.
+    return [holders.Holder(port, pid or None, None, 0) for port, pid in _locks.holders()
+            if only is None or port == only]
+
+
+def _holder_text(holder: Holder, command: str | None) -> str:
+    """``pid 42 (sleep 9)``, or who holds it where its process cannot be read."""
+    if holder.pid is None:
+        return holder.describe()
+    return f"pid {holder.pid} ({command or '?'})"
 
 
 def _keeper_leases() -> tuple[int | None, dict[int, dict[str, object]]]:
@@ -49,17 +75,17 @@ def list_verb(args: argparse.Namespace) -> int:
         >>> list_verb(argparse.Namespace(json=True))  # doctest: +SKIP
         0
     """
-    from portsafe import _locks
-
     keeper, leases = _keeper_leases()
-    rows = []
-    for port, pid in _locks.holders():
-        lease = leases.get(port)
-        command = _command_of(pid)
-        if pid is not None and pid == keeper:
+    rows, shown = [], []
+    for holder in _reservations():
+        lease = leases.get(holder.port)
+        command = _command_of(holder.pid)
+        if holder.pid is not None and holder.pid == keeper:
             command = f"your lease keeper: {command or '?'}"
-        rows.append({"port": port, "pid": pid, "command": command,
+        rows.append({"port": holder.port, "pid": holder.pid, "uid": holder.uid,
+                     "command": command,
                      "lease_expires_in": lease.get("expires_in") if lease else None})
+        shown.append(holder.describe() if holder.pid is None else command or "?")
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -67,11 +93,11 @@ def list_verb(args: argparse.Namespace) -> int:
         print("no ports are reserved through portsafe on this machine")
         return EXIT_OK
     print(f"{'PORT':>5}  {'PID':>7}  {'LEASE':>6}  COMMAND")
-    for row in rows:
+    for row, text in zip(rows, shown, strict=True):
         expires = row["lease_expires_in"]
         lease_text = f"{float(expires):.0f}s" if isinstance(expires, (int, float)) else "-"
         pid_text = "?" if row["pid"] is None else row["pid"]
-        print(f"{row['port']:>5}  {pid_text:>7}  {lease_text:>6}  {row['command'] or '?'}")
+        print(f"{row['port']:>5}  {pid_text:>7}  {lease_text:>6}  {text}")
     return EXIT_OK
 
 
@@ -82,11 +108,15 @@ def _describe(holder: object) -> str:
     return f"{state} {holder.describe()}"  # type: ignore[attr-defined]
 
 
-def _who_one(port: int, holders_of: dict[int, list[int | None]]) -> tuple[dict[str, object],
-                                                                           list[str]]:
+def _who_one(port: int, holders_of: dict[int, list[Holder]]) -> tuple[dict[str, object],
+                                                                      list[str]]:
     from portsafe._who import who_holds
 
-    reserved = [{"pid": pid, "command": _command_of(pid)} for pid in holders_of.get(port, [])]
+    reserved, reserved_lines = [], []
+    for holder in holders_of.get(port, []):
+        command = _command_of(holder.pid)
+        reserved.append({"pid": holder.pid, "uid": holder.uid, "command": command})
+        reserved_lines.append(f"port {port}: reserved by {_holder_text(holder, command)}")
     holders = who_holds(port, socktype=0)
     sockets = [{"pid": h.pid, "command": h.command, "state": h.state, "host": h.host,
                 "port": h.port, "family": "ipv6" if h.family == socket.AF_INET6 else "ipv4",
@@ -95,9 +125,7 @@ def _who_one(port: int, holders_of: dict[int, list[int | None]]) -> tuple[dict[s
     lines = []
     if not reserved and not sockets:
         lines.append(f"port {port}: nobody holds it (no reservation, no socket seen)")
-    for item in reserved:
-        pid_text = "an unknown pid" if item["pid"] is None else f"pid {item['pid']}"
-        lines.append(f"port {port}: reserved by {pid_text} ({item['command'] or '?'})")
+    lines.extend(reserved_lines)
     for h in holders:
         kind = "udp" if h.socktype == socket.SOCK_DGRAM else "tcp"
         host = f"[{h.host}]" if ":" in h.host else h.host
@@ -115,11 +143,9 @@ def who_verb(args: argparse.Namespace) -> int:
         >>> who_verb(argparse.Namespace(port=[1], json=False))  # doctest: +SKIP
         1
     """
-    from portsafe import _locks
-
-    holders_of: dict[int, list[int | None]] = {}
-    for port, pid in _locks.holders():
-        holders_of.setdefault(port, []).append(pid)
+    holders_of: dict[int, list[Holder]] = {}
+    for holder in _reservations(args.port[0] if len(args.port) == 1 else None):
+        holders_of.setdefault(holder.port, []).append(holder)
     infos, found = [], False
     for port in args.port:
         info, lines = _who_one(port, holders_of)

@@ -12,7 +12,8 @@ in this network namespace and by whom. Three sources, each read without privileg
    ``unix_diag``): the same sockets as text, without uids. A name may hold any byte, a
    newline too, so another user could forge a line there; where netlink answers, it is
    asked about each such line and has the last word. For one port (``only``) this file is
-   read first, as its lines are cheap to skip, and netlink is asked about that socket.
+   read first, as its lines are cheap to skip, and netlink is asked about that socket
+   (without ``/proc``, netlink's whole list is read instead).
 3. ``/proc/<pid>/fd/*`` (``socket:[<inode>]``): which process has each socket open. A
    user may read their own processes' (root: every process's); the others are skipped,
    and the scan ends as soon as every socket asked about is found.
@@ -133,7 +134,7 @@ def holder_of(port: int) -> Holder | None:
 
 
 def processes_of(inodes: set[int], *, every: bool = False,
-                 proc: str = _PROC) -> dict[int, list[int]]:
+                 proc: str | None = None) -> dict[int, list[int]]:
     """The pids that have each socket of *inodes* open, from ``/proc/<pid>/fd``.
 
     Processes that cannot be read (another user's, without privileges; one that just
@@ -149,6 +150,7 @@ def processes_of(inodes: set[int], *, every: bool = False,
     """
     found: dict[int, list[int]] = {}
     missing = set(inodes)
+    proc = _PROC if proc is None else proc
     try:
         # This process first (it asks most often about its own ports), then the newest
         # first: holders are mostly recent test processes, and the oldest processes of
@@ -193,14 +195,17 @@ def _bound() -> dict[int, tuple[int, int | None]]:
     answer = _diag()
     if answer is not None:
         return answer
-    return {inode: (port, None) for inode, port in _proc_unix(None).items()}
+    return {inode: (port, None) for inode, port in (_proc_unix(None) or {}).items()}
 
 
 def _bound_one(port: int) -> dict[int, tuple[int, int | None]]:
     """inode -> (port, uid) of *port*'s name, if bound: at most one entry unless a
     forged line of ``/proc/net/unix`` is believed for want of netlink."""
+    listed = _proc_unix(port)
+    if listed is None:  # no /proc: netlink alone
+        return {inode: found for inode, found in (_diag() or {}).items() if found[0] == port}
     bound: dict[int, tuple[int, int | None]] = {}
-    for inode in _proc_unix(port):
+    for inode in listed:
         answer = _diag(inode)
         if answer is None:  # netlink refused: the line as read
             bound[inode] = (port, None)
@@ -209,8 +214,9 @@ def _bound_one(port: int) -> dict[int, tuple[int, int | None]]:
     return bound
 
 
-def _proc_unix(only: int | None) -> dict[int, int]:
-    """inode -> port of the names ``/proc/net/unix`` lists (only *only*'s, if given)."""
+def _proc_unix(only: int | None) -> dict[int, int] | None:
+    """inode -> port of the names ``/proc/net/unix`` lists (only *only*'s, if given);
+    None without ``/proc``."""
     wanted = None if only is None else b"@" + names.name(only)[1:]
     found: dict[int, int] = {}
     try:
@@ -229,7 +235,7 @@ def _proc_unix(only: int | None) -> dict[int, int]:
                 if port is not None and fields[6].isdigit():
                     found[int(fields[6])] = port
     except OSError:  # no /proc
-        pass
+        return None
     return found
 
 
