@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import py_compile
+import re
 import shutil
 import signal
 import subprocess
@@ -211,20 +212,39 @@ class TestRunPythonUntilEnd:
 class TestTimeout:
     HANG = "import sys, time; print('started', flush=True); time.sleep(600)"
 
-    def test_hung_child_is_killed_and_reported(self, no_env_needed):
-        """__timeout kills the child and raises ScriptTimeoutError with its output."""
+    def test_hung_child_is_stopped_and_reported(self, no_env_needed):
+        """__timeout stops the child and raises ScriptTimeoutError with its output."""
         with pytest.raises(script_helper.ScriptTimeoutError) as info:
             script_helper.run_python_until_end("-c", self.HANG, __timeout=1)
         exc = info.value
-        assert "did not exit within 1 seconds and was killed" in str(exc)
+        assert str(exc).startswith("Process did not exit within 1 second")
+        assert "1 seconds" not in str(exc)
         assert "started" in str(exc)
         assert exc.timeout == 1
         assert exc.result is not None
         assert exc.result.out == b"started\n"
         assert exc.cmd_line[0] == sys.executable
         if POSIX:
-            assert exc.result.rc == -signal.SIGKILL
-            assert "(SIGKILL)" in str(exc)
+            # SIGABRT after a stack dump; SIGKILL if it was still starting up
+            assert exc.result.rc in (-signal.SIGABRT, -signal.SIGKILL)
+            assert f"({signal.Signals(-exc.result.rc).name})" in str(exc)
+
+    @pytest.mark.parametrize(
+        ("seconds", "shown"),
+        [
+            (1, "1 second"),
+            (1.0, "1 second"),
+            (1.0001, "1 second"),
+            (2, "2 seconds"),
+            (0.5, "0.5 seconds"),
+            (1 / 3, "0.333 seconds"),
+            (90, "90 seconds"),
+            (0.0001, "0.0001 seconds"),
+        ],
+    )
+    def test_durations_read_as_english(self, seconds, shown):
+        """'1 second', '0.5 seconds', never '1 seconds' or '0.333333 seconds'."""
+        assert script_helper._seconds(seconds) == shown
 
     def test_timeout_error_is_assertion_timeout_and_portsafe_error(self, no_env_needed):
         """It fails a unittest test, and except TimeoutError / PortsafeError catch it."""
@@ -276,6 +296,146 @@ class TestTimeout:
             script_helper.run_python("-c", "pass", timeout=bad)
 
 
+# A child that hangs in two threads, after writing more to stderr than a pipe holds.
+TWO_THREADS_HANG = """
+import sys, threading, time
+sys.stderr.write("noise\\n" * 20_000)
+def worker_waits_here():
+    time.sleep(600)
+def main_waits_here():
+    time.sleep(600)
+threading.Thread(target=worker_waits_here, daemon=True).start()
+print("started", flush=True)
+main_waits_here()
+"""
+
+READY_THEN_HANG = "import time; print('started', flush=True); time.sleep(600)"
+
+
+def spawn_ready(*args, **kw):
+    """spawn_python(*args), returned once the child has printed its 'started' line."""
+    p = script_helper.spawn_python(*args, **kw)
+    assert p.stdout.readline() == b"started\n"
+    return p
+
+
+@pytest.mark.skipif(not POSIX, reason="a stack dump is asked for with SIGABRT")
+class TestStackDumpOnTimeout:
+    @pytest.mark.parametrize(
+        ("isolated", "env", "flag"), [(None, None, "-I"), (None, {"PORTSAFE_X": "1"}, None)]
+    )
+    def test_every_threads_stack_is_in_the_report(self, no_env_needed, isolated, env, flag):
+        """A hung child prints each thread's stack before it dies, with or without -I,
+        and the whole of stderr is read: the dump at its end is in the report."""
+        with pytest.raises(script_helper.ScriptTimeoutError) as info:
+            script_helper.run_python("-c", TWO_THREADS_HANG, env=env, timeout=5)
+        exc = info.value
+        assert exc.result is not None
+        assert (flag in exc.cmd_line) if flag else not {"-I", "-E"} & set(exc.cmd_line)
+        assert exc.result.rc == -signal.SIGABRT
+        assert exc.result.err.startswith(b"noise\n" * 20_000)
+        dump = exc.result.err[len(b"noise\n" * 20_000):]
+        assert dump.startswith(b"Fatal Python error: Aborted")
+        assert b"in worker_waits_here" in dump
+        assert b"in main_waits_here" in dump
+        msg = str(exc)
+        assert "printed the stack of every thread" in msg
+        assert "in worker_waits_here" in msg
+        assert "in main_waits_here" in msg
+
+    def test_kill_python_asks_a_faulthandler_child_for_its_stacks(self):
+        """kill_python(timeout=...) gets the stacks of a child run with -X faulthandler
+        (stderr goes to stdout, so the dump is in the output kill_python collects)."""
+        p = spawn_ready("-X", "faulthandler", "-c", READY_THEN_HANG)
+        with pytest.raises(script_helper.ScriptTimeoutError) as info:
+            script_helper.kill_python(p, timeout=0.5)
+        assert p.returncode == -signal.SIGABRT
+        assert info.value.result is not None
+        assert b"Fatal Python error: Aborted" in info.value.result.out
+        assert "line 1 in <module>" in str(info.value)
+
+    def test_child_without_faulthandler_is_killed_and_told_how_to_get_one(self):
+        """A child that would only die of SIGABRT is killed at once; the report says
+        how to get a dump next time."""
+        p = spawn_ready("-c", READY_THEN_HANG)
+        with pytest.raises(script_helper.ScriptTimeoutError) as info:
+            script_helper.kill_python(p, timeout=0.5)
+        assert p.returncode == -signal.SIGKILL
+        assert "without a stack dump" in str(info.value)
+        assert "-X faulthandler" in str(info.value)
+
+    @pytest.mark.skipif(shutil.which("sleep") is None, reason="no 'sleep' command")
+    def test_non_python_child_is_killed(self):
+        """A child that is not Python at all is killed, not crashed with SIGABRT."""
+        p = subprocess.Popen(
+            [shutil.which("sleep"), "600"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        with pytest.raises(script_helper.ScriptTimeoutError, match="without a stack dump"):
+            script_helper.kill_python(p, timeout=0.5)
+        assert p.returncode == -signal.SIGKILL
+
+    @pytest.mark.parametrize(
+        "handling",
+        [
+            "signal.signal(signal.SIGABRT, lambda *a: print('caught', flush=True))",
+            "signal.signal(signal.SIGABRT, signal.SIG_IGN)",
+        ],
+    )
+    def test_child_that_shrugs_off_sigabrt_is_killed_after_a_grace(
+        self, monkeypatch, handling
+    ):
+        """A child that handles or ignores SIGABRT is still killed, and the report says
+        no stacks were printed."""
+        monkeypatch.setattr(script_helper, "_DUMP_SECONDS", 0.5)
+        code = f"import signal, time\n{handling}\n{READY_THEN_HANG}"
+        p = spawn_ready("-X", "faulthandler", "-c", code)
+        with pytest.raises(script_helper.ScriptTimeoutError) as info:
+            script_helper.kill_python(p, timeout=0.5)
+        assert p.returncode == -signal.SIGKILL
+        assert info.value.result is not None
+        assert b"Fatal Python error" not in info.value.result.out
+        msg = str(info.value)
+        assert "was killed" in msg
+        assert "printed the stack" not in msg
+        if "print" in handling:  # it was asked, and said so
+            assert b"caught" in info.value.result.out
+            assert "sent SIGABRT for a stack dump but printed none" in msg
+
+    def test_windows_falls_back_to_a_plain_kill(self, monkeypatch):
+        """Where no signal can ask for a dump (Windows), the child is killed and the
+        report says how a child can print its stacks itself."""
+        p = spawn_ready("-X", "faulthandler", "-c", READY_THEN_HANG)
+        monkeypatch.setattr(sys, "platform", "win32")
+        with pytest.raises(script_helper.ScriptTimeoutError) as info:
+            script_helper.kill_python(p, timeout=0.5)
+        assert p.returncode == -signal.SIGKILL
+        assert "Windows" in str(info.value)
+        assert "faulthandler.dump_traceback_later" in str(info.value)
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+    def test_no_core_file_is_left_behind(self, tmp_path):
+        """Dying of SIGABRT writes no core file, even where core files are enabled."""
+        import resource
+
+        with open("/proc/sys/kernel/core_pattern", encoding="ascii") as f:
+            pattern = f.read().strip()
+        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        if pattern.startswith("|") or "/" in pattern or hard == 0:
+            pytest.skip(f"core files do not land in the working directory here ({pattern})")
+
+        def enable_core_files():
+            resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+
+        p = spawn_ready(
+            "-X", "faulthandler", "-c", READY_THEN_HANG,
+            cwd=tmp_path, preexec_fn=enable_core_files,
+        )
+        with pytest.raises(script_helper.ScriptTimeoutError):
+            script_helper.kill_python(p, timeout=0.5)
+        assert p.returncode == -signal.SIGABRT
+        assert os.listdir(tmp_path) == []
+
+
 class TestAssertPython:
     def test_ok_returns_unpackable_result(self):
         """assert_python_ok returns (rc, out, err) for a child that exits 0."""
@@ -318,6 +478,134 @@ class TestAssertPython:
         """_assert_python(expected_success, *args) exists for CPython's own tests."""
         assert script_helper._assert_python(True, "-c", "pass").rc == 0
         assert script_helper._assert_python(False, "-c", "1/0").rc == 1
+
+
+class TestImportHint:
+    """An isolated child (-I) that cannot import a module the test process sees is
+    told why: -I keeps the current directory and sys.path[0] off its sys.path."""
+
+    @pytest.mark.parametrize(
+        "args", [("-c", "import portsafe_hint_mod"), ("-m", "portsafe_hint_mod.cli")]
+    )
+    def test_module_in_the_current_directory(self, tmp_path, monkeypatch, no_env_needed, args):
+        """The hint names the module and the directory and suggests __isolated=False,
+        which then works."""
+        script_helper.make_script(tmp_path, "portsafe_hint_mod", "")
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(AssertionError) as info:
+            script_helper.assert_python_ok(*args)
+        msg = str(info.value)
+        assert "No module named" in msg  # the child's own error comes first
+        hint = msg.split("\n\nhint: ", 1)[1]
+        assert hint.startswith(f"'portsafe_hint_mod' is in the child's working directory "
+                               f"({tmp_path})")
+        assert "isolated (-I)" in hint
+        assert "__isolated=False" in hint
+        script_helper.assert_python_ok("-c", "import portsafe_hint_mod", __isolated=False)
+
+    def test_module_in_the_childs_cwd(self, tmp_path, no_env_needed):
+        """__cwd is the child's current directory, so that is where the hint looks."""
+        script_helper.make_pkg(tmp_path / "portsafe_hint_pkg")
+        with pytest.raises(AssertionError, match="hint: 'portsafe_hint_pkg' is in the child's"):
+            script_helper.assert_python_ok(
+                "-c", "import portsafe_hint_pkg", __cwd=str(tmp_path)
+            )
+
+    def test_module_first_on_this_processs_sys_path(self, tmp_path, monkeypatch, no_env_needed):
+        """A module found through our sys.path[0] gets the PYTHONPATH advice, which works."""
+        lib = tmp_path / "lib"
+        lib.mkdir()
+        script_helper.make_script(lib, "portsafe_hint_lib", "")
+        monkeypatch.syspath_prepend(str(lib))
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(AssertionError) as info:
+            script_helper.assert_python_ok("-c", "import portsafe_hint_lib")
+        hint = str(info.value).split("\n\nhint: ", 1)[1]
+        assert hint.startswith(f"'portsafe_hint_lib' is importable here from {lib}")
+        assert "PYTHONPATH" in hint
+        script_helper.assert_python_ok("-c", "import portsafe_hint_lib", PYTHONPATH=str(lib))
+
+    def test_no_hint_for_a_module_that_is_nowhere(self, tmp_path, monkeypatch, no_env_needed):
+        """A module missing everywhere gets the plain report."""
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(AssertionError) as info:
+            script_helper.assert_python_ok("-c", "import portsafe_no_such_module")
+        assert "No module named 'portsafe_no_such_module'" in str(info.value)
+        assert "hint:" not in str(info.value)
+
+    def test_no_hint_when_the_child_was_not_isolated(self, tmp_path, monkeypatch):
+        """Without -I the hint's reason does not apply, so there is none."""
+        script_helper.make_script(tmp_path, "portsafe_hint_mod", "")
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(AssertionError) as info:
+            script_helper.assert_python_ok(
+                "-c", "import sys; del sys.path[0]; import portsafe_hint_mod", PORTSAFE_X="1"
+            )
+        assert "No module named 'portsafe_hint_mod'" in str(info.value)
+        assert "hint:" not in str(info.value)
+
+
+# Inner tests that fail in portsafe's helpers on the user's behalf.
+FAILING_HELPERS = """
+import pytest
+from portsafe import script_helper
+
+def test_assert_python_ok():
+    script_helper.assert_python_ok("-c", "raise SystemExit('child failed')")
+
+def test_assert_python_failure():
+    script_helper.assert_python_failure("-c", "pass")
+
+def test_run_python_expect_success():
+    script_helper.run_python("-c", "1/0", expect_success=True)
+
+def test_timeout():
+    script_helper.assert_python_ok("-c", "import time; time.sleep(600)", __timeout=0.5)
+
+def test_kill_python_timeout():
+    p = script_helper.spawn_python("-c", "import time; time.sleep(600)")
+    script_helper.kill_python(p, timeout=0.5)
+
+def test_bad_timeout():
+    script_helper.run_python("-c", "pass", timeout="soon")
+
+def test_make_script(tmp_path):
+    script_helper.make_script(tmp_path, "x", 42)
+"""
+
+
+class TestTracebacks:
+    @pytest.mark.parametrize("tb", ["auto", "short"])
+    def test_failures_point_at_the_test_not_at_portsafe(self, pytester, tb):
+        """pytest shows the test's line and the report, and none of portsafe's frames."""
+        pytester.makepyfile(test_inner=FAILING_HELPERS)
+        result = pytester.runpytest("-p", "no:cacheprovider", f"--tb={tb}")
+        result.assert_outcomes(failed=7)
+        text = result.stdout.str()
+        assert "child failed" in text
+        assert "did not exit within 0.5 seconds" in text
+        # pytest ends each frame it shows with "file.py:line: ..."
+        frames = re.findall(r"^(\S+\.py):\d+: ", text, re.MULTILINE)
+        assert len(frames) >= 7
+        assert set(frames) == {"test_inner.py"}
+        assert "script_helper.py" not in text
+
+    def test_unexpected_errors_keep_their_frames(self, pytester, tmp_path):
+        """An error that is not a report (here Popen's, for a missing cwd) keeps the
+        frame that made it, so a bug in portsafe stays visible."""
+        missing = tmp_path / "missing"
+        pytester.makepyfile(test_inner=f"""
+            from portsafe import script_helper
+
+            def test_missing_cwd():
+                script_helper.run_python("-c", "pass", cwd={str(missing)!r})
+        """)
+        result = pytester.runpytest("-p", "no:cacheprovider", "--tb=short")
+        result.assert_outcomes(failed=1)
+        text = result.stdout.str()
+        assert "FileNotFoundError" in text
+        assert "script_helper.py" in text
+        assert "in _run" in text
 
 
 class TestPythonRunResult:

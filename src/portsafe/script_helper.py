@@ -17,8 +17,12 @@ Two faces, one implementation:
 * :func:`run_python`, a keyword-only function for new code, where the environment is a
   mapping and nothing is spelled with underscores.
 
-A child that outlives its timeout is killed and :class:`ScriptTimeoutError` is raised
-with whatever it printed, so a hung script fails one test instead of hanging the run.
+A child that outlives its timeout is first sent SIGABRT, on which the faulthandler
+that ``-X faulthandler`` enables prints the stack of every thread; then it is killed and
+:class:`ScriptTimeoutError` is raised with everything it printed, so a hung script fails
+one test, showing where it hung, instead of hanging the run. Under pytest the helpers'
+own frames are left out of tracebacks (``__tracebackhide__``; ``--full-trace`` shows
+them), so a failure points at the test's line.
 
 Compatibility notes, because CPython's own tests patch this module:
 
@@ -33,7 +37,9 @@ from __future__ import annotations
 
 import collections
 import importlib
+import importlib.machinery
 import importlib.util
+import itertools
 import os
 import os.path
 import subprocess
@@ -85,6 +91,14 @@ _MAX_REPORT_BYTES = 300 * 100
 # that inherited them could otherwise keep us waiting for EOF forever.
 _DRAIN_SECONDS = 5.0
 
+# How long a timed-out child sent SIGABRT has to print its stacks and die before it is
+# killed: faulthandler prints at once, so only a child that handles SIGABRT itself
+# (or a very busy machine) takes this long.
+_DUMP_SECONDS = 3.0
+
+# The first line faulthandler prints when a signal makes it dump the stacks.
+_FAULTHANDLER_MARK = b"Fatal Python error: Aborted"
+
 # Windows exit statuses worth a name in a failure report (CPython 3.14's table).
 _WINDOWS_STATUS = {
     0xC0000005: "STATUS_ACCESS_VIOLATION",
@@ -99,8 +113,11 @@ class ScriptTimeoutError(PortsafeError, AssertionError, TimeoutError):
     It is an ``AssertionError`` so unittest counts it as a test failure like any other
     failed ``assert_python_*``, and a ``TimeoutError`` so ``except TimeoutError`` works.
     ``timeout`` is the limit in seconds, ``cmd_line`` the command that was run, and
-    ``result`` the :class:`PythonRunResult` collected after the kill (its ``out`` and
-    ``err`` hold what the child printed before it hung, which usually says where).
+    ``result`` the :class:`PythonRunResult` collected after the kill. Its ``out`` and
+    ``err`` hold what the child printed, and, for a Python child started with
+    ``-X faulthandler`` (as every child of :func:`run_python` and the
+    ``assert_python_*`` helpers is), the stack of each of its threads, which faulthandler
+    prints when the child is sent SIGABRT at the timeout (POSIX only).
 
     Example:
         >>> from portsafe import script_helper
@@ -185,6 +202,7 @@ def interpreter_requires_environment() -> bool:
         >>> script_helper.interpreter_requires_environment() in (True, False)
         True
     """
+    __tracebackhide__ = True
     global __cached_interp_requires_environment
     if __cached_interp_requires_environment is None:
         if "PYTHONHOME" in os.environ:
@@ -218,6 +236,9 @@ class PythonRunResult(_ResultBase):
     """
 
     cmd_line: list[Any] | None = None
+    # How this module ran the child (working directory, -I), for fail()'s import hint.
+    _cwd: str | None = None
+    _isolated: bool = False
 
     def fail(self, cmd_line: Sequence[Arg] | None = None) -> None:
         """Raise an ``AssertionError`` describing this run, for a test report.
@@ -242,10 +263,16 @@ class PythonRunResult(_ResultBase):
             ...     print(str(exc).splitlines()[0])
             Process return code is 3
         """
+        __tracebackhide__ = True
         if cmd_line is None:
             cmd_line = self.cmd_line
-        raise AssertionError(_report(f"Process return code is {self._describe_rc()}",
-                                     cmd_line, self.out, self.err))
+        message = _report(f"Process return code is {self._describe_rc()}",
+                          cmd_line, self.out, self.err)
+        if self.rc and self._isolated and self._cwd is not None:
+            hint = _import_hint(self.err + b"\n" + self.out, self._cwd)
+            if hint is not None:
+                message += f"\n\n{hint}"
+        raise AssertionError(message)
 
     def _describe_rc(self) -> str:
         signame = _signal_name(self.rc)
@@ -279,7 +306,51 @@ def _report(headline: str, cmd_line: object, out: bytes, err: bytes) -> str:
     )
 
 
+def _has_module(directory: str, name: str) -> bool:
+    """Whether ``import name`` would find something in ``directory``."""
+    base = os.path.join(directory, name)
+    if os.path.isdir(base):  # a package, or at least a namespace package
+        return True
+    return any(os.path.isfile(base + suffix) for suffix in importlib.machinery.all_suffixes())
+
+
+def _import_hint(output: bytes, workdir: str) -> str | None:
+    """Advice for an isolated (``-I``) child that failed to import a module we can see.
+
+    ``-I`` keeps the current directory (and a script's own) off ``sys.path``, so a
+    project's module that imports fine in the test process is missing in the child.
+    """
+    import re
+
+    text = output.decode("utf8", "replace")
+    # "No module named 'x'" (import statement) or "No module named x" (-m)
+    found = re.findall(r"No module named '?([\w.]+)", text)
+    names = dict.fromkeys(name.partition(".")[0] for name in found)
+    here = os.path.abspath(os.curdir)
+    first = os.path.abspath(sys.path[0]) if sys.path and sys.path[0] else here
+    for name in names:
+        if not name.isidentifier():
+            continue
+        if _has_module(workdir, name):
+            return (
+                f"hint: {name!r} is in the child's working directory ({workdir}), but the "
+                "child runs isolated (-I), which keeps that directory off sys.path: pass "
+                "__isolated=False (run_python: isolated=False) to import it with -c or -m, "
+                "or put the directory on PYTHONPATH"
+            )
+        for directory in dict.fromkeys((first, here)):
+            if _has_module(directory, name):
+                return (
+                    f"hint: {name!r} is importable here from {directory}, but the child "
+                    "runs isolated (-I), which keeps that directory off its sys.path: put "
+                    f"it on PYTHONPATH (the keyword PYTHONPATH={directory!r}, or "
+                    "run_python(env={'PYTHONPATH': ...})), which also turns -I off"
+                )
+    return None
+
+
 def _check_timeout(timeout: object) -> float | None:
+    __tracebackhide__ = True
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -292,32 +363,158 @@ def _check_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
+def _seconds(value: float) -> str:
+    """``1 second``, ``0.5 seconds``, ``2 seconds``: a duration for a message."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    if text == "0":  # shorter than a millisecond: keep one significant digit
+        text = f"{value:.1g}"
+    return f"{text} second" if text == "1" else f"{text} seconds"
+
+
+def _has_faulthandler_option(args: Sequence[Any]) -> bool:
+    """Whether a command line runs Python with ``-X faulthandler``."""
+    words = [
+        os.fsdecode(arg) for arg in args if isinstance(arg, (str, bytes, os.PathLike))
+    ]
+    return "-Xfaulthandler" in words or any(
+        pair == ("-X", "faulthandler") for pair in itertools.pairwise(words)
+    )
+
+
+def _handles_sigabrt(pid: int) -> bool | None:
+    """Whether process ``pid`` catches SIGABRT, from Linux's /proc; ``None`` elsewhere."""
+    import signal
+
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    caught = int(line.split()[1], 16)
+                    return bool(caught >> (signal.SIGABRT - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _why_no_stack_dump(proc: subprocess.Popen[bytes], faulthandler: bool) -> str | None:
+    """Why SIGABRT would not make this child print its stacks, or ``None`` if it would.
+
+    faulthandler (``-X faulthandler``) prints every thread's stack on SIGABRT. A child
+    that does not catch SIGABRT would only die of it, and leave a core file, so it is
+    not sent one: Linux's /proc says whether the child catches it; elsewhere the
+    command line's ``-X faulthandler`` is the best evidence there is.
+    """
+    if sys.platform == "win32":
+        return (
+            "Windows has no signal that asks a process for one: have the child call "
+            "faulthandler.dump_traceback_later(seconds) to print its stacks itself"
+        )
+    handles = _handles_sigabrt(proc.pid)
+    if handles is None:
+        handles = faulthandler
+    if not handles:
+        return "it does not handle SIGABRT: start Python with -X faulthandler to get one"
+    return None
+
+
+def _forbid_core_dump(pid: int) -> None:
+    # faulthandler re-raises SIGABRT after printing, and death by SIGABRT writes a core
+    # file wherever core dumps are enabled: a timed-out test must not leave one behind.
+    try:
+        import resource
+
+        resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, AttributeError, OSError):
+        pass  # not Linux, or not allowed: core files stay as the system set them
+
+
+def _stop_hung(
+    proc: subprocess.Popen[bytes], expired: subprocess.TimeoutExpired, faulthandler: bool
+) -> tuple[bytes, bytes, str | None]:
+    """Stop a child that outlived its timeout, asking it for its stacks first.
+
+    Returns what it printed and, if it was not asked for its stacks, why not.
+    """
+    import signal
+
+    out, err = _as_bytes(expired.stdout), _as_bytes(expired.stderr)
+    why_not = _why_no_stack_dump(proc, faulthandler)
+    if why_not is None:
+        _forbid_core_dump(proc.pid)
+        proc.send_signal(signal.SIGABRT)  # does nothing to a child that has ended
+        try:
+            # Keep reading while it prints: on a full pipe its write, and so the
+            # child, would block until it is killed, and the stacks would be lost.
+            done_out, done_err = proc.communicate(timeout=_DUMP_SECONDS)
+        except subprocess.TimeoutExpired as slow:
+            out = _as_bytes(slow.stdout) or out
+            err = _as_bytes(slow.stderr) or err
+        else:
+            return done_out or b"", done_err or b"", None
+    proc.kill()
+    try:
+        # communicate() keeps what it read so far, so a second call returns the
+        # whole output up to the kill.
+        done_out, done_err = proc.communicate(timeout=_DRAIN_SECONDS)
+    except subprocess.TimeoutExpired as stuck:
+        # A grandchild holds the pipes open; report what we have.
+        return _as_bytes(stuck.stdout) or out, _as_bytes(stuck.stderr) or err, why_not
+    return done_out or b"", done_err or b"", why_not
+
+
+def _timeout_headline(timeout: float, result: PythonRunResult, why_not: str | None) -> str:
+    import signal
+
+    waited = f"Process did not exit within {_seconds(timeout)}"
+    code = f"return code {result._describe_rc()}"
+    look = "look at its output below for where it hung, or raise the timeout if it is merely slow"
+    if why_not is not None:
+        return f"{waited} and was killed ({code}) without a stack dump ({why_not}); {look}"
+    if _FAULTHANDLER_MARK in result.err or _FAULTHANDLER_MARK in result.out:
+        return (
+            f"{waited}; on SIGABRT it printed the stack of every thread "
+            f"('{_FAULTHANDLER_MARK.decode()}' in its output below, most recent call "
+            f"first) and died ({code}); raise the timeout if it is merely slow"
+        )
+    ended = "was killed" if result.rc == -signal.SIGKILL else "ended"
+    return (
+        f"{waited}; it was sent SIGABRT for a stack dump but printed none (it handles "
+        f"SIGABRT itself, or had not enabled faulthandler yet) and {ended} ({code}); "
+        f"{look}"
+    )
+
+
+def _hide_reports(excinfo: object) -> bool:
+    # pytest's __tracebackhide__ hook for the inner frames: hide them for the failures
+    # this module reports on the caller's behalf (a failed assertion, a timeout) and
+    # keep them for anything unexpected, such as a bug here. The public helpers hide
+    # their own frame outright: whatever goes wrong deeper keeps its frames.
+    return isinstance(getattr(excinfo, "value", None), AssertionError)
+
+
 def _communicate(
-    proc: subprocess.Popen[bytes], timeout: float | None, cmd_line: list[Any]
+    proc: subprocess.Popen[bytes],
+    timeout: float | None,
+    cmd_line: list[Any],
+    *,
+    faulthandler: bool,
 ) -> tuple[bytes, bytes]:
-    """Collect a child's output; on timeout kill it and raise ScriptTimeoutError."""
+    """Collect a child's output; on timeout get its stacks, kill it, raise ScriptTimeoutError.
+
+    ``faulthandler`` says whether the command line enabled faulthandler, for systems
+    that cannot tell whether a process handles SIGABRT.
+    """
+    __tracebackhide__ = _hide_reports
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as expired:
-        proc.kill()
-        try:
-            # communicate() keeps what it read so far, so a second call returns the
-            # whole output up to the kill.
-            out, err = proc.communicate(timeout=_DRAIN_SECONDS)
-        except subprocess.TimeoutExpired as stuck:
-            # A grandchild holds the pipes open; report what we have.
-            out = _as_bytes(stuck.stdout) or _as_bytes(expired.stdout)
-            err = _as_bytes(stuck.stderr) or _as_bytes(expired.stderr)
+        out, err, why_not = _stop_hung(proc, expired, faulthandler)
         rc = proc.wait()
-        result = PythonRunResult(rc, out or b"", err or b"")
+        result = PythonRunResult(rc, out, err)
         result.cmd_line = cmd_line
-        headline = (
-            f"Process did not exit within {timeout:g} seconds and was killed "
-            f"(return code {result._describe_rc()}); look at its output below for "
-            "where it hung, or raise the timeout if it is merely slow"
-        )
+        headline = _timeout_headline(expired.timeout, result, why_not)
         raise ScriptTimeoutError(
-            _report(headline, cmd_line, result.out, result.err),
+            _report(headline, cmd_line, out, err),
             timeout=timeout,
             cmd_line=cmd_line,
             result=result,
@@ -341,6 +538,7 @@ def _run(
     run_using_command: Sequence[Arg] | None,
 ) -> tuple[PythonRunResult, list[Any]]:
     """The one implementation behind run_python_until_end() and run_python()."""
+    __tracebackhide__ = _hide_reports
     cmd_line: list[Any] = [sys.executable, "-X", "faulthandler"]
     if run_using_command:
         cmd_line = list(run_using_command) + cmd_line
@@ -370,6 +568,7 @@ def _run(
             env[name] = value
     cmd_line.extend(args)
 
+    workdir = os.path.abspath(os.curdir if cwd is None else os.fsdecode(cwd))
     proc = subprocess.Popen(
         cmd_line,
         stdin=subprocess.PIPE,
@@ -380,12 +579,14 @@ def _run(
     )
     with proc:
         try:
-            out, err = _communicate(proc, timeout, cmd_line)
+            out, err = _communicate(proc, timeout, cmd_line, faulthandler=True)
         finally:
             proc.kill()
             _cleanup_zombies()
     result = PythonRunResult(proc.returncode, out, err)
     result.cmd_line = cmd_line
+    result._cwd = workdir
+    result._isolated = isolated
     return result, cmd_line
 
 
@@ -423,6 +624,7 @@ def run_python_until_end(*args: Arg, **env_vars: Any) -> tuple[PythonRunResult, 
         >>> res.out.strip()
         b'4'
     """
+    __tracebackhide__ = True
     _require_subprocess()
     env_required = interpreter_requires_environment()
     run_using_command = env_vars.pop("__run_using_command", None)
@@ -451,6 +653,7 @@ def run_python_until_end(*args: Arg, **env_vars: Any) -> tuple[PythonRunResult, 
 def _assert_python(
     expected_success: bool, /, *args: Arg, **env_vars: Any
 ) -> PythonRunResult:
+    __tracebackhide__ = True
     _require_subprocess()
     res, cmd_line = run_python_until_end(*args, **env_vars)
     if (res.rc and expected_success) or (not res.rc and not expected_success):
@@ -484,6 +687,7 @@ def assert_python_ok(*args: Arg, **env_vars: Any) -> PythonRunResult:
         >>> out
         b'ok\\n'
     """
+    __tracebackhide__ = True
     return _assert_python(True, *args, **env_vars)
 
 
@@ -509,6 +713,7 @@ def assert_python_failure(*args: Arg, **env_vars: Any) -> PythonRunResult:
         >>> b"ZeroDivisionError" in err
         True
     """
+    __tracebackhide__ = True
     return _assert_python(False, *args, **env_vars)
 
 
@@ -559,6 +764,7 @@ def run_python(
         >>> res.out
         b'hello\\n'
     """
+    __tracebackhide__ = True
     _require_subprocess()
     checked_timeout = _check_timeout(timeout)
     env_vars: dict[str, str | None] = {}
@@ -619,6 +825,7 @@ def spawn_python(
         >>> script_helper.kill_python(p)
         b'SHOUT\\n'
     """
+    __tracebackhide__ = True
     _require_subprocess()
     cmd_line: list[Any] = [sys.executable]
     if not interpreter_requires_environment():
@@ -636,7 +843,9 @@ def kill_python(p: subprocess.Popen[bytes], *, timeout: float | None = None) -> 
     """Close a spawned child's stdin, read its stdout to the end and reap it (CPython API).
 
     Despite the name it does not kill: it waits for the child to finish -- unless
-    ``timeout`` (portsafe) is given and runs out, then it kills the child.
+    ``timeout`` (portsafe) is given and runs out, then it kills the child. A child that
+    runs faulthandler (``spawn_python("-X", "faulthandler", ...)``) is first sent
+    SIGABRT, so its output ends with the stack of each of its threads (POSIX only).
 
     Args:
         p: a process from :func:`spawn_python` (stdin and stdout pipes).
@@ -655,6 +864,7 @@ def kill_python(p: subprocess.Popen[bytes], *, timeout: float | None = None) -> 
         >>> script_helper.kill_python(p, timeout=60)
         b'bye\\n'
     """
+    __tracebackhide__ = True
     checked_timeout = _check_timeout(timeout)
     if checked_timeout is None:
         assert p.stdin is not None
@@ -670,7 +880,10 @@ def kill_python(p: subprocess.Popen[bytes], *, timeout: float | None = None) -> 
         # communicate() closes stdin and reads all pipes, with a deadline.
         with p:
             try:
-                data, _ = _communicate(p, checked_timeout, list(_as_args(p.args)))
+                args = _as_args(p.args)
+                data, _ = _communicate(
+                    p, checked_timeout, args, faulthandler=_has_faulthandler_option(args)
+                )
             finally:
                 p.kill()
     # Reap dropped children so regrtest -R does not see leaked processes.
@@ -715,6 +928,7 @@ def make_script(
         ...     script_helper.assert_python_ok(path).out
         b'hi\\n'
     """
+    __tracebackhide__ = True
     script_filename = script_basename
     if not omit_suffix:
         script_filename += os.extsep + "py"
@@ -758,6 +972,7 @@ def make_legacy_pyc(source: StrPath) -> str:
         ...     os.path.basename(script_helper.make_legacy_pyc(src))
         'mod.pyc'
     """
+    __tracebackhide__ = True
     source = os.fspath(source)
     pyc_file = importlib.util.cache_from_source(source)
     up_one = os.path.dirname(os.path.abspath(source))
@@ -795,6 +1010,7 @@ def make_zip_script(
         ...     script_helper.assert_python_ok(zip_name).out
         b'zipped\\n'
     """
+    __tracebackhide__ = True
     import zipfile
 
     script_name = os.fspath(script_name)
@@ -830,6 +1046,7 @@ def make_pkg(pkg_dir: StrPath, init_source: str | bytes = "") -> None:
         ...     sorted(os.listdir(os.path.join(d, "pkg")))
         ['__init__.py']
     """
+    __tracebackhide__ = True
     os.mkdir(pkg_dir)
     make_script(pkg_dir, "__init__", init_source)
 
@@ -874,6 +1091,7 @@ def make_zip_pkg(  # noqa: PLR0917 -- CPython's positional signature
         ...     script_helper.assert_python_ok("-m", "pkg", PYTHONPATH=zip_name).out
         b'1\\n'
     """
+    __tracebackhide__ = True
     # Loaded on use: zipfile pulls in compression modules, py_compile pulls in traceback.
     import py_compile
     import zipfile
@@ -937,6 +1155,7 @@ def run_test_script(script: StrPath) -> None:
         ...         "unittest.main()\\n"))
         ...     script_helper.run_test_script(path)
     """
+    __tracebackhide__ = True
     _require_subprocess()
     if _support_verbose():
         name = f"script {os.path.basename(script)}"
