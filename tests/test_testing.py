@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import socket
 import unittest
 
@@ -458,3 +459,45 @@ class TestRequiresInternet:
         """Wrongly typed options raise TypeError at decoration time."""
         with pytest.raises(TypeError, match=match):
             requires_internet(**options)  # type: ignore[arg-type]
+
+
+class TestTracebacks:
+    def test_failures_point_at_the_test(self, pytester: pytest.Pytester) -> None:
+        """Errors raised on the caller's behalf show the test's line, not testing.py's."""
+        pytester.makepyfile(test_inner="""
+            from portsafe.testing import (
+                PortFactory, ReservedPortsMixin, internet_enabled, open_tcp_listener,
+                requires_internet, requires_ipv6,
+            )
+
+            def test_factory_after_release():
+                take = PortFactory()
+                take.release_all()
+                take()
+
+            def test_bad_setting():
+                internet_enabled({"PORTSAFE_INTERNET": "maybe"})
+
+            def test_bad_host():
+                open_tcp_listener(1)
+
+            def test_mixin_outside_a_test_case():
+                ReservedPortsMixin().free_tcp_port()
+
+            def test_decorating_a_non_test():
+                requires_ipv6(42)
+
+            def test_bad_internet_option():
+                requires_internet(timeout="5")
+        """)
+        result = pytester.runpytest("-p", "no:cacheprovider", "--tb=short")
+        result.assert_outcomes(failed=6)
+        text = result.stdout.str()
+        for message in ("already released", "is not understood", "host must be a str",
+                        "needs a unittest.TestCase", "decorates test functions",
+                        "timeout must be a number"):
+            assert message in text
+        # pytest ends each frame it shows with "file.py:line: ..."
+        frames = re.findall(r"^(\S+\.py):\d+: ", text, re.MULTILINE)
+        assert len(frames) == 6
+        assert set(frames) == {"test_inner.py"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -245,3 +246,27 @@ class TestBadInput:
         """A port beyond Python's 4300-digit str() limit still gets a readable error."""
         with pytest.raises(portsafe.InvalidSettingError, match="bits"):
             wait_for_port(10**5000, timeout=0)
+
+
+class TestTracebacks:
+    def test_failures_point_at_the_test(self, pytester: pytest.Pytester) -> None:
+        """pytest shows the test's failing call and the message, not wait_for_port's
+        insides."""
+        pytester.makepyfile(test_inner=f"""
+            import portsafe
+
+            def test_nothing_listens():
+                portsafe.wait_for_port({_closed_port()}, timeout=0.05)
+
+            def test_bad_port():
+                portsafe.wait_for_port("80", timeout=0)
+        """)
+        result = pytester.runpytest("-p", "no:cacheprovider", "--tb=short")
+        result.assert_outcomes(failed=2)
+        text = result.stdout.str()
+        assert "nothing accepted connections" in text
+        assert "port must be an int" in text
+        # pytest ends each frame it shows with "file.py:line: ..."
+        frames = re.findall(r"^(\S+\.py):\d+: ", text, re.MULTILINE)
+        assert len(frames) == 2
+        assert set(frames) == {"test_inner.py"}

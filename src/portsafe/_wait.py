@@ -106,6 +106,7 @@ def _rebuild(message: str, attributes: dict[str, Any]) -> PortNotReadyError:
 
 
 def _target(port: object, host: str | None) -> tuple[int, str]:
+    __tracebackhide__ = True
     if isinstance(port, bool):
         raise TypeError(f"port must be an int or a portsafe.Reservation, not {shown(port)}")
     reserved_host = None if isinstance(port, int) else getattr(port, "host", None)
@@ -192,6 +193,7 @@ def wait_for_port(
         >>> with portsafe.listen() as sock:
         ...     portsafe.wait_for_port(sock.getsockname()[1], timeout=5)
     """
+    __tracebackhide__ = True
     number, host = _target(port, host)
     timeout = check_timeout(timeout)
     if process is not None and not (callable(getattr(process, "poll", None))

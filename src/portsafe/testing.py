@@ -165,6 +165,7 @@ def internet_enabled(environ: Mapping[str, str] | None = None) -> bool:
         >>> internet_enabled({})
         False
     """
+    __tracebackhide__ = True
     value = (os.environ if environ is None else environ).get(INTERNET_ENV, "")
     normalized = value.strip().lower()
     if normalized in _TRUE:
@@ -199,6 +200,7 @@ def internet_options(
         >>> internet_options(timeout=5)
         {'timeout': 5.0}
     """
+    __tracebackhide__ = True
     options: dict[str, Any] = {}
     if timeout is not None:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
@@ -236,6 +238,7 @@ def open_tcp_listener(host: str = "127.0.0.1", *, backlog: int = 128) -> socket.
         ...     sock.getsockname()[0]
         '127.0.0.1'
     """
+    __tracebackhide__ = True
     if not isinstance(host, str):
         raise TypeError(f"host must be a str such as '127.0.0.1', not {host!r}")
     if not isinstance(backlog, int) or isinstance(backlog, bool):
@@ -295,6 +298,7 @@ class PortFactory:
             ...     take(ports=range(20000, 20100)) in range(20000, 20100)
             True
         """
+        __tracebackhide__ = True
         if self._closed:
             raise RuntimeError(
                 "this port factory was already released (its fixture or test ended); "
@@ -326,6 +330,7 @@ class PortFactory:
             >>> take.reservations[0].released
             True
         """
+        __tracebackhide__ = True
         self._closed = True
         errors: list[BaseException] = []
         for reservation in self._reservations:
@@ -345,10 +350,12 @@ class PortFactory:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        __tracebackhide__ = True
         self.release_all()
 
 
 def _as_test_case(obj: object, method: str) -> unittest.TestCase:
+    __tracebackhide__ = True
     if not isinstance(obj, unittest.TestCase):
         raise TypeError(
             f"{method}() needs a unittest.TestCase: mix ReservedPortsMixin into a TestCase "
@@ -392,6 +399,7 @@ class ReservedPortsMixin:
         Example:
             >>> # inside a test method:  port = self.free_port(socktype=0)  # TCP and UDP
         """
+        __tracebackhide__ = True
         case = _as_test_case(self, "free_port")
         reservation = reserve_port(**options)
         case.addCleanup(reservation.release)
@@ -410,6 +418,7 @@ class ReservedPortsMixin:
         Example:
             >>> # inside a test method:  server = start_server(port=self.free_tcp_port())
         """
+        __tracebackhide__ = True
         return self.free_port(socktype=socket.SOCK_STREAM)
 
     def free_udp_port(self) -> int:
@@ -425,6 +434,7 @@ class ReservedPortsMixin:
         Example:
             >>> # inside a test method:  sock.bind(("127.0.0.1", self.free_udp_port()))
         """
+        __tracebackhide__ = True
         return self.free_port(socktype=socket.SOCK_DGRAM)
 
     def tcp_listener(self, host: str = "127.0.0.1", *, backlog: int = 128) -> socket.socket:
@@ -444,6 +454,7 @@ class ReservedPortsMixin:
         Example:
             >>> # inside a test method:  sock = self.tcp_listener(); serve(sock)
         """
+        __tracebackhide__ = True
         case = _as_test_case(self, "tcp_listener")
         sock = open_tcp_listener(host, backlog=backlog)
         case.addCleanup(sock.close)
@@ -470,6 +481,7 @@ class ReservedPortsMixin:
             >>> # @classmethod
             >>> # def setUpClass(cls):  cls.port = cls.free_port_for_class()
         """
+        __tracebackhide__ = True
         if not issubclass(cls, unittest.TestCase):
             raise TypeError(
                 "free_port_for_class() needs a unittest.TestCase: mix ReservedPortsMixin "
@@ -482,6 +494,7 @@ class ReservedPortsMixin:
 
 def _guard(obj: _T, check: Callable[[], None], decorator: str) -> _T:
     """Run ``check`` (which raises ``SkipTest``) before a test function or a test class."""
+    __tracebackhide__ = True
     if isinstance(obj, type):
         if not issubclass(obj, unittest.TestCase):
             raise TypeError(f"@{decorator} decorates test functions or TestCase classes, "
@@ -490,6 +503,7 @@ def _guard(obj: _T, check: Callable[[], None], decorator: str) -> _T:
         original = test_class.__dict__.get("setUpClass")
 
         def set_up_class(cls: type[unittest.TestCase]) -> None:
+            __tracebackhide__ = True
             check()  # raising SkipTest from setUpClass skips the whole class
             if original is None:
                 super(test_class, cls).setUpClass()  # type: ignore[misc]
@@ -514,6 +528,7 @@ def _wrap(
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             check()
             if around is None:
                 return await func(*args, **kwargs)
@@ -524,6 +539,7 @@ def _wrap(
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         check()
         if around is None:
             return func(*args, **kwargs)
@@ -568,6 +584,7 @@ def requires_ipv6(obj: _T) -> _T:
         ...     def test_v6(self) -> None:
         ...         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
     """
+    __tracebackhide__ = True
     return _guard(obj, _check_ipv6, "requires_ipv6")
 
 
@@ -591,6 +608,7 @@ def requires_unix_socket(obj: _T) -> _T:
         ...     def test_unix(self) -> None:
         ...         socket.socket(socket.AF_UNIX).close()
     """
+    __tracebackhide__ = True
     return _guard(obj, _check_unix, "requires_unix_socket")
 
 
@@ -626,6 +644,7 @@ def requires_internet(
         ...     def test_download(self) -> None:
         ...         ...
     """
+    __tracebackhide__ = True
     if not isinstance(resource_name, str):
         raise TypeError(
             "requires_internet takes a resource name (str), not "
