@@ -42,7 +42,7 @@ def first_reservation(per_repeat: int, repeats: int) -> list[dict]:
     return [figure("first_vs_binds", "first reservation in a fresh process",
                    "100x socket()+bind(0)+close() in the same process", values,
                    target=1.0, limit="reading /proc and /etc/services, building one "
-                   "shard, checking the lock directory and opening one lock file",
+                   "shard's walk, the first name",
                    absolute={"first reserve_port()+release()": firsts,
                              "100 plain binds": binds})]
 

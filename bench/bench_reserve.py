@@ -65,7 +65,8 @@ def inner(args: argparse.Namespace) -> dict:
     if wanted("latency"):
         figures += latency(800 if quick else 4000, repeats)
     if wanted("held"):
-        figures += held(300 if quick else 2000, repeats, (0, 1000, 10000, 30000))
+        figures += held(300 if quick else 2000, repeats, (0, 1000, 10000))
+        figures += held(300 if quick else 2000, repeats, (0, 10000), elsewhere=True)
     if wanted("first"):
         figures += first_reservation(4 if quick else 10, repeats)
     if wanted("imports"):

@@ -50,8 +50,6 @@ PREFIX = b"\0portsafe" + str(FORMAT).encode() + b":"
 SHOWN_PREFIX = f"@portsafe{FORMAT}:"
 
 _DIGITS = ALPHABET.encode()
-_NAMES = [PREFIX + bytes((_DIGITS[p >> 12], _DIGITS[(p >> 6) & 63], _DIGITS[p & 63]))
-          for p in range(65536)]
 _VALUES = {char: value for value, char in enumerate(ALPHABET)}
 
 
@@ -62,7 +60,8 @@ def name(port: int) -> bytes:
         >>> name(8000)
         b'\\x00portsafe1:B9A'
     """
-    return _NAMES[port]
+    digits = _DIGITS
+    return PREFIX + bytes((digits[port >> 12], digits[(port >> 6) & 63], digits[port & 63]))
 
 
 def port_of(shown: str) -> int | None:
@@ -111,7 +110,7 @@ def claim_name_py(port: int, plan: Plan, high: int) -> int:
     except OSError as exc:
         return LOCK_ERROR | (exc.errno or 0) << 8
     try:
-        sock.bind(_NAMES[port])
+        sock.bind(name(port))
     except OSError as exc:
         sock.close()
         return HELD if exc.errno == errno.EADDRINUSE else LOCK_ERROR | (exc.errno or 0) << 8
