@@ -241,6 +241,15 @@ def interpreters(choice: list[str]) -> list[str]:
 
 
 def main() -> int:
+    from portsafe._locking.backend import NAMES
+
+    if NAMES:
+        print("bench_floor.py measures the lock-file backend's floor (macOS, the BSDs). On "
+              "Linux reservations are names: bench_reserve.py --only latency prints their "
+              "floor (the figures 'vs its system calls'). To measure the file backend here: "
+              "unshare --net -- python tests/_netns.py env _PORTSAFE_SELFTEST_FILE_BACKEND=1 "
+              "python bench/bench_floor.py")
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--python", action="append", default=[],
                         help="interpreter: a path, a pyenv version, or 'all' (repeatable)")
