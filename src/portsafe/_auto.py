@@ -244,7 +244,51 @@ def _from_hook() -> None:
     except InvalidSettingError as exc:
         if not _state["said"]:  # a venv's lib64 link makes site read the hook twice
             _state["said"] = True
-            sys.stderr.write(f"portsafe: auto mode stays off: {exc}\n")
+            _say_invalid(f"portsafe: auto mode stays off: {exc}\n")
         return
     if on:
         enable(source="env")
+
+
+def _say_invalid(message: str) -> None:
+    """Say that ``PORTSAFE_AUTO`` is not understood, once per process.
+
+    In a pytest run, portsafe's plugin stops the run with the same message (a usage
+    error), so the hook leaves it to the plugin; it says it at exit only if the plugin
+    never loaded (``-p no:portsafe``).
+    """
+    if not _started_as_pytest():
+        sys.stderr.write(message)
+        return
+    import atexit
+
+    def unless_the_plugin_said_it() -> None:
+        if "portsafe.pytest_plugin" not in sys.modules:
+            sys.stderr.write(message)
+
+    atexit.register(unless_the_plugin_said_it)
+
+
+def _started_as_pytest() -> bool:
+    """Whether this interpreter was started to run pytest: ``python -m pytest`` or a
+    ``pytest`` (``py.test``, ``pytest-3``) script, read from the command line.
+
+    Example:
+        >>> _started_as_pytest() in (True, False)
+        True
+    """
+    if sys.argv[:1] != ["-m"]:  # a script, or -c: the program's name is argv[0]
+        program = os.path.basename(sys.argv[0]).lower() if sys.argv else ""
+        program = program.removesuffix(".exe")
+        return program in ("pytest", "py.test") or program.startswith("pytest-")
+    args = list(getattr(sys, "orig_argv", ()))[1:]
+    for index, arg in enumerate(args):  # the interpreter's options: find -m's module
+        if not arg.startswith("-") or arg.startswith("--"):
+            continue
+        for at, letter in enumerate(arg[1:], start=2):  # -m pytest, -mpytest, -Im pytest
+            if letter == "m":
+                module = arg[at:] or (args[index + 1] if index + 1 < len(args) else "")
+                return module in ("pytest", "py.test")
+            if letter in "cWX":  # the rest of this argument is the option's value
+                break
+    return False
