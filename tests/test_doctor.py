@@ -1,7 +1,10 @@
 """``portsafe doctor``: each check on private directories, and the verb itself.
 
 Nothing here touches the shared default lock directory: every check gets a directory
-under ``tmp_path``.
+under ``tmp_path``. The names checks (Linux) bind only their probe, port 0's name; what
+they count is counted in a private network namespace, where only the test's names are.
+The verb's lock-file checks run on Linux in a private network namespace through the
+test-only channel (``backend.SELFTEST``), as they run on macOS.
 """
 
 from __future__ import annotations
@@ -9,16 +12,26 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 
 import pytest
+from tests import _netns
 from tests._nobody import as_nobody
 
-from portsafe import _doctor, _doctor_lockdir, _doctor_locks, _keeper_client, _server
+from portsafe import (
+    _doctor,
+    _doctor_lockdir,
+    _doctor_locks,
+    _doctor_names,
+    _keeper_client,
+    _server,
+)
 from portsafe._doctor import CheckResult
+from portsafe._locking import backend, holders, names
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,6 +41,17 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX checks")
 NOBODY = 65534
 needs_root = pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0,
                                 reason="needs root to make another user's directory")
+needs_netns = pytest.mark.skipif(not _netns.available(),
+                                 reason="needs a private network namespace (unshare --net)")
+
+
+def in_files_backend(*command: str, env: dict[str, str] | None = None,
+                     check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run *command* as macOS runs portsafe: the lock-file backend, in a private network
+    namespace of its own (where the test-only channel is accepted)."""
+    env = dict(os.environ if env is None else env, **{backend.SELFTEST: "1"})
+    return subprocess.run([*_netns.PREFIX, *command], env=env, capture_output=True,
+                          text=True, timeout=60, check=check)
 
 
 @pytest.fixture
@@ -199,6 +223,205 @@ class TestRecordLocks:
                     "(the failure paths are covered by the simulated tests above)")
 
 
+# Installs a seccomp filter that refuses socket(AF_UNIX, ...) with EPERM, as a container's
+# profile may, then runs `portsafe doctor --json` under it (exit 77: no seccomp here).
+DENY_UNIX_SOCKETS = r"""
+import ctypes, os, platform, socket, struct, sys
+NR_SOCKET = {"x86_64": 41, "aarch64": 198}[platform.machine()]
+ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}[platform.machine()]  # AUDIT_ARCH_*
+LOAD, JUMP_IF_EQUAL, RETURN = 0x20, 0x15, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_RET|K
+ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+
+def op(code, k, true=0, false=0):
+    return struct.pack("=HBBI", code, true, false, k)
+
+program = b"".join([
+    op(LOAD, 4), op(JUMP_IF_EQUAL, ARCH, 1, 0), op(RETURN, ALLOW),  # seccomp_data.arch
+    op(LOAD, 0), op(JUMP_IF_EQUAL, NR_SOCKET, 0, 3),  # .nr
+    op(LOAD, 16), op(JUMP_IF_EQUAL, socket.AF_UNIX, 0, 1),  # .args[0]: the domain
+    op(RETURN, EPERM), op(RETURN, ALLOW),
+])
+
+class Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+code = ctypes.create_string_buffer(program)
+prog = Program(len(program) // 8, ctypes.cast(code, ctypes.c_void_p))
+libc = ctypes.CDLL(None, use_errno=True)
+ulong = ctypes.c_ulong
+if (libc.prctl(38, ulong(1), ulong(0), ulong(0), ulong(0)) != 0  # PR_SET_NO_NEW_PRIVS
+        or libc.prctl(22, ulong(2), ctypes.byref(prog), ulong(0), ulong(0)) != 0):
+    sys.exit(77)  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER refused
+try:
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+except PermissionError:
+    pass
+else:
+    sys.exit(77)
+os.execv(sys.executable, [sys.executable, "-m", "portsafe", "doctor", "--json"])
+"""
+
+# Binds the names of the ports in argv, says "up", holds them until stdin closes.
+BINDER = """
+import socket, sys
+from portsafe._locking import names
+keep = []
+for port in map(int, sys.argv[1:]):
+    keep.append(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+    keep[-1].bind(names.name(port))
+print("up", flush=True)
+sys.stdin.read()
+"""
+
+# In a private network namespace: children bind names (two by root, one by uid 65534
+# where it can), then check_names_held() and `portsafe doctor` count them; prints what
+# they say and what /proc/net/unix lists, as JSON. argv[1]: BINDER.
+COUNT_IN_A_NAMESPACE = r"""
+import dataclasses, json, os, shutil, subprocess, sys
+binder = sys.argv[1]
+nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+other = os.geteuid() == 0 and shutil.which("setpriv") is not None
+commands = [[sys.executable, "-c", binder, "20001", "20002"]]
+if other:
+    commands.append([*nobody, sys.executable, "-c", binder, "20003"])
+children = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd="/") for command in commands]
+ready = [child.stdout.readline().strip() == "up" for child in children]
+from portsafe._doctor_names import check_names_held
+result = check_names_held()
+verb = subprocess.run([sys.executable, "-m", "portsafe", "doctor"], capture_output=True,
+                      text=True)
+with open("/proc/net/unix", "rb") as table:
+    rows = [line.split() for line in table.read().splitlines()[1:]]
+listed = sorted(row[7].decode() for row in rows
+                if len(row) == 8 and row[4] == b"0002" and row[7].startswith(b"@portsafe1:"))
+print(json.dumps({"ready": ready, "other": other, "result": dataclasses.asdict(result),
+                  "verb": verb.stdout, "listed": listed}))
+for child in children:
+    child.stdin.close()
+    child.wait()
+"""
+
+
+@pytest.mark.names
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names are Linux's")
+class TestNames:
+    """The names backend's checks: names bind and exclude here, and can be read."""
+
+    def test_names_bind_here(self) -> None:
+        """Names bind and exclude on this machine; the probe is released afterwards
+        (this process can bind it again)."""
+        result = _doctor.check_names()
+        assert result.ok, result
+        assert result.name == "names.bind"
+        probe = _doctor_names._probe()  # retries while another doctor holds it
+        assert isinstance(probe, socket.socket)
+        probe.close()
+
+    @pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"),
+                        reason="the seccomp filter is written for x86_64 and aarch64")
+    def test_denied_by_seccomp(self) -> None:
+        """Under a real seccomp filter refusing unix sockets (EPERM), names.bind fails
+        and says what to do; doctor exits 1."""
+        done = subprocess.run([sys.executable, "-c", DENY_UNIX_SOCKETS], capture_output=True,
+                              text=True, timeout=60, check=False)
+        if done.returncode == 77:
+            pytest.skip("seccomp filters cannot be installed here")
+        assert done.returncode == 1, done.stderr
+        checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+        denied = checks["names.bind"]
+        assert not denied["ok"]
+        assert "Operation not permitted" in denied["detail"]
+        assert "seccomp" in denied["advice"]
+        assert "does not fall back to lock files" in denied["advice"]
+        assert "@portsafe1:*" in denied["advice"]
+
+    def test_probe_held_by_another_process(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A process keeping the probe name bound through every try is named."""
+        monkeypatch.setattr(_doctor_names, "_PROBE_TRIES", 2)
+        monkeypatch.setattr(_doctor_names, "_PROBE_PAUSE", 0.01)
+        child = subprocess.Popen([sys.executable, "-c", BINDER, "0"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            if child.stdout.readline().strip() != "up":
+                pytest.skip("another doctor holds the probe name right now")
+            result = _doctor.check_names()
+        finally:
+            child.communicate(timeout=60)
+        assert not result.ok
+        assert f"stays bound by pid {child.pid}" in result.detail
+        assert result.advice
+
+    def test_names_that_do_not_exclude(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A second bind of a bound name that succeeds (a sandbox emulating sockets) fails
+        the check. Simulated: the second bind gets another name, as no real kernel lets
+        two sockets of one type share one."""
+        given = iter([names.name(0), b"\0portsafe-doctor-test-" + str(os.getpid()).encode()])
+        monkeypatch.setattr(_doctor_names.names, "name", lambda port: next(given))
+        result = _doctor_names.check_names()
+        assert not result.ok
+        assert "do not exclude" in result.detail
+
+    @needs_netns
+    def test_counts_in_a_private_namespace(self) -> None:
+        """In a namespace of its own, with 2 names held by a root child and 1 by a child
+        of uid 65534: names.held counts 3 ports and 2 processes, names both users, and
+        agrees with /proc/net/unix; `portsafe doctor` prints it."""
+        done = subprocess.run([*_netns.PREFIX, sys.executable, "-c", COUNT_IN_A_NAMESPACE,
+                               BINDER], capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        info = json.loads(done.stdout)
+        assert all(info["ready"])
+        count = 3 if info["other"] else 2
+        ports = (20001, 20002, 20003)[:count]
+        assert info["listed"] == sorted(  # what the kernel lists, read by the test
+            names.SHOWN_PREFIX + names.name(port)[-3:].decode() for port in ports)
+        result = info["result"]
+        assert result["ok"], result
+        assert result["detail"].startswith(
+            f"{count} ports held by names in this network namespace, by {count - 1} "
+            f"process{'es' * (count > 2)} portsafe can see")
+        assert "uid 0 (root)" in result["detail"]
+        if info["other"]:
+            assert "uid 65534" in result["detail"]
+        assert f"ok    names.held: {count} ports held" in info["verb"]
+
+    def test_without_netlink(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Where netlink is refused, names.held says owners are unknown. (Simulated: a
+        protocol the kernel does not have.)"""
+        monkeypatch.setattr(holders, "_NETLINK_SOCK_DIAG", 99)
+        result = _doctor.check_names_held()
+        assert result.ok, result
+        assert "netlink sock_diag is refused" in result.detail
+
+    def test_holders_cannot_be_read(self, monkeypatch: pytest.MonkeyPatch,
+                                    tmp_path: Path) -> None:
+        """Without /proc and netlink, the probe does not show up: names.held fails, and
+        says what list and who need. (Simulated: an empty directory as /proc.)"""
+        monkeypatch.setattr(holders, "_NETLINK_SOCK_DIAG", 99)
+        monkeypatch.setattr(holders, "_PROC", str(tmp_path))
+        result = _doctor.check_names_held()
+        assert not result.ok
+        assert "/proc" in result.advice
+
+    def test_the_verb_checks_names_not_a_lock_directory(self) -> None:
+        """`portsafe doctor` on Linux: the names checks first, no lock-directory check."""
+        env = dict(os.environ)
+        env.pop("PORTSERVER_ADDRESS", None)
+        done = subprocess.run([sys.executable, "-m", "portsafe", "doctor", "--json"],
+                              env=env, capture_output=True, text=True, timeout=60,
+                              check=False)
+        info = json.loads(done.stdout)
+        names_run = [check["name"] for check in info["checks"]]
+        assert names_run[:2] == ["names.bind", "names.held"]
+        assert not [name for name in names_run if name.startswith("lock_dir.")]
+        assert info["checks"][0]["ok"], info["checks"][0]
+        assert info["checks"][1]["ok"], info["checks"][1]
+        assert info["ok"] is (done.returncode == 0)
+
+
 class TestOtherChecks:
     def test_ranges_checks(self) -> None:
         """The ephemeral range, reserved ports and candidates are described."""
@@ -271,10 +494,12 @@ class TestOtherChecks:
         assert "boom" in results[0].detail
 
 
+@needs_netns
 class TestVerb:
+    """The verb where reservations are lock files (macOS; here in a private namespace)."""
+
     def _doctor(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "portsafe", "doctor", *args], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)
+        return in_files_backend(sys.executable, "-m", "portsafe", "doctor", *args, env=env)
 
     def test_healthy_private_directory(self, lock_dir: Path) -> None:
         """A healthy private set-up: exit 0 ("all is well"), --json with every check."""
@@ -288,8 +513,8 @@ class TestVerb:
         else:
             assert "all is well" in done.stdout
         info = json.loads(self._doctor(env, "--json").stdout)
-        names = [check["name"] for check in info["checks"]]
-        assert names[:7] == ["lock_dir.setting", "lock_dir.path", "lock_dir.trust",
+        checks = [check["name"] for check in info["checks"]]
+        assert checks[:7] == ["lock_dir.setting", "lock_dir.path", "lock_dir.trust",
                              "lock_dir.format", "lock_dir.files", "lock_dir.tmp_cleaner",
                              "lock_dir.record_locks"]
         assert info["ok"] is (done.returncode == 0)
@@ -309,10 +534,13 @@ class TestVerb:
 
 
 def _made_by_a_child(lock_dir: Path) -> None:
-    """Complete *lock_dir* in format 1 the way every user does: by reserving in it."""
+    """Complete *lock_dir* in format 1 the way every user of the lock-file backend does:
+    by reserving in it."""
+    if not _netns.available():
+        pytest.skip("needs a private network namespace (unshare --net) to use lock files")
     code = ("import portsafe\nwith portsafe.reserve_port():\n    pass\n")
     env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    in_files_backend(sys.executable, "-c", code, env=env, check=True)
 
 
 class TestFormat:
@@ -359,6 +587,10 @@ class TestFormat:
         assert str(os.getpid()) in result.detail
 
     def test_doctor_runs_the_format_check(self, lock_dir: Path) -> None:
-        """run_checks includes lock_dir.format."""
-        names = [r.name for r in _doctor.run_checks(str(lock_dir))]
-        assert "lock_dir.format" in names
+        """The lock-file checks include lock_dir.format; they are the ones run where
+        reservations are lock files."""
+        assert _doctor.check_format in _doctor.FILE_CHECKS
+        assert _doctor.check_format not in _doctor.NAME_CHECKS
+        if not backend.NAMES:
+            run = [r.name for r in _doctor.run_checks(str(lock_dir))]
+            assert "lock_dir.format" in run

@@ -1,10 +1,13 @@
 """``portsafe doctor``: check what portsafe relies on, and say what to do about it.
 
 Each check is a plain function returning a :class:`CheckResult` (name, ok, detail,
-advice), built from ``os``/``stat``/``fcntl`` inspection and the public helpers
-(``_settings.lock_dir()``, ``_ranges.describe_ranges()``), so that checks can be added
-or adapted as the lock directory's format evolves. :data:`CHECKS` lists them in the
-order they run; ``portsafe doctor`` exits 0 only if every one is ok.
+advice), built from ``os``/``stat``/``fcntl``/``socket`` inspection and the public
+helpers (``_settings.lock_dir()``, ``_ranges.describe_ranges()``). What a reservation
+relies on depends on the lock system this process uses (``_locking.backend``): on Linux
+the ports' names (``_doctor_names``: they bind, they exclude, they can be read), elsewhere
+the lock directory (``_doctor_lockdir``, ``_doctor_locks``). :data:`CHECKS` lists the
+checks of this process's lock system and the common ones, in the order they run;
+``portsafe doctor`` exits 0 only if every one is ok.
 """
 
 from __future__ import annotations
@@ -23,18 +26,19 @@ from portsafe._doctor_lockdir import (
     check_trust,
 )
 from portsafe._doctor_locks import check_record_locks
+from portsafe._doctor_names import check_names, check_names_held
+from portsafe._locking import backend
 
 TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
 
-__all__ = ["CHECKS", "CheckResult", "check_candidates", "check_ephemeral", "check_files",
-           "check_format",
-           "check_keeper", "check_path", "check_port_server", "check_record_locks",
-           "check_reserved", "check_setting", "check_speedups", "check_tmp_cleaner",
-           "check_trust",
-           "doctor_verb", "run_checks"]
+__all__ = ["CHECKS", "FILE_CHECKS", "NAME_CHECKS", "CheckResult", "check_candidates",
+           "check_ephemeral", "check_files", "check_format", "check_keeper",
+           "check_names", "check_names_held", "check_path", "check_port_server",
+           "check_record_locks", "check_reserved", "check_setting", "check_speedups",
+           "check_tmp_cleaner", "check_trust", "doctor_verb", "run_checks"]
 
 def _ranges() -> dict[str, object]:
     from portsafe._ranges import describe_ranges
@@ -213,18 +217,29 @@ def check_speedups(path: str | None = None) -> CheckResult:
     return CheckResult(name, True, f"pure Python: {why}")
 
 
-CHECKS: tuple[Callable[[str | None], CheckResult], ...] = (
-    check_setting, check_path, check_trust, check_format, check_files, check_tmp_cleaner,
-    check_record_locks, check_ephemeral, check_reserved, check_candidates, check_keeper,
-    check_port_server, check_speedups,
+_COMMON: tuple[Callable[[str | None], CheckResult], ...] = (
+    check_ephemeral, check_reserved, check_candidates, check_keeper, check_port_server,
+    check_speedups,
 )
+#: The checks where reservations are lock files (macOS, the BSDs, Windows).
+FILE_CHECKS: tuple[Callable[[str | None], CheckResult], ...] = (
+    check_setting, check_path, check_trust, check_format, check_files, check_tmp_cleaner,
+    check_record_locks, *_COMMON,
+)
+#: The checks where reservations are names (Linux): no lock directory to look at.
+NAME_CHECKS: tuple[Callable[[str | None], CheckResult], ...] = (
+    check_names, check_names_held, *_COMMON,
+)
+#: The checks ``portsafe doctor`` runs here, in order: those of this process's lock system.
+CHECKS = NAME_CHECKS if backend.NAMES else FILE_CHECKS
 
 
 def run_checks(path: str | None = None) -> list[CheckResult]:
     """Run every check in :data:`CHECKS`; a check that crashes is reported, not raised.
 
     Args:
-        path: The lock directory to check (default: the one in use).
+        path: The lock directory to check (default: the one in use), for the lock-file
+            checks; the names checks have no directory and ignore it.
 
     Returns:
         One result per check, in order.
