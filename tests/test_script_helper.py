@@ -386,7 +386,7 @@ class TestStackDumpOnTimeout:
     ):
         """A child that handles or ignores SIGABRT is still killed, and the report says
         no stacks were printed."""
-        monkeypatch.setattr(script_helper, "_DUMP_SECONDS", 0.5)
+        monkeypatch.setattr(script_helper, "_DUMP_SECONDS", 2.0)  # time to run its handler
         code = f"import signal, time\n{handling}\n{READY_THEN_HANG}"
         p = spawn_ready("-X", "faulthandler", "-c", code)
         with pytest.raises(script_helper.ScriptTimeoutError) as info:
