@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import shutil
@@ -14,10 +15,12 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from tests import _netns
 
 import portsafe
 from portsafe import _who
 from portsafe._handoff import listen, spawn
+from portsafe._locking import backend
 from portsafe._probe import ipv6_available
 from portsafe._who import AddressInUseError, Holder, explain_address_in_use, who_holds
 
@@ -190,6 +193,26 @@ class TestWhoHoldsWithoutProc:
         # The table's uid column (1000 here) names the owner, unless it is this user.
         if os.geteuid() != 1000:
             assert "another user (uid 1000)" in message
+
+    @pytest.mark.skipif(not _netns.available(), reason="needs unshare --net")
+    def test_the_lock_file_backend_reads_no_proc(self) -> None:
+        """Portsafe's run of the macOS code on Linux (the test-only channel) reads no
+        /proc, as macOS has none: a listener there has no holders, and the explanation
+        says the OS did not say."""
+        code = ("import json, socket, portsafe\n"
+                "with portsafe.listen() as held, socket.socket() as sock:\n"
+                "    port = held.getsockname()[1]\n"
+                "    try:\n"
+                "        sock.bind(('127.0.0.1', port))\n"
+                "    except OSError as exc:\n"
+                "        print(json.dumps([len(portsafe.who_holds(port)),\n"
+                "                          str(portsafe.explain_address_in_use(exc, port))]))\n")
+        done = subprocess.run([*_netns.PREFIX, sys.executable, "-c", code],
+                              env=dict(os.environ, **{backend.SELFTEST: "1"}),
+                              capture_output=True, text=True, timeout=60, check=True)
+        count, message = json.loads(done.stdout)
+        assert count == 0
+        assert "the OS did not say by whom" in message
 
     def test_bad_arguments(self) -> None:
         """Wrong types raise TypeError; bad values InvalidSettingError."""

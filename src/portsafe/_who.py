@@ -5,8 +5,9 @@ On Linux the kernel lists every socket of the current network namespace in
 process's open sockets appear as ``/proc/<pid>/fd/* -> socket:[<inode>]``. Joining the
 two names the process behind a port. Processes we may not inspect (other users', without
 privileges) still show up, with ``pid=None``; an explanation names their uid. Other OSes
-have no such files: the answer there is an empty list, never an exception, so callers
-can always ask.
+have no such files (nor has portsafe's own test run of their code on Linux,
+``backend.PROC``): the answer there is an empty list, never an exception, so callers can
+always ask.
 
 A port's *reservation* is another thing than its sockets: on Linux, the port's name
 bound by the process that reserved it (``_locking.holders`` reads who). An explanation of
@@ -284,7 +285,11 @@ def who_holds(port: int, *, socktype: int = socket.SOCK_STREAM) -> list[Holder]:
 
 def _holders(port: int, socktype: int) -> list[tuple[Holder, int | None]]:
     """who_holds(), each holder with the socket's owner's uid (from the kernel's table)."""
+    from portsafe._locking import backend
     from portsafe._locking.holders import processes_of
+
+    if not backend.PROC:  # the lock-file backend run on Linux does as macOS: no /proc
+        return []
 
     entries = list(_entries(port, _socktypes(socktype)))
     inodes = {e.inode for e in entries if e.inode}
