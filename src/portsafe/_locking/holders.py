@@ -110,9 +110,9 @@ def holders(only: int | None = None) -> list[Holder]:
     Example:
         >>> import socket
         >>> with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        ...     sock.bind(names.name(0))  # port 0: never reserved
-        ...     [(h.port, h.pid == os.getpid()) for h in holders(0)]
-        [(0, True)]
+        ...     sock.bind(names.name(1))  # port 1: below what portsafe hands out
+        ...     [(h.port, h.pid == os.getpid()) for h in holders(1)]
+        [(1, True)]
     """
     bound = _bound() if only is None else _bound_one(only)
     pids = processes_of(set(bound)) if bound else {}
@@ -126,7 +126,7 @@ def holder_of(port: int) -> Holder | None:
     """Who holds *port*'s name, or None if it is not bound (as far as can be read).
 
     Example:
-        >>> holder_of(0) is None  # port 0's name: bound only for a moment by doctor
+        >>> holder_of(1) is None  # port 1: below what portsafe hands out
         True
     """
     found = holders(port)
@@ -266,8 +266,9 @@ def _diag(inode: int = 0) -> dict[int, tuple[int, int | None]] | None:
     if done == -errno.ENOENT and inode:
         # Socket *inode* is gone, or this kernel has no unix_diag: a dump tells which.
         everything = _diag()
-        return None if everything is None else {
-            inode: everything[inode]} if inode in everything else {}
+        if everything is None:
+            return None
+        return {inode: everything[inode]} if inode in everything else {}
     if done:
         return None
     return found
