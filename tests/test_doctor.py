@@ -449,7 +449,7 @@ class TestOtherChecks:
         assert "PORTSAFE_KEEPER_IDLE" in result.detail
 
     @needs_root
-    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract names")
+    @pytest.mark.skipif(not backend.ABSTRACT, reason="abstract names")
     def test_keeper_squatter(self, monkeypatch: pytest.MonkeyPatch, lock_dir) -> None:
         """Another user listening on one of our keeper names is reported."""
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
@@ -460,7 +460,7 @@ class TestOtherChecks:
         assert f"uid {NOBODY}" in result.detail
         assert address in result.detail
 
-    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract names")
+    @pytest.mark.skipif(not backend.ABSTRACT, reason="abstract names")
     def test_port_server(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """PORTSERVER_ADDRESS: unset is fine, nobody answering is not, ours is."""
         monkeypatch.delenv("PORTSERVER_ADDRESS", raising=False)
@@ -472,7 +472,7 @@ class TestOtherChecks:
             assert _doctor.check_port_server().ok
 
     @needs_root
-    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract names")
+    @pytest.mark.skipif(not backend.ABSTRACT, reason="abstract names")
     def test_port_server_of_another_user(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A port server run by uid 65534 could hand out ports others hold: reported."""
         address = f"@portsafe-doctor-test-nobody-{os.getpid()}"
@@ -565,7 +565,7 @@ class TestFormat:
         assert "format 99" in result.detail
         assert result.advice
 
-    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets")
+    @pytest.mark.skipif(not backend.ABSTRACT, reason="abstract sockets")
     def test_users_of_a_deleted_copy_are_named(self, lock_dir: Path) -> None:
         """A live user announced under another generation of the same path (the directory
         was deleted and made again under it) is named by pid."""

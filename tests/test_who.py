@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 needs_proc_net = pytest.mark.skipif(
-    not os.path.exists("/proc/net/tcp"), reason="who_holds reads Linux's /proc/net"
-)
+    not os.path.exists("/proc/net/tcp") or not backend.PROC,
+    reason="who_holds reads Linux's /proc/net (not in the run of the macOS code on Linux)")
 
 # A child that listens on a port of its own and reports it, then waits for stdin to close.
 CHILD_LISTENER = """
@@ -166,6 +166,7 @@ class TestWhoHoldsWithoutProc:
         monkeypatch.setattr(_who, "_PROC", str(tmp_path / "nowhere"))
         assert who_holds(8080) == []
 
+    @pytest.mark.skipif(not backend.PROC, reason="the lock-file backend reads no /proc")
     def test_uninspectable_process_has_no_pid(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
@@ -249,7 +250,7 @@ class TestExplainAddressInUse:
         assert explained.errno == errno.EADDRINUSE
         assert explained.port == port
         assert "reserve_port" in str(explained)
-        if os.path.exists("/proc/net/tcp"):
+        if os.path.exists("/proc/net/tcp") and backend.PROC:
             assert f"this very process (pid {os.getpid()}) on 127.0.0.1:{port}" in str(
                 explained)
             assert "close that socket" in str(explained)

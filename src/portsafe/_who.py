@@ -288,10 +288,10 @@ def _holders(port: int, socktype: int) -> list[tuple[Holder, int | None]]:
     from portsafe._locking import backend
     from portsafe._locking.holders import processes_of
 
+    socktypes = _socktypes(socktype)
     if not backend.PROC:  # the lock-file backend run on Linux does as macOS: no /proc
         return []
-
-    entries = list(_entries(port, _socktypes(socktype)))
+    entries = list(_entries(port, socktypes))
     inodes = {e.inode for e in entries if e.inode}
     pids = processes_of(inodes, every=True, proc=_PROC) if inodes else {}
     commands: dict[int, str | None] = {}
