@@ -10,15 +10,25 @@ Three things make that safe:
   asks for its shell), never for an unrelated process such as pid 2 (a kernel thread)
   or the server itself, which never exit and would keep their grants for ever
   (:func:`resolve_owner`);
+* an ancestor must be a process of the sender's own user (real and effective uid), unless
+  the sender is root: otherwise any user could make a server hold ports for a long-lived
+  process of another user's (an ``sshd`` session, a ``tmux`` server, a CI agent, all
+  root's) until it exits;
 * a sender in a nested pid namespace (a container) is mapped to the process it means.
 
-Only the standard library: the core and the port server build on this, never the
-reverse.
+``/proc`` is read only where the lock system may (``_locking.backend.PROC``: Linux, not
+the file backend's test channel, which runs what macOS runs); without it a process has no
+start time and no ancestry, so only the sender itself is granted for.
+
+Only the standard library and ``_locking.backend``: the core and the port server build on
+this, never the reverse.
 """
 
 from __future__ import annotations
 
 import os
+
+from portsafe._locking import backend
 
 __all__ = ["command_line", "process_identity", "resolve_owner"]
 
@@ -40,16 +50,35 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
         return None
 
 
-def _nspids(pid: int) -> list[int]:
-    """The pid of *pid* in each nested pid namespace, outermost first (Linux)."""
+def _status(pid: int, field: str) -> list[int]:
+    """The numbers of one line of ``/proc/<pid>/status`` (``NSpid``, ``Uid``), or []."""
+    if not backend.PROC:
+        return []
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("NSpid:"):
+                if line.startswith(field):
                     return [int(x) for x in line.split()[1:]]
     except (OSError, ValueError):
         pass
     return []
+
+
+def _nspids(pid: int) -> list[int]:
+    """The pid of *pid* in each nested pid namespace, outermost first (Linux)."""
+    return _status(pid, "NSpid:")
+
+
+def process_uids(pid: int) -> tuple[int, int] | None:
+    """``(real uid, effective uid)`` of *pid*, or None where it cannot be read.
+
+    Example:
+        >>> import os
+        >>> process_uids(os.getpid()) in ((os.getuid(), os.geteuid()), None)
+        True
+    """
+    uids = _status(pid, "Uid:")
+    return (uids[0], uids[1]) if len(uids) >= 2 else None
 
 
 def process_identity(pid: int) -> tuple[int, int] | None:
@@ -71,7 +100,7 @@ def process_identity(pid: int) -> tuple[int, int] | None:
     """
     if pid <= 0:
         return None
-    if os.path.isdir("/proc/self"):
+    if backend.PROC:
         info = _proc_stat(pid)
         if info is None or info[0] in ("Z", "X"):
             return None
@@ -87,6 +116,8 @@ def process_identity(pid: int) -> tuple[int, int] | None:
 
 def _is_ancestor(claimed: int, pid: int) -> bool:
     """Whether *claimed* is a parent, grandparent, ... of *pid* (Linux ``/proc``)."""
+    if not backend.PROC:
+        return False
     for _ in range(_MAX_DEPTH):
         info = _proc_stat(pid)
         if info is None or info[1] <= 0:
@@ -97,7 +128,7 @@ def _is_ancestor(claimed: int, pid: int) -> bool:
     return False
 
 
-def resolve_owner(claimed: int, peer_pid: int | None) -> int | None:
+def resolve_owner(claimed: int, peer_pid: int | None, peer_uid: int | None) -> int | None:
     """Decide which process a request is for, from the claimed pid and the real sender.
 
     * no peer credentials: trust the claim, as portpicker does (a live pid other than 1
@@ -112,20 +143,25 @@ def resolve_owner(claimed: int, peer_pid: int | None) -> int | None:
       come back. Where there is no ``/proc`` (macOS), ancestry cannot be read, so only
       the sender itself is accepted.
 
+    An ancestor (either way) is accepted only if it is a process of *peer_uid*: its
+    real and effective uid are both *peer_uid*. Root (uid 0) may ask for anyone's; a
+    sender whose uid is unknown, or an ancestor whose uids cannot be read, is refused.
+
     Args:
         claimed: The pid the client sent.
         peer_pid: The pid the OS says sent it, or None if unknown.
+        peer_uid: The uid the OS says sent it (``SO_PEERCRED``), or None if unknown.
 
     Returns:
         The pid to hold the grant for, or None to refuse.
 
     Example:
         >>> import os
-        >>> resolve_owner(os.getpid(), os.getpid()) == os.getpid()
+        >>> resolve_owner(os.getpid(), os.getpid(), os.geteuid()) == os.getpid()
         True
-        >>> resolve_owner(os.getppid(), os.getpid()) == os.getppid()  # an ancestor
+        >>> resolve_owner(os.getppid(), os.getpid(), 0) == os.getppid()  # root's: any ancestor
         True
-        >>> resolve_owner(-5, None) is None
+        >>> resolve_owner(-5, None, None) is None
         True
     """
     if claimed <= 0:
@@ -138,10 +174,18 @@ def resolve_owner(claimed: int, peer_pid: int | None) -> int | None:
     depth = len(_nspids(os.getpid()))
     peer_ns = _nspids(peer_pid)
     if depth and len(peer_ns) > depth:
-        return _owner_in_nested_namespace(claimed, peer_pid, len(peer_ns))
-    if claimed == 1:
-        return None
-    return claimed if _is_ancestor(claimed, peer_pid) and process_identity(claimed) else None
+        owner = _owner_in_nested_namespace(claimed, peer_pid, len(peer_ns))
+        return owner if owner == peer_pid or _same_user(owner, peer_uid) else peer_pid
+    mine = claimed != 1 and _is_ancestor(claimed, peer_pid) and _same_user(claimed, peer_uid)
+    return claimed if mine and process_identity(claimed) else None
+
+
+def _same_user(pid: int, uid: int | None) -> bool:
+    """Whether a request of *uid* may be granted for *pid*: root's for anyone, another
+    user's only for a process of that user (real and effective uid)."""
+    if uid == 0:
+        return True
+    return uid is not None and process_uids(pid) == (uid, uid)
 
 
 def _owner_in_nested_namespace(claimed: int, peer_pid: int, depth: int) -> int:

@@ -9,11 +9,13 @@ Fleets that run Google's portpicker port server (or ``portsafe serve``) name it 
 2. Only a server run by root or by this user is asked for grants at all (its uid comes
    from ``SO_PEERCRED``). Any local user can bind an abstract name such as
    ``@unittest-portserver``; a server of someone else is ignored, with a warning.
-3. This process always holds portsafe's lock on a port it uses, as for any other
-   reservation, so G1 never depends on the server staying alive. ``portsafe serve``
-   holds each grant's lock until its grantee takes it over: the client asks it to let
-   go (``take <port>``, only when the lock's holder is that very server) and locks the
-   port itself. A port locked by anyone else is left alone.
+3. This process always holds the port itself (its name on Linux, its lock elsewhere),
+   as for any other reservation, so G1 never depends on the server staying alive.
+   ``portsafe serve`` holds each grant until its grantee takes it over (``take <port>``,
+   asked only when the holder is that very server): with names the server sends the
+   descriptor that holds the name, which this process adopts, so the name is held
+   throughout; with lock files the server lets go and this process locks the port. A
+   port held by anyone else is left alone.
 4. The port is probed free, as every reservation is (G3).
 5. If the server does not answer, or its grant fails 3 or 4, the local reservation is
    used instead: the server is a help, never a single point of failure.
@@ -32,7 +34,7 @@ import threading
 import warnings
 
 from portsafe import _locks, _probe
-from portsafe._server_client import request_grant, request_handover
+from portsafe._server_client import request_descriptor, request_grant, request_handover
 
 __all__ = ["give_back", "is_granted", "take", "trusted"]
 
@@ -69,12 +71,12 @@ def trusted(uid: int | None) -> bool:
 
 def _claim(port: int, address: str, server_pid: int | None,
            probes: tuple[_probe.ProbeTarget, ...], directory: str) -> bool:
-    """Lock and probe a granted *port* for use now; False leaves nothing held."""
+    """Hold and probe a granted *port* for use now; False leaves nothing held."""
     table = _locks.table()
     if not table.try_acquire(port, directory):
         if server_pid is None or table.holds(port) or table.holder(port) != server_pid:
             return False  # in use here, or held by someone other than its server
-        if not request_handover(address, port) or not table.try_acquire(port, directory):
+        if not _take_over(port, address, server_pid, directory):
             return False
     try:
         busy = _probe.is_free(port, probes)
@@ -85,6 +87,21 @@ def _claim(port: int, address: str, server_pid: int | None,
         table.release(port)
         return False
     return True
+
+
+def _take_over(port: int, address: str, server_pid: int, directory: str) -> bool:
+    """Take the hold on *port* over from the server (pid *server_pid*) that granted it."""
+    table = _locks.table()
+    if not table.passes_descriptors:
+        return request_handover(address, port) and table.try_acquire(port, directory)
+    handed = request_descriptor(address, port)
+    if handed is None:
+        return False
+    fd, pid, uid = handed
+    if pid not in (server_pid, None) or not trusted(uid):  # another server answers now
+        os.close(fd)
+        return False
+    return table.adopt(port, fd)  # closes fd if it does not hold the port's name
 
 
 def _warn_untrusted(address: str, pid: int | None, uid: int | None) -> None:

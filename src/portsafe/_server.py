@@ -6,9 +6,23 @@ namespace), sends its pid in decimal and a newline, and reads a port in decimal 
 newline; a closed connection (or ``0``) means "none". There is no release message: a
 grant is taken back when the process it was made for is gone.
 
-portsafe adds one request, ``take <port>``: the grantee asks the server to drop its own
-lock on a grant so that the grantee can lock the port itself (see ``_pool``). Servers
-that do not know it (portpicker's) close the connection, which means "no".
+portsafe adds one request, ``take <port>``: the grantee asks the server to hand over its
+hold on a grant so that the grantee holds the port itself (see ``_pool``). How depends on
+the lock table (``_locks.table().passes_descriptors``):
+
+* names (Linux): the server answers ``fd`` with the descriptor that holds the port's name
+  (``SCM_RIGHTS``), after taking it out of its table (``detach``). It closes its own copy
+  only once the client has closed the connection, by which time the client holds the
+  copy it received (``adopt``): at no moment does nobody hold the name, so no other
+  process can take the port during a hand-over. A reply that is not delivered gives the
+  descriptor back to the server's table (``adopt``): the server holds the grant again.
+* lock files (elsewhere): the server drops its lock and answers ``ok``; the client then
+  locks the port itself (a record lock cannot be passed to another process).
+
+Servers that do not know ``take`` (portpicker's) close the connection, which means "no",
+and so does any answer the client does not expect (an ``ok`` to a client of names, which
+cannot lock a port that another process's name still holds; an ``fd`` without a
+descriptor; an ``fd`` to a client of lock files, whose kernel closes what it was sent).
 
 Layering: this module, its client (``_server_client``), ``_owners`` and ``_unixserver``
 sit on the core's bottom layer (``_errors``, ``_settings``, ``_locks``, ``_ranges``,
@@ -25,8 +39,10 @@ Theory of operation of :class:`PortServer`:
 2. A grant is made only when its reply reaches the client: a connection that ends
    before the reply is written (the client gave up, the server is stopping) undoes it.
 3. A grant belongs to one process, identified by pid *and* start time, and only to the
-   sender or one of its ancestors (``_owners.resolve_owner``): pid 2 or the server's
-   own pid, which never exit, get nothing. One owner holds at most ``max_per_owner``.
+   sender or one of its ancestors of the sender's own user, unless the sender is root
+   (``_owners.resolve_owner``): pid 2 or the server's own pid, which never exit, get
+   nothing, and nobody can make the server hold ports for another user's long-lived
+   process. One owner holds at most ``max_per_owner``.
 4. Grants are booked per owner. Once a second, and when no port is left, each owner is
    looked at once; an owner that has exited (or is a zombie) loses its grants. A
    request costs O(1) process look-ups, however many grants are held.
@@ -50,13 +66,20 @@ import sys
 
 from portsafe import _locks, _probe, _ranges, _settings
 from portsafe._errors import PortsafeError
+from portsafe._locking import backend
 from portsafe._owners import command_line, process_identity, resolve_owner
-from portsafe._server_client import request_grant, request_handover, request_port
+from portsafe._server_client import (
+    request_descriptor,
+    request_grant,
+    request_handover,
+    request_port,
+)
 from portsafe._unixserver import (
     Reply,
     RequestLoop,
     ServerAddressInUseError,
     bind_unix,
+    owned_directory,
     peer_credentials,
     unix_address,
 )
@@ -69,8 +92,10 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "PortServer",
     "ServerAddressInUseError",
+    "default_address",
     "peer_credentials",
     "process_identity",
+    "request_descriptor",
     "request_grant",
     "request_handover",
     "request_port",
@@ -81,7 +106,29 @@ __all__ = [
 _command_line = command_line  # the name _cli used before _owners existed
 
 DEFAULT_ADDRESS = "@unittest-portserver"
-"""portpicker's default address, so existing ``PORTSERVER_ADDRESS`` settings just work."""
+"""portpicker's default address, so existing ``PORTSERVER_ADDRESS`` settings just work
+(Linux; see :func:`default_address`)."""
+
+
+def default_address() -> str:
+    """Where ``portsafe serve`` listens unless told: portpicker's ``@unittest-portserver``
+    where there are abstract unix-socket names (Linux), else a socket file in a directory
+    of this user's that others may read but not write, ``/tmp/portsafe-portserver-<uid>``.
+
+    Raises:
+        OSError: That directory cannot be made, or is not this user's own with mode 0755
+            or stricter (the message says what to do).
+
+    Example:
+        >>> address = default_address()
+        >>> address == DEFAULT_ADDRESS or address.endswith("/portserver.sock")
+        True
+    """
+    if backend.ABSTRACT:
+        return DEFAULT_ADDRESS
+    where = owned_directory(f"/tmp/portsafe-portserver-{os.getuid()}", 0o755)  # noqa: S108
+    return os.path.join(where, "portserver.sock")
+
 
 MAX_REQUEST = 32
 """A pid is at most 20 digits; anything longer than this is not a request."""
@@ -109,7 +156,7 @@ class PortServer:
     Example:
         >>> import os
         >>> server = PortServer(ports=range(20000, 20100))
-        >>> reply = server.handle(b"%d\\n" % os.getpid(), os.getpid())
+        >>> reply = server.handle(b"%d\\n" % os.getpid(), os.getpid(), os.geteuid())
         >>> 20000 <= int(reply) < 20100
         True
         >>> server.close()
@@ -199,20 +246,26 @@ class PortServer:
             if self._log:
                 self._log(f"revoke port {port}: the reply was not delivered")
 
-    def handle(self, request: bytes, peer_pid: int | None) -> bytes | None:
+    def handle(self, request: bytes, peer_pid: int | None,
+               peer_uid: int | None) -> bytes | Reply | None:
         """Answer one request: the reply to send, or None to close without one.
 
         Args:
             request: What the client sent: its pid in decimal (newline optional), or
-                ``take <port>`` to take over a grant's lock.
+                ``take <port>`` to take over a grant's hold.
             peer_pid: The sender's pid according to the OS, or None if unknown.
+            peer_uid: The sender's uid according to the OS, or None if unknown: a grant
+                for an ancestor of the sender needs it (and that ancestor to be of the
+                same user, unless it is 0).
 
         Returns:
-            ``b"<port>\\n"`` (or ``b"ok\\n"`` to ``take``), or None when the request is
-            refused or no port is free.
+            ``b"<port>\\n"``; to ``take``, ``b"ok\\n"`` (lock files: the server let go) or
+            a :class:`~portsafe._unixserver.Reply` of ``b"fd\\n"`` carrying the name's
+            descriptor (names), whose callbacks the caller must honour; None when the
+            request is refused or no port is free.
 
         Example:
-            >>> PortServer().handle(b"not a pid\\n", None) is None
+            >>> PortServer().handle(b"not a pid\\n", None, None) is None
             True
         """
         text = request.strip()
@@ -220,11 +273,12 @@ class PortServer:
             return self._hand_over(text[5:], peer_pid)
         if not text.isdigit() or len(text) > 20:
             return self._refuse(f"refuse request {request[:24]!r}: not a pid")
-        owner = resolve_owner(int(text), peer_pid)
+        owner = resolve_owner(int(text), peer_pid, peer_uid)
         ident = process_identity(owner) if owner is not None else None
         if ident is None:
             return self._refuse(f"refuse request for pid {int(text)} (sender pid "
-                                f"{peer_pid}): not the sender or a live ancestor of it")
+                                f"{peer_pid}, uid {peer_uid}): not the sender, nor a live "
+                                f"ancestor of it run by the same user")
         return self._grant(ident)
 
     def _grant(self, ident: tuple[int, int]) -> bytes | None:
@@ -274,19 +328,44 @@ class PortServer:
             table.release(port)
         return None
 
-    def _hand_over(self, text: bytes, peer_pid: int | None) -> bytes | None:
+    def _hand_over(self, text: bytes, peer_pid: int | None) -> bytes | Reply | None:
         if not text.isdigit() or len(text) > 5:
             return self._refuse(f"refuse take {text[:8]!r}: not a port")
         port = int(text)
         ident = self._owner_of.get(port)
         if ident is None or peer_pid != ident[0] or process_identity(peer_pid) != ident:
             return self._refuse(f"refuse take {port} from pid {peer_pid}: not its grantee")
-        if port in self._locked:
+        table = _locks.table()
+        if not table.passes_descriptors:  # lock files: let go; the grantee locks it
+            if port in self._locked:
+                self._locked.discard(port)
+                table.release(port)
+                if self._log:
+                    self._log(f"hand over port {port} to pid {peer_pid}")
+            return b"ok\n"
+        fd = table.detach(port) if port in self._locked else None
+        if fd is None:
             self._locked.discard(port)
-            _locks.table().release(port)
-            if self._log:
-                self._log(f"hand over port {port} to pid {peer_pid}")
-        return b"ok\n"
+            return self._refuse(f"refuse take {port} from pid {peer_pid}: this server "
+                                f"no longer holds it (handed over already)")
+        self._locked.discard(port)
+        if self._log:
+            self._log(f"hand over port {port} to pid {peer_pid}")
+        return Reply(b"fd\n", fds=(fd,), on_lost=lambda: self._take_back(port, fd, ident),
+                     on_done=lambda: os.close(fd))
+
+    def _take_back(self, port: int, fd: int, ident: tuple[int, int]) -> None:
+        """A hand-over's reply was not delivered: hold the port by *fd* again, or close
+        it if the grant is gone meanwhile (reclaimed, the server stopping)."""
+        if self._owner_of.get(port) != ident or port in self._locked:
+            os.close(fd)
+            return
+        held = _locks.table().adopt(port, fd)  # closes fd if not
+        if held:
+            self._locked.add(port)
+        if self._log:
+            self._log(f"hand over of port {port} to pid {ident[0]} not delivered: "
+                      + ("held by this server again" if held else "no longer held"))
 
     def _refuse(self, message: str) -> bytes | None:
         self.refused += 1
@@ -304,18 +383,22 @@ class PortServer:
             self._forget(port)
 
 
-def serve(address: str = DEFAULT_ADDRESS, *, ports: Sequence[int] | None = None,
+def serve(address: str | None = None, *, ports: Sequence[int] | None = None,
           verbose: bool = False, ready: Callable[[], None] | None = None) -> None:
     """Run a portpicker-protocol port server until SIGTERM or SIGINT.
 
     Args:
-        address: Where to listen: ``@name`` (abstract namespace) or a path.
+        address: Where to listen: ``@name`` (abstract namespace, Linux) or a path; None
+            for :func:`default_address`. A path socket is made connectable by every user
+            (mode 0666), as an abstract name is: who gets what is decided per request,
+            from the sender's credentials.
         ports: The ports to hand out (None: the core's default candidates).
         verbose: Log each grant and reclaim to stderr, one line each.
         ready: Called once the server is listening.
 
     Raises:
         ServerAddressInUseError: Another server already listens on *address*.
+        InvalidSettingError: *address* is abstract where there are no abstract names.
 
     Example:
         Run ``portsafe serve --address @my-portserver`` and set
@@ -325,14 +408,16 @@ def serve(address: str = DEFAULT_ADDRESS, *, ports: Sequence[int] | None = None,
     def log(line: str) -> None:
         print(f"portsafe serve: {line}", file=sys.stderr, flush=True)
 
+    if address is None:
+        address = default_address()
     server = PortServer(ports=ports, log=log if verbose else None)
-    listener = bind_unix(address, backlog=1024)
+    listener = bind_unix(address, backlog=1024, mode=0o666)
     target = unix_address(address)
     try:
 
-        def handler(line: bytes, pid: int | None, _uid: int | None) -> bytes | Reply | None:
-            reply = server.handle(line, pid)
-            if reply is None or not reply[:1].isdigit():
+        def handler(line: bytes, pid: int | None, uid: int | None) -> bytes | Reply | None:
+            reply = server.handle(line, pid, uid)
+            if reply is None or isinstance(reply, Reply) or not reply[:1].isdigit():
                 return reply
             port = int(reply)
             owner = server.owner(port)

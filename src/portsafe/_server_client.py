@@ -1,34 +1,41 @@
-"""The client of a port server: ask for a grant, ask the server to let go of its lock.
+"""The client of a port server: ask for a grant, ask the server to hand its hold over.
 
 The protocol is described in :mod:`portsafe._server`; :mod:`portsafe._pool` uses these
-for ``PORTSERVER_ADDRESS``. Only the standard library, ``_errors`` and ``_unixserver``.
+for ``PORTSERVER_ADDRESS``. Only the standard library, ``_errors``, ``_locking.backend``
+and ``_unixserver``.
 """
 
 from __future__ import annotations
 
+import array
+import contextlib
 import os
 import socket
 import time
 
 from portsafe._errors import InvalidSettingError
+from portsafe._locking import backend
 from portsafe._unixserver import peer_credentials, unix_address
 
-__all__ = ["request_grant", "request_handover", "request_port"]
+__all__ = ["request_descriptor", "request_grant", "request_handover", "request_port"]
 
 
-def _exchange(address: str, line: bytes, timeout: float
-              ) -> tuple[bytes, int | None, int | None] | None:
-    """Send one request line; return ``(reply line, server pid, server uid)`` or None."""
+def _exchange(address: str, line: bytes, timeout: float, *, descriptors: bool = False
+              ) -> tuple[bytes, int | None, int | None, list[int]] | None:
+    """Send one request line; return ``(reply line, server pid, server uid, descriptors
+    received)`` or None. Without *descriptors*, none are accepted (the kernel closes
+    what a server sends); with it, the caller owns (and must close) those returned."""
     target = unix_address(address)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
     if not timeout > 0 or timeout == float("inf"):
         raise InvalidSettingError(f"timeout must be a positive number of seconds, "
                                   f"not {timeout!r}")
-    if not hasattr(socket, "AF_UNIX"):
-        return None
+    if not hasattr(socket, "AF_UNIX") or (target.startswith("\0") and not backend.ABSTRACT):
+        return None  # no abstract names here (macOS): nothing can answer there
     deadline = time.monotonic() + timeout
     data = b""
+    fds: list[int] = []
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -37,13 +44,43 @@ def _exchange(address: str, line: bytes, timeout: float
             sock.sendall(line)
             while b"\n" not in data and len(data) < 64:
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                chunk = sock.recv(64)
+                chunk = _recv_fds(sock, fds) if descriptors else sock.recv(64)
                 if not chunk:
                     break
                 data += chunk
+            # Closing here, after the descriptors are in this process: a server that
+            # waits for it closes its own copies only now (see _server).
     except OSError:
+        _close_all(fds)
         return None
-    return data.split(b"\n", 1)[0], server_pid, server_uid
+    return data.split(b"\n", 1)[0], server_pid, server_uid, fds
+
+
+_MAX_FDS = 4  # one is expected; room to see (and close) a few more
+_INT = array.array("i").itemsize
+
+
+def _recv_fds(sock: socket.socket, fds: list[int]) -> bytes:
+    """``recv`` that also takes descriptors (``SCM_RIGHTS``) into *fds*, close-on-exec
+    from the start (a ``fork`` and ``exec`` of another thread must not inherit them)."""
+    flags = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+    data, ancillary, _flags, _addr = sock.recvmsg(64, socket.CMSG_SPACE(_MAX_FDS * _INT),
+                                                  flags)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(payload[:len(payload) - len(payload) % _INT])
+            for fd in got:
+                if not flags:
+                    os.set_inheritable(fd, False)
+                fds.append(fd)
+    return data
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def request_port(address: str, *, timeout: float = 2.0) -> int | None:
@@ -99,7 +136,8 @@ def request_grant(address: str, *, timeout: float = 2.0
 
 
 def request_handover(address: str, port: int, *, timeout: float = 2.0) -> bool:
-    """Ask the portsafe server at *address* to drop its lock on *port*, granted to us.
+    """Ask the portsafe server at *address* to drop its lock on *port*, granted to us
+    (lock files: where ``_locks.table().passes_descriptors`` is false).
 
     Afterwards the caller locks the port itself, so its hold does not depend on the
     server staying alive. The port stays in the server's book (it is not handed out
@@ -112,7 +150,8 @@ def request_handover(address: str, port: int, *, timeout: float = 2.0) -> bool:
 
     Returns:
         True once the server no longer holds the lock; False if it refused, does not
-        know the request (portpicker's server), or did not answer.
+        know the request (portpicker's server), answered otherwise (a server of names
+        offers a descriptor, which this request does not take), or did not answer.
 
     Example:
         >>> request_handover("@no-such-portserver-here", 20000, timeout=0.5)
@@ -120,3 +159,37 @@ def request_handover(address: str, port: int, *, timeout: float = 2.0) -> bool:
     """
     answer = _exchange(address, b"take %d\n" % port, timeout)
     return answer is not None and answer[0] == b"ok"
+
+
+def request_descriptor(address: str, port: int, *, timeout: float = 2.0
+                       ) -> tuple[int, int | None, int | None] | None:
+    """Ask the portsafe server at *address* for the descriptor that holds *port*'s name,
+    granted to us (names: where ``_locks.table().passes_descriptors`` is true).
+
+    The server sends it (``SCM_RIGHTS``) and closes its own copy only once this call
+    has closed the connection, with the copy already in this process: the name is held
+    throughout. Pass it to ``_locks.table().adopt(port, fd)`` at once.
+
+    Args:
+        address: As for :func:`request_grant`.
+        port: A port the server granted to this process.
+        timeout: Seconds to wait for the whole exchange.
+
+    Returns:
+        ``(descriptor, server pid, server uid)``, the descriptor now the caller's to
+        adopt or close; None if the server refused, does not know the request
+        (portpicker's), answered without a descriptor (a server of lock files, or an
+        older portsafe, says ``ok``), or did not answer. Nothing is left open then.
+
+    Example:
+        >>> request_descriptor("@no-such-portserver-here", 20000, timeout=0.5) is None
+        True
+    """
+    answer = _exchange(address, b"take %d\n" % port, timeout, descriptors=True)
+    if answer is None:
+        return None
+    line, server_pid, server_uid, fds = answer
+    if line != b"fd" or len(fds) != 1:
+        _close_all(fds)
+        return None
+    return fds[0], server_pid, server_uid

@@ -26,6 +26,7 @@ import sys
 import time
 
 from portsafe._errors import InvalidSettingError, PortsafeError
+from portsafe._locking import backend
 
 TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
 if TYPE_CHECKING:
@@ -35,7 +36,9 @@ __all__ = [
     "Reply",
     "RequestLoop",
     "ServerAddressInUseError",
+    "UnsafeDirectoryError",
     "bind_unix",
+    "owned_directory",
     "peer_credentials",
     "unix_address",
 ]
@@ -52,8 +55,55 @@ class ServerAddressInUseError(PortsafeError, OSError):
         super().__init__(
             errno.EADDRINUSE,
             f"port server address {address!r} is already in use by another server; "
-            "stop it or pass --address @another-name",
+            "stop it or pass another --address (@name on Linux, else a path)",
         )
+
+
+class UnsafeDirectoryError(PortsafeError, OSError):
+    """Raised when the directory meant for a socket file is not safely this user's.
+
+    Someone else could replace the socket in it: remove the directory (it is made again).
+    """
+
+
+def owned_directory(path: str, mode: int) -> str:
+    """Make *path* a directory of this user's with *mode*, or check the one there.
+
+    A socket file is only as safe as its directory: one that another user owns, or may
+    write to, lets them put their own socket in its place.
+
+    Args:
+        path: The directory (its parent must exist).
+        mode: The permission bits it is made with; an existing one may be stricter.
+
+    Returns:
+        *path*.
+
+    Raises:
+        UnsafeDirectoryError: *path* is not a directory owned by this user, or others
+            may do more there than *mode* allows.
+
+    Example:
+        >>> import os, tempfile
+        >>> base = tempfile.mkdtemp()
+        >>> owned_directory(os.path.join(base, "mine"), 0o700) == os.path.join(base, "mine")
+        True
+        >>> os.rmdir(os.path.join(base, "mine")); os.rmdir(base)
+    """
+    try:
+        os.mkdir(path, mode)
+        os.chmod(path, mode)  # not narrowed by the umask
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or \
+            stat.S_IMODE(st.st_mode) & ~mode & 0o077:
+        raise UnsafeDirectoryError(
+            errno.EPERM,
+            f"{path} must be a directory owned by you (uid {os.getuid()}) with mode "
+            f"{mode:04o} or stricter (found {stat.filemode(st.st_mode)}, owner uid "
+            f"{st.st_uid}); remove it and retry")
+    return path
 
 
 def unix_address(address: str) -> str:
@@ -173,7 +223,8 @@ class RequestLoop:
     rest when the socket is writable) and the connection closed. Beyond
     *max_connections*, the oldest connection is dropped, so idle clients cannot starve
     the others. A :class:`Reply` whose connection ends before it is all written is
-    reported to its ``on_lost``, so nothing is granted to a client that never got it.
+    reported to its ``on_lost``, so nothing is granted to a client that never got it;
+    one that carries descriptors keeps its connection until the client closes it.
 
     Args:
         listener: A bound, listening socket (the loop does not close it).
@@ -303,7 +354,14 @@ class RequestLoop:
             return
         sock = conn.sock
         try:
-            if conn.outbuf is None and mask & selectors.EVENT_READ:
+            if conn.lingering:
+                if mask & selectors.EVENT_READ:
+                    try:
+                        sock.recv(64)  # EOF (or anything): the client has what it was sent
+                    except (BlockingIOError, InterruptedError):
+                        return
+                    self._drop(sel, fd)
+            elif conn.outbuf is None and mask & selectors.EVENT_READ:
                 chunk = sock.recv(4096)
                 conn.inbuf += chunk
                 if b"\n" in conn.inbuf or not chunk:
@@ -314,14 +372,15 @@ class RequestLoop:
                     pid, uid = peer_credentials(sock)
                     reply = self._handler(line, pid, uid)
                     if isinstance(reply, Reply):
-                        conn.on_lost = reply.on_lost
+                        conn.on_lost, conn.on_done = reply.on_lost, reply.on_done
+                        conn.fds = reply.fds
                         reply = reply.data
                     if not reply:
                         self._drop(sel, fd)
                         return
                     conn.outbuf = reply
                     self._write(sel, fd, conn)  # most replies fit: no extra select round
-                    if fd in self._conns:
+                    if self._conns.get(fd) is conn and not conn.lingering:
                         sel.modify(sock, selectors.EVENT_WRITE, "conn")
                 elif len(conn.inbuf) >= self._max_request:
                     self._drop(sel, fd)
@@ -347,12 +406,24 @@ class RequestLoop:
     def _write(self, sel: selectors.BaseSelector, fd: int, conn: _Conn) -> None:
         assert conn.outbuf is not None
         try:
-            conn.outbuf = conn.outbuf[conn.sock.send(conn.outbuf):]
+            if conn.fds:  # with the first bytes: they arrive in one recvmsg with them
+                sent = socket.send_fds(conn.sock, [conn.outbuf], list(conn.fds))
+                conn.fds = ()
+            else:
+                sent = conn.sock.send(conn.outbuf)
         except (BlockingIOError, InterruptedError):
             return
-        if not conn.outbuf:
-            conn.on_lost = None  # delivered: in the client's socket buffer
-            self._drop(sel, fd)
+        conn.outbuf = conn.outbuf[sent:]
+        if conn.outbuf:
+            return
+        conn.on_lost = None  # delivered: in the client's socket buffer
+        if conn.on_done is not None and conn.deadline > time.monotonic():
+            # Descriptors went with it: end when the client has closed its end, so it
+            # holds its copies before on_done (the sender) closes its own.
+            conn.lingering = True
+            sel.modify(conn.sock, selectors.EVENT_READ, "conn")
+            return
+        self._drop(sel, fd)
 
     def _drop(self, sel: selectors.BaseSelector, fd: int) -> None:
         conn = self._conns.pop(fd, None)
@@ -361,9 +432,12 @@ class RequestLoop:
         with contextlib.suppress(KeyError, ValueError):
             sel.unregister(conn.sock)
         conn.sock.close()
-        if conn.on_lost is not None:
-            lost, conn.on_lost = conn.on_lost, None
+        if conn.on_lost is not None:  # exactly one of on_lost and on_done
+            lost, conn.on_lost, conn.on_done = conn.on_lost, None, None
             lost()
+        elif conn.on_done is not None:
+            done, conn.on_done = conn.on_done, None
+            done()
 
 
 def bind_unix(address: str, *, mode: int | None = None, backlog: int = 128) -> socket.socket:
@@ -380,13 +454,20 @@ def bind_unix(address: str, *, mode: int | None = None, backlog: int = 128) -> s
 
     Raises:
         ServerAddressInUseError: Something is already listening there.
+        InvalidSettingError: *address* is abstract (``@name``) where there are none.
         OSError: Binding failed for another reason (the message says why).
 
     Example:
-        >>> sock = bind_unix("@portsafe-doctest-bind-unix")
-        >>> sock.close()
+        >>> import os, tempfile
+        >>> where = tempfile.mkdtemp()
+        >>> sock = bind_unix(os.path.join(where, "doctest.sock"))
+        >>> sock.close(); os.unlink(os.path.join(where, "doctest.sock")); os.rmdir(where)
     """
     target = unix_address(address)
+    if target.startswith("\0") and not backend.ABSTRACT:
+        raise InvalidSettingError(
+            f"unix socket address {address!r} is in the abstract namespace (a leading @), "
+            f"which only Linux has; pass a filesystem path instead")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:

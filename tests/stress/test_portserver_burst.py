@@ -1,9 +1,9 @@
 """Proof for the port server: 120 processes ask at the same instant.
 
 Every request either gets a port that is delivered (and held by the server for that
-process alone) or nothing is held for it; once the processes exit, every grant comes
-back. The clients are real processes, released together by one write to a pipe they all
-wait on, so the requests really arrive as one burst.
+process alone, as the kernel says) or nothing is held for it; once the processes exit,
+every grant comes back. The clients are real processes, released together by one write
+to a pipe they all wait on, so the requests really arrive as one burst.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-import portsafe
+from _portserver import held_by, path_name, private_ports, serving
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -39,53 +38,23 @@ CLIENT = textwrap.dedent("""
     sys.stdin.read()
 """)
 
-LISTER = ("import json; from portsafe import _locks; print(json.dumps(_locks.holders()))")
-
-
-def _held_by(env: dict[str, str], pid: int) -> set[int]:
-    out = subprocess.run([sys.executable, "-c", LISTER], env=env, capture_output=True,
-                         text=True, check=True, timeout=60).stdout
-    return {port for port, holder in json.loads(out) if holder == pid}
-
-
-def _wait_listening(address: str, proc: subprocess.Popen[bytes]) -> None:
-    import socket
-
-    for _ in range(400):
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect("\0" + address[1:])
-            except OSError:
-                time.sleep(0.025)
-                continue
-        return
-    raise AssertionError(f"nothing listens on {address!r}")
-
 
 def test_burst_of_processes_is_served_or_left_unheld(tmp_path: Path) -> None:
     """120 processes at once: the ports the server holds are exactly those delivered,
-    one process each; after they exit, the server holds nothing."""
-    lock_dir = tmp_path / "locks"
-    lock_dir.mkdir(mode=0o700)
-    env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
-    address = f"@portsafe-burst-{uuid.uuid4().hex[:12]}"
-    with portsafe.reserve_ports(200, contiguous=True) as block:  # nobody else's ports
-        server = subprocess.Popen(
-            [sys.executable, "-m", "portsafe", "serve", "--address", address, "--range",
-             f"{block.ports[0]}-{block.ports[-1]}"], env=env)
-        try:
-            _burst(address, server, env)
-        finally:
-            server.kill()
-            server.wait(timeout=30)
+    one process each; after they exit, the server holds nothing. The server has 200
+    ports of its own (a private network namespace), reached through a path socket."""
+    address = path_name()
+    with (private_ports(200, tmp_path) as (prefix, env, ports),
+          serving(["--range", f"{ports[0]}-{ports[-1]}"], env, tmp_path / "serve.log",
+                  address, prefix) as server):
+        _burst(address, server, env, ports)
 
 
-def _burst(address: str, server: subprocess.Popen[bytes], env: dict[str, str]) -> None:
+def _burst(address: str, server: subprocess.Popen[bytes], env: dict[str, str],
+           ports: range) -> None:
     go_read, go_write = os.pipe()
     clients: list[subprocess.Popen[str]] = []
     try:
-        _wait_listening(address, server)
         # extend() keeps the clients started so far if one fails, for finally
         clients.extend(subprocess.Popen(
             [sys.executable, "-c", CLIENT, address, str(go_read)], env=env,
@@ -103,7 +72,7 @@ def _burst(address: str, server: subprocess.Popen[bytes], env: dict[str, str]) -
         assert len(delivered) == len(set(delivered)), "one port delivered twice"
         held: set[int] = set()
         for _ in range(100):  # requests of clients that gave up may still be queued
-            held = _held_by(env, server.pid)
+            held = held_by(server.pid, ports, env)
             if held == set(delivered):
                 break
             time.sleep(0.1)
@@ -119,7 +88,7 @@ def _burst(address: str, server: subprocess.Popen[bytes], env: dict[str, str]) -
         os.close(go_read)
         os.close(go_write)
     for _ in range(100):  # reclaimed once a second after the owners exit
-        held = _held_by(env, server.pid)
+        held = held_by(server.pid, ports, env)
         if not held:
             break
         time.sleep(0.1)
