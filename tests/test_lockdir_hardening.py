@@ -3,6 +3,11 @@
 Each test reproduces one finding of the adversarial review (issue 10) with real
 processes, real other users (uid 65534) and a private lock directory under ``tmp_path``
 or a private 1777 directory; none touches the shared default directory.
+
+Tests marked ``files`` reserve through the lock-file backend (macOS, the BSDs; on Linux
+``nox -s files`` runs them in a private network namespace). The others call
+``_lockdir`` itself, so they run wherever their mechanism exists: announcements need
+abstract names and ``/proc`` (``announcing``), which that run of the backend does not use.
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ import pytest
 from tests._pure import count_locks
 
 import portsafe
-from portsafe import _announce, _claim, _dirwatch, _lockdir, _lockformat, _locks
+from portsafe import (
+    _announce,
+    _claim,
+    _dirwatch,
+    _lockdir,
+    _lockformat,
+    _locks,
+    _recordlock,
+    _systemdirs,
+)
 
 AGENT = str(Path(__file__).with_name("_agent.py"))
 NOBODY = 65534
@@ -32,6 +46,10 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX record lo
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 needs_root = pytest.mark.skipif(sys.platform == "win32" or os.getuid() != 0,
                                 reason="needs root to run a child as uid 65534")
+files = pytest.mark.files
+ANNOUNCE = "announce" in _lockformat.FEATURES
+announcing = pytest.mark.skipif(not ANNOUNCE, reason="no announcements here: they need "
+                                "abstract names and /proc (portsafe._locking.backend.PROC)")
 
 SHARD = 110  # ports 28160-28415: a shard the tests below use (no other test uses it)
 LEGACY = SHARD_START = SHARD << 8
@@ -93,11 +111,95 @@ def shared_parent() -> Iterator[Path]:
     shutil.rmtree(parent, ignore_errors=True)
 
 
-def as_nobody(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run *code* as uid 65534 (file operations only: no interpreter files are needed)."""
-    script = f"import os\nos.setgid({NOBODY})\nos.setuid({NOBODY})\n{code}"
+def as_nobody(code: str, *, check: bool = True, imports: str = "",
+              **env: str) -> subprocess.CompletedProcess[str]:
+    """Run *code* as uid 65534 (file operations only: no interpreter files are needed
+    after the switch, so what it uses is imported before: *imports*)."""
+    script = f"import os\n{imports}\nos.setgid({NOBODY})\nos.setuid({NOBODY})\n{code}"
     return subprocess.run([sys.executable, "-c", script], env=dict(os.environ, **env),
-                          capture_output=True, text=True, check=True, cwd="/")
+                          capture_output=True, text=True, check=check, cwd="/")
+
+
+def nobody_completes(locks: Path) -> None:
+    """uid 65534 makes the lock directory *locks* complete (it then owns its marker and
+    lock files, and the directory too if it made it)."""
+    as_nobody(f"_lockdir.open_lockdir({str(locks)!r}, explicit=True).close()",
+              imports="import fcntl, socket\nfrom portsafe import _lockdir, _settings")
+
+
+def tamper(locks: Path, port: int, *, shard: bool, marker: str = "replaced",
+           mtime_back: bool = False) -> None:
+    """As uid 65534 (the directory's owner, or its files'): replace the lock file of
+    *port* (if *shard*), then rewrite the format marker with the same bytes, so the same
+    generation (*marker*: "replaced" by a new file, or rewritten "in place"), and with
+    *mtime_back* set the directory's mtime back to what it was."""
+    as_nobody(f"""
+locks = {str(locks)!r}
+before = os.stat(locks)
+if {shard!r}:
+    name = os.path.join(locks, {_locks.shard_name(port >> 8)!r})
+    os.unlink(name)
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    os.fchmod(fd, 0o666)
+    os.close(fd)
+marker = os.path.join(locks, {_lockformat.MARKER!r})
+with open(marker, "rb") as old:
+    data = old.read()
+if {marker == "replaced"!r}:
+    os.unlink(marker)
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+else:
+    fd = os.open(marker, os.O_WRONLY | os.O_TRUNC)
+os.write(fd, data)
+os.close(fd)
+if {mtime_back!r}:
+    os.utime(locks, ns=(before.st_atime_ns, before.st_mtime_ns))
+""")
+
+
+HOLD = """
+import sys
+from portsafe import _lockdir, _recordlock
+path, port = sys.argv[1], int(sys.argv[2])
+lockdir = _lockdir.open_lockdir(path, explicit=True)
+shard = lockdir.open_shard(port >> 8)
+if shard is None or not _recordlock.try_lock(shard.fd, port):
+    raise SystemExit(f"could not lock {port}")
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+class DirHolder:
+    """A process (root) holding *port* in *locks* through ``_lockdir`` itself, whichever
+    backend reservations use: it opens (and announces) the directory and locks the
+    port's byte, until closed."""
+
+    def __init__(self, locks: Path, port: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(locks), str(port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd="/")
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "held"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def close(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def holders() -> Iterator[list[DirHolder]]:
+    """DirHolders made by a test, closed after it."""
+    made: list[DirHolder] = []
+    yield made
+    for holder in made:
+        holder.close()
 
 
 def path_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -135,6 +237,7 @@ def shard_file(directory: Path, port: int) -> Path:
     return directory / _locks.shard_name(port >> 8)
 
 
+@files
 @posix_only
 class TestNoWriteOutsideTheDirectory:
     """Item 1: a root process never creates or opens files where another user points it."""
@@ -183,33 +286,29 @@ class TestNoWriteOutsideTheDirectory:
             portsafe.reserve_port()  # the new one is 65534's and not sticky: refused
 
     @needs_root
-    @linux_only
-    def test_owner_cannot_forge_a_complete_directory(self, shared_parent, agents):
-        """uid 65534 owns the directory, moves it away under root's holder and puts a
-        complete, valid-looking one in its place: a new root process refuses it, naming
-        the holder, instead of handing out the holder's port."""
+    def test_world_writable_directory_without_sticky_bit(self, shared_parent, monkeypatch):
+        """A root-owned directory that every user may write, without the sticky bit: uid
+        65534 can replace root's files in it (shown first), so portsafe refuses it, says
+        what to do and makes nothing there; made sticky, it is used, and 65534 can no
+        longer replace the lock files."""
         locks = shared_parent / "locks"
-        agents.append(nobody := Agent(locks, uid=NOBODY))
-        assert "port" in nobody.reserve()
-        agents.append(holder := Agent(locks))
-        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
-        names = [_locks.shard_name(i) for i in range(_lockformat.SHARD_COUNT)]
-        as_nobody(f"""
-locks = {str(locks)!r}
-os.rename(locks, locks + ".old")
-os.mkdir(locks)
-os.chmod(locks, 0o1777)
-for name in {names!r}:
-    fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT, 0o666)
-    os.fchmod(fd, 0o666)
-    os.close(fd)
-with open(os.path.join(locks, {_lockformat.MARKER!r}), "wb") as marker:
-    marker.write(b"portsafe lock directory\\nformat 1\\ngeneration ffffffffffffffff\\n")
-""")
-        agents.append(other := Agent(locks))
-        answer = other.reserve(ports=[port, port + 1])
-        assert "port" not in answer, "a held port was handed out again"
-        assert str(holder.pid) in answer["message"]
+        locks.mkdir()
+        locks.chmod(0o777)
+        victim = locks / "roots-file"
+        victim.write_text("root's")
+        as_nobody(f"os.rename({str(victim)!r}, {str(victim) + '.gone'!r})\n"
+                  f"with open({str(victim)!r}, 'w') as file:\n    file.write('not root')")
+        assert victim.stat().st_uid == NOBODY, "the premise: any user replaces files here"
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
+        with pytest.raises(portsafe.LockDirError, match=r"mode 777.*not sticky.*chmod 1777"):
+            portsafe.reserve_port()
+        assert sorted(os.listdir(locks)) == ["roots-file", "roots-file.gone"]
+        locks.chmod(0o1777)
+        with portsafe.reserve_port(ports=SHARD_PORTS) as held:
+            name = str(shard_file(locks, held.port))
+            refused = as_nobody(f"os.rename({name!r}, {name + '.gone'!r})", check=False)
+            assert refused.returncode != 0
+            assert "PermissionError" in refused.stderr
 
     def test_proc_is_refused_with_a_clear_error(self, monkeypatch):
         """PORTSAFE_LOCK_DIR=/proc gives LockDirError, not a raw OSError."""
@@ -236,6 +335,7 @@ with open(os.path.join(locks, {_lockformat.MARKER!r}), "wb") as marker:
             portsafe.reserve_port()
 
 
+@files
 @posix_only
 class TestDeletion:
     """Item 2: deleting lock state never hands a held port out again silently."""
@@ -275,29 +375,30 @@ class TestDeletion:
         assert "port" not in answer, "a held port was handed out again"
         assert "after the directory was completed" in answer["message"]
 
-    @linux_only
     @BY
     def test_rm_rf_of_the_directory(self, tmp_path, agents, watch):
-        """After `rm -rf` of the directory, a new process refuses to reserve while the
-        old holder lives (naming its pid), and reserves again once it is gone."""
+        """After `rm -rf` of the directory, the holder is told at its next call; where
+        announcements exist, a new process refuses to reserve while the old holder lives
+        (naming its pid); it reserves again once the holder is gone."""
         locks = tmp_path / "locks"
         agents.append(holder := Agent(locks, watch=watch))
         port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
         if watch:
             watching(holder)
         shutil.rmtree(locks)
-        agents.append(other := Agent(locks))
-        answer = other.reserve(ports=[port, port + 1])
-        assert "port" not in answer, "a held port was handed out again"
-        assert answer["error"] == "LockDirError"
-        assert str(holder.pid) in answer["message"]
+        if ANNOUNCE:  # else only the holder can tell (docs/design.md, "Threat model")
+            agents.append(other := Agent(locks))
+            answer = other.reserve(ports=[port, port + 1])
+            assert "port" not in answer, "a held port was handed out again"
+            assert answer["error"] == "LockDirError"
+            assert str(holder.pid) in answer["message"]
+            other.close()
+            agents.remove(other)
         assert holder.reserve()["error"] == "LockDirError"  # told at its next call
         holder.ask(op="release", port=port)
         assert "port" in holder.reserve()  # holding nothing: it moves to the new directory
         agents.remove(holder)
         holder.close()
-        other.close()
-        agents.remove(other)
         agents.append(later := Agent(locks))
         assert "port" in later.reserve(ports=[port, port + 1])
 
@@ -311,6 +412,273 @@ class TestDeletion:
         assert (tmp_path / "locks" / _lockformat.MARKER).exists()
 
 
+@files
+@needs_root
+class TestReplacedMarker:
+    """A lock file or the format marker replaced under a live holder, by the directory's
+    owner (uid 65534 here), with the marker's generation kept: the holder is told at its
+    next call (TestAnnouncedMarker: new processes, where announcements exist)."""
+
+    @BY
+    def test_marker_replaced_under_a_holder(self, shared_parent, agents, watch):
+        """The owner replaces the marker with an identical one (same generation): root's
+        holder raises at its next call, naming its port; once it releases it, it opens
+        the directory afresh and reserves again."""
+        locks = shared_parent / "locks"
+        nobody_completes(locks)
+        agents.append(holder := Agent(locks, watch=watch))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        if watch:
+            watching(holder)
+        tamper(locks, port, shard=False)
+        told = holder.reserve()
+        assert told.get("error") == "LockDirError", told
+        assert "format marker" in told["message"]
+        assert str(port) in told["message"]
+        holder.ask(op="release", port=port)
+        assert "port" in holder.reserve()
+
+    @BY
+    def test_mtime_set_back_after_a_replacement(self, shared_parent, agents, watch):
+        """The owner replaces the holder's lock file and the marker (same generation),
+        then sets the directory's mtime back with utime: the ctime, which nobody but
+        root can set, still tells the holder at its next call."""
+        locks = shared_parent / "locks"
+        nobody_completes(locks)
+        agents.append(holder := Agent(locks, watch=watch))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        if watch:
+            watching(holder)
+        mtime = locks.stat().st_mtime_ns
+        tamper(locks, port, shard=True, mtime_back=True)
+        assert locks.stat().st_mtime_ns == mtime, "the premise: the mtime looks unchanged"
+        told = holder.reserve()
+        assert told.get("error") == "LockDirError", told
+        assert str(port) in told["message"]
+
+    def test_a_lock_file_replaced_alone_is_skipped_by_new_processes(self, shared_parent,
+                                                                   agents):
+        """Without a new marker, a replaced lock file is newer than the marker: a new
+        process skips it (the holder's port is not handed out) everywhere."""
+        locks = shared_parent / "locks"
+        nobody_completes(locks)
+        agents.append(holder := Agent(locks))
+        port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
+        time.sleep(0.02)  # the new file's ctime lands a clock tick after the marker's
+        as_nobody(f"os.unlink({str(shard_file(locks, port))!r})\n"
+                  f"os.close(os.open({str(shard_file(locks, port))!r}, os.O_CREAT, 0o666))\n"
+                  f"os.chmod({str(shard_file(locks, port))!r}, 0o666)")
+        agents.append(other := Agent(locks))
+        answer = other.reserve(ports=[port, port + 1])
+        assert "port" not in answer, "a held port was handed out again"
+        assert holder.reserve().get("error") == "LockDirError"
+
+
+@announcing
+@needs_root
+class TestAnnouncedMarker:
+    """Where users announce themselves (Linux, with /proc), a new process refuses a
+    directory whose users read another marker: made again, forged, or its marker
+    replaced or rewritten with the same generation. Through ``_lockdir`` itself, with
+    real processes as holders, so it runs whichever backend reservations use."""
+
+    @pytest.mark.parametrize("marker", ["replaced", "in place"])
+    @pytest.mark.parametrize("owner", ["nobody's directory", "root's directory"])
+    def test_marker_rewritten_under_a_holder(self, shared_parent, holders, owner, marker):
+        """uid 65534 (owning the directory, or only its files: it completed root's
+        directory) replaces the lock file of root's held port, then rewrites the marker
+        with the same generation so that the new file looks older than it: a new root
+        process refuses the directory, naming the holder, instead of locking the port
+        in the new file; once the holder is gone, it opens it."""
+        locks = shared_parent / "locks"
+        if owner == "root's directory":
+            locks.mkdir()
+            locks.chmod(0o1777)
+        nobody_completes(locks)
+        port = SHARD_PORTS.start + 3
+        holders.append(holder := DirHolder(locks, port))
+        time.sleep(0.02)  # the replacements land clock ticks after the holder's read
+        tamper(locks, port, shard=True, marker=marker)
+        fd = os.open(shard_file(locks, port), os.O_RDWR)
+        try:  # the premise: the port is free to lock in the new file
+            assert _recordlock.try_lock(fd, port)
+        finally:
+            os.close(fd)
+        with pytest.raises(portsafe.LockDirError, match="format marker") as caught:
+            _lockdir.open_lockdir(str(locks), explicit=True)
+        assert str(holder.pid) in str(caught.value)
+        holders.remove(holder)
+        holder.close()
+        _lockdir.open_lockdir(str(locks), explicit=True).close()
+
+    def test_owner_cannot_forge_a_complete_directory(self, shared_parent, holders):
+        """uid 65534 owns the directory, moves it away under root's holder and puts a
+        complete, valid-looking one in its place: a new root process refuses it, naming
+        the holder, instead of handing out the holder's port."""
+        locks = shared_parent / "locks"
+        nobody_completes(locks)
+        holders.append(holder := DirHolder(locks, SHARD_PORTS.start + 5))
+        names = [_locks.shard_name(i) for i in range(_lockformat.SHARD_COUNT)]
+        as_nobody(f"""
+locks = {str(locks)!r}
+os.rename(locks, locks + ".old")
+os.mkdir(locks)
+os.chmod(locks, 0o1777)
+for name in {names!r}:
+    fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT, 0o666)
+    os.fchmod(fd, 0o666)
+    os.close(fd)
+with open(os.path.join(locks, {_lockformat.MARKER!r}), "wb") as marker:
+    marker.write(b"portsafe lock directory\\nformat 1\\ngeneration ffffffffffffffff\\n")
+""")
+        with pytest.raises(portsafe.LockDirError, match="deleted and made again") as caught:
+            _lockdir.open_lockdir(str(locks), explicit=True)
+        assert str(holder.pid) in str(caught.value)
+
+    def test_rm_rf_of_the_directory(self, tmp_path, holders):
+        """After `rm -rf` of the directory, a new process that makes it again refuses to
+        use it while the old holder lives, naming its pid."""
+        locks = tmp_path / "locks"
+        holders.append(holder := DirHolder(locks, SHARD_PORTS.start + 7))
+        shutil.rmtree(locks)
+        with pytest.raises(portsafe.LockDirError, match="deleted and made again") as caught:
+            _lockdir.open_lockdir(str(locks), explicit=True)
+        assert str(holder.pid) in str(caught.value)
+
+    def test_users_of_one_marker_share_it(self, tmp_path, holders):
+        """Processes that read the same marker announce the same token: a new process
+        of another user's directory sees them, and opens it."""
+        locks = tmp_path / "locks"
+        holders.append(DirHolder(locks, SHARD_PORTS.start + 9))
+        holders.append(DirHolder(locks, SHARD_PORTS.start + 10))
+        lockdir = _lockdir.open_lockdir(str(locks), explicit=True)
+        try:
+            tokens = {token for token, pid in _announce.announced(
+                _announce.dir_key(lockdir.fd, str(locks)), None)}
+            assert tokens == {lockdir.marker.token}
+        finally:
+            lockdir.close()
+
+
+SCRATCH_ROOT = """
+import os, subprocess, sys
+root, script = sys.argv[1], sys.argv[2]
+for source in sys.argv[3:]:
+    target = root + source
+    os.makedirs(target, exist_ok=True)
+    subprocess.run(["mount", "--rbind", source, target], check=True)
+    if source not in ("/dev", "/proc"):
+        subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
+os.mkdir(root + "/alias")
+subprocess.run(["mount", "--bind", root, root + "/alias"], check=True)
+os.chroot(root)
+os.chdir("/")
+os.execv(sys.executable, [sys.executable, "-c", script])
+"""
+
+IN_SCRATCH_ROOT = """
+import json, os
+import portsafe
+from portsafe import _lockdir
+from portsafe._locking import backend
+
+def attempt(path):
+    before = set(os.listdir(path)) if os.path.isdir(path) else set()
+    try:
+        if backend.NAMES:  # reservations ignore PORTSAFE_LOCK_DIR: open it directly
+            _lockdir.open_lockdir(path, explicit=True).close()
+        else:
+            os.environ["PORTSAFE_LOCK_DIR"] = path
+            portsafe.reserve_port().release()
+        outcome = "used"
+    except portsafe.LockDirError as exc:
+        outcome = str(exc)
+    after = set(os.listdir(path)) if os.path.isdir(path) else set()
+    return {"outcome": outcome, "made": sorted(after - before)}
+
+print(json.dumps({path: attempt(path) for path in PATHS}))
+"""
+
+
+class TestSystemDirectories:
+    """``/`` and the file-system hierarchy's own directories are never a lock directory."""
+
+    @pytest.mark.parametrize(("platform", "path", "found"), [
+        ("linux", "/", "/"), ("linux", "//", "/"), ("linux", "/tmp", "/tmp"),
+        ("linux", "/tmp/", "/tmp"), ("linux", "//usr", "/usr"), ("linux", "/lib64", "/lib64"),
+        ("linux", "/libx32", "/libx32"), ("linux", "/var/tmp", "/var/tmp"),
+        ("linux", "/usr/local", "/usr/local"), ("linux", "/dev/shm", "/dev/shm"),
+        ("linux", "/run/user", "/run/user"), ("linux", "/home", "/home"),
+        ("linux", "/tmp/portsafe-locks", None), ("linux", "/home/ci/locks", None),
+        ("linux", "/srv/ci", None), ("linux", "/var/tmp/portsafe", None),
+        ("darwin", "/private/tmp", "/private/tmp"), ("darwin", "/Users", "/Users"),
+        ("darwin", "/tmp/portsafe-locks", None),
+        ("win32", "C:\\", "C:\\"), ("win32", "c:", "c:"), ("win32", "D:/", "D:\\"),
+        ("win32", "C:\\ProgramData", "C:\\ProgramData"),
+        ("win32", "c:\\programdata\\", "c:\\programdata"),
+        ("win32", "C:\\Windows", "C:\\Windows"),
+        ("win32", "C:\\ProgramData\\portsafe-locks", None),
+    ])
+    def test_which_are_refused(self, platform, path, found):
+        environ = {"ProgramData": "C:\\ProgramData", "SystemRoot": "C:\\Windows"}
+        assert _systemdirs.system_directory(path, platform=platform, realpath=str,
+                                            environ=environ) == found
+
+    def test_as_it_resolves(self):
+        """A path that resolves to one (through a link) is refused too."""
+        real = {"/data/link": "/", "/data/tmp": "/tmp"}
+        for path, found in real.items():
+            assert _systemdirs.system_directory(path, platform="linux",
+                                                realpath=real.__getitem__) == found
+
+    def test_the_default_is_not_one(self):
+        from portsafe import _settings
+
+        assert _systemdirs.system_directory(_settings.default_lock_dir()) is None
+
+    @needs_root
+    @linux_only
+    def test_refused_as_root_in_a_scratch_root(self, tmp_path):
+        """As root, in a private mount namespace whose ``/`` is a scratch directory (the
+        system's own binaries bound read-only into it): ``/``, ``/tmp``, ``/srv`` and
+        the rest are refused, however spelled (``//srv``, ``/opt/``, a symbolic link to
+        ``/``, a bind mount of ``/``), and nothing is made in them; a directory of its
+        own in ``/tmp`` is used."""
+        if shutil.which("unshare") is None or shutil.which("mount") is None:
+            pytest.skip("needs unshare and mount")
+        root = tmp_path / "root"
+        root.mkdir()
+        root.chmod(0o755)
+        for name in ("srv", "opt", "var", "mnt", "home"):
+            (root / name).mkdir()
+        (root / "tmp").mkdir()
+        (root / "tmp").chmod(0o1777)
+        (root / "rootlink").symlink_to("/")
+        refused = ["/", "/tmp", "//srv", "/opt/", "/var", "/mnt", "/home", "/rootlink",
+                   "/alias"]
+        mine = "/tmp/portsafe-locks"
+        src = str(Path(portsafe.__file__).resolve().parent.parent)
+        binds = [path for path in ("/usr", "/lib", "/lib64", "/bin", "/etc", sys.base_prefix,
+                                   sys.prefix, src, "/dev", "/proc") if os.path.exists(path)]
+        script = f"PATHS = {[*refused, mine]!r}\n{IN_SCRATCH_ROOT}"
+        done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
+                               "-c", SCRATCH_ROOT, str(root), script, *binds],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0 and ("unshare failed" in done.stderr or
+                                     ("CalledProcessError" in done.stderr and
+                                      "'mount'" in done.stderr)):
+            pytest.skip(f"no private mount namespace here: {done.stderr.strip()[-300:]}")
+        assert done.returncode == 0, done.stderr
+        outcomes = json.loads(done.stdout.splitlines()[-1])
+        for path in refused:
+            assert "system's own directories" in outcomes[path]["outcome"], (path, outcomes)
+            assert "PORTSAFE_LOCK_DIR" in outcomes[path]["outcome"]
+            assert outcomes[path]["made"] == [], path
+        assert outcomes[mine]["outcome"] == "used", outcomes[mine]
+        assert _lockformat.MARKER in os.listdir(root / "tmp" / "portsafe-locks")
+
+
+
 def _tmpfiles() -> str:
     found = shutil.which("systemd-tmpfiles")
     if found is None or not sys.platform.startswith("linux"):
@@ -318,6 +686,7 @@ def _tmpfiles() -> str:
     return found
 
 
+@files
 @posix_only
 class TestTmpCleaner:
     """Item 2: an age-based tmp cleaner (systemd-tmpfiles) cannot break a live hold.
@@ -366,6 +735,7 @@ class TestTmpCleaner:
             assert len(os.listdir(locks)) == _lockformat.SHARD_COUNT + 1
 
 
+@files
 class TestOneDirectory:
     """Item 3: one directory however it is spelled; aliases never drop locks."""
 
@@ -438,6 +808,7 @@ print("refused" if other.returncode else "GOT IT")
         assert result.stdout.strip() == "refused", result.stderr
 
 
+@files
 @posix_only
 class TestPoisonedShard:
     """Item 4: an unusable file at a shard's name is skipped with one warning."""
@@ -507,6 +878,7 @@ class TestPoisonedShard:
         assert all(port >> 8 == SHARD + 1 for port in calls)  # no lock call in the flood
 
 
+@files
 @needs_root
 class TestUsers:
     """Item 1: root and uid 65534 share one directory whoever made it first."""
@@ -527,6 +899,7 @@ class TestUsers:
         assert stat.S_IMODE(locks.stat().st_mode) == 0o1777
 
 
+@files
 @posix_only
 class TestVersions:
     """Item 9: the directory carries a format version; versions interoperate or refuse."""
@@ -622,6 +995,7 @@ class TestPlatforms:
         assert len(keys) == (1 if os.path.isdir("/proc/self/fd") else 2)
 
 
+@files
 @posix_only
 class TestLockTableUse:
     """How a process uses the directory once open: one stat a call, fork, half-written markers."""
@@ -700,6 +1074,7 @@ def watched_dir(tmp_path, monkeypatch) -> Path:
     return locks
 
 
+@files
 @linux_only
 class TestCheckedByDescriptor:
     """Where ``_dirwatch`` allows, the per-call check is an fstat of the directory's
@@ -822,7 +1197,7 @@ class TestDirwatchRules:
     def test_only_local_file_systems(self, dev, allowed, monkeypatch):
         monkeypatch.setattr(_dirwatch, "ancestors_fixed", lambda path: None)
         why = _dirwatch.unwatchable("/tmp/locks", os.makedev(*dev), platform="linux",
-                                    read=lambda: self.MOUNTINFO)
+                                    read=lambda: self.MOUNTINFO, proc=True)
         assert (why is None) is allowed
         if not allowed:
             assert "file system" in why
@@ -839,7 +1214,7 @@ class TestDirwatchRules:
             raise AssertionError("mountinfo read although the descriptor's type is known")
 
         found = _dirwatch.unwatchable("/tmp/locks", 0, platform="linux", read=unreadable,
-                                      fd=3, magic=lambda fd: number)
+                                      fd=3, magic=lambda fd: number, proc=True)
         assert found is None if why is None else why in found
 
     @pytest.mark.skipif(_claim.fs_magic is None, reason="no fstatfs here (pure Python)")
@@ -860,6 +1235,15 @@ class TestDirwatchRules:
     @pytest.mark.parametrize("platform", ["darwin", "freebsd13", "win32"])
     def test_elsewhere_the_path(self, platform):
         assert _dirwatch.unwatchable("/tmp/locks", 0, platform=platform) is not None
+
+    def test_without_proc_the_path(self, monkeypatch):
+        """A Linux process that may not read /proc (the file backend's test-only run:
+        what macOS runs) checks by path, as macOS does."""
+        monkeypatch.setattr(_dirwatch, "ancestors_fixed", lambda path: None)
+        why = _dirwatch.unwatchable("/tmp/locks", 0, platform="linux", proc=False,
+                                    read=lambda: TestDirwatchRules.MOUNTINFO)
+        assert why is not None
+        assert "no /proc" in why
 
     @staticmethod
     def fake(tree: dict[str, tuple[int, int]]):

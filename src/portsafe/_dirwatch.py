@@ -26,7 +26,9 @@ that the path check sees, *where* all of these hold:
    like ``/tmp``). Root can do anything anyway: docs/design.md ("Threat model").
 
 Elsewhere (macOS, the BSDs, Windows, a lock directory under a directory some user
-owns, a symbolic link) every reservation checks by path, as before.
+owns, a symbolic link) every reservation checks by path, as before; so does the
+lock-file backend's test-only run on Linux, which runs what macOS runs and reads no
+``/proc`` (``_locking.backend.PROC``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
+
+from portsafe._locking import backend
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:
@@ -56,6 +60,8 @@ MAGIC = {0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tm
 MARGIN_NS = 1_000_000_000
 
 _MOUNTINFO = "/proc/self/mountinfo"
+_NO_PROC = ("this process runs the macOS code here (no /proc: the lock-file backend's "
+            "test-only run on Linux)")
 
 
 def fs_type(mountinfo: str, dev: int) -> str | None:
@@ -111,13 +117,16 @@ def ancestors_fixed(path: str,
 
 def unwatchable(path: str, dev: int, *, platform: str = sys.platform,
                 read: Callable[[], str] | None = None, fd: int = -1,
-                magic: Callable[[int], int] | None = None) -> str | None:
+                magic: Callable[[int], int] | None = None,
+                proc: bool | None = None) -> str | None:
     """None if the lock directory at *path* (on device *dev*) may be checked by its
     descriptor at each reservation; else why it is checked by path.
 
     The file system's type is that of descriptor *fd* by *magic* (``fstatfs``, from the
     C module: one system call) where both are given, else the type ``/proc/self/
     mountinfo`` gives for *dev*; *read* returns that file's text (replaceable for tests).
+    *proc* (default: ``_locking.backend.PROC``) says whether this process may read
+    ``/proc`` at all; without it, Linux is treated as macOS is.
 
     Example:
         >>> unwatchable("/tmp/x", 0, platform="darwin")
@@ -126,7 +135,8 @@ def unwatchable(path: str, dev: int, *, platform: str = sys.platform,
     if not platform.startswith("linux"):
         return "not Linux (no /proc/self/mountinfo)"
     try:
-        why = ancestors_fixed(path)
+        why = ancestors_fixed(path) or (None if (backend.PROC if proc is None else proc) else
+                                        _NO_PROC)
         if why is not None:
             return why
         number = magic(fd) if magic is not None and fd >= 0 else None

@@ -73,14 +73,25 @@ def check_setting(path: str | None = None) -> CheckResult:
 
 
 def check_path(path: str | None = None) -> CheckResult:
-    """The lock directory is a real directory (not a symlink), or does not exist yet.
+    """The lock directory is a real directory (not a symlink), or does not exist yet, and
+    none of the system's own (``/``, ``/tmp``, ``/usr``...), which portsafe refuses.
 
     Example:
         >>> check_path("/nonexistent/portsafe").ok
         True
+        >>> check_path("/").ok
+        False
     """
+    from portsafe._errors import LockDirError
+    from portsafe._systemdirs import refuse_system_directory
+
     name = "lock_dir.path"
     where = _lock_dir(path)
+    try:
+        refuse_system_directory(where)
+    except LockDirError as exc:
+        return CheckResult(name, False, f"portsafe refuses it: {exc.strerror}",
+                           "set PORTSAFE_LOCK_DIR to a directory of its own")
     try:
         info = os.lstat(where)
     except FileNotFoundError:
@@ -144,8 +155,11 @@ def check_trust(path: str | None = None) -> CheckResult:
                                 "or replace what is in it")
             others = _writers(info)
             if others:
+                refused = " (portsafe refuses it)" if current == where and \
+                    "every user" in others else ""
                 problems.append(f"{current} (mode {stat.filemode(info.st_mode)}) lets "
-                                f"{' and '.join(others)} delete or rename its entries")
+                                f"{' and '.join(others)} delete or rename its entries"
+                                f"{refused}")
         parent = os.path.dirname(current)
         if parent == current:
             break
@@ -200,7 +214,8 @@ def check_files(path: str | None = None) -> CheckResult:
 
 
 def check_format(path: str | None = None) -> CheckResult:
-    """The directory's format marker, and no users left of a deleted earlier copy of it.
+    """The directory's format marker, and no users left of a deleted earlier copy of it,
+    or of a marker replaced since they read it (announcements: Linux).
 
     Example:
         >>> check_format("/nonexistent/portsafe").ok
@@ -230,18 +245,17 @@ def check_format(path: str | None = None) -> CheckResult:
             return CheckResult(name, True, f"no {_lockformat.MARKER} yet (made by portsafe "
                                f"0.1.0, or being completed): the next reservation completes "
                                f"it in place, sharing it with 0.1.0 processes")
-        generation = marker[0]
+        generation = marker.generation
         others = [user for user in _announce.announced(_announce.dir_key(fd, where), None)
-                  if user[0] != generation]
+                  if user[0] != marker.token] if "announce" in _lockformat.FEATURES else []
     finally:
         os.close(fd)
     if others:
+        refusal = _announce.stale_users(where, others, generation).strerror
         return CheckResult(name, False, f"format {_lockformat.FORMAT}, generation "
-                           f"{generation}, but processes that used a deleted earlier copy "
-                           f"still run{_announce.pids(others)}: portsafe refuses to reserve "
-                           f"until they end",
+                           f"{generation}, but {refusal}",
                            "let them finish or stop them; find what deleted the directory "
-                           "(a tmp cleaner, an rm -rf)")
+                           "or replaced its marker (a tmp cleaner, an rm -rf, its owner)")
     return CheckResult(name, True, f"format {_lockformat.FORMAT}, generation {generation}; "
                        f"no users of an earlier copy")
 

@@ -5,10 +5,12 @@ was deleted, or in a directory that another user swapped, excludes nobody. This 
 opens that directory once per process and keeps it honest:
 
 1. **Opened, never followed.** The directory is opened with ``O_DIRECTORY|O_NOFOLLOW``
-   and verified on its descriptor (another user's directory must be sticky, like
-   ``/tmp``); every file in it is opened *relative to that descriptor*, without following
-   links, and created only with ``O_EXCL``. So no user can make another user's process
-   create or open files anywhere else, whatever they rename or link.
+   and verified on its descriptor (a directory every user may write, or another user's,
+   must be sticky, like ``/tmp``; ``/`` and the system's own directories, ``/tmp`` or
+   ``/usr`` say, are refused: ``_systemdirs``); every file in it is opened *relative to
+   that descriptor*, without following links, and created only with ``O_EXCL``. So no
+   user can make another user's process create or open files anywhere else, whatever
+   they rename or link.
 2. **Complete and versioned.** A directory in format 1 holds every one of its 256 shard
    files and a marker, ``portsafe-format`` (format number and a random generation),
    written last. A directory without a marker (portsafe 0.1.0, or new) is completed in
@@ -22,14 +24,17 @@ opens that directory once per process and keeps it honest:
    as it has it open. Age-based tmp cleaners (systemd-tmpfiles) skip a directory locked
    so; a repair, which needs the exclusive lock, can only happen when nobody uses it.
 4. **Announced (Linux).** Each user binds an abstract unix socket named after the
-   directory's path and generation (listed in ``/proc/net/unix``, scoped per network
-   namespace, like the ports themselves). A process that completes a directory (or
-   opens one owned by another user, who could have made it complete without looking)
-   and finds users of another generation of the same path (the directory was deleted
-   and made again under them) raises :class:`LockDirError` naming their pids instead
-   of reserving ports they may hold.
-5. **Watched.** The caller compares the path's ``stat`` with what it opened at every
-   reservation (:meth:`LockDir.changed`): one system call.
+   directory's path and its marker as read (generation, inode number and ctime: listed
+   in ``/proc/net/unix``, scoped per network namespace, like the ports themselves). A
+   process that completes a directory (or opens one whose directory or marker another
+   user owns, who could have made it complete without looking, or replaced its marker)
+   and finds users of another marker at the same path (the directory was deleted and
+   made again under them, or its marker replaced) raises :class:`LockDirError` naming
+   their pids instead of reserving ports they may hold.
+5. **Watched.** The caller compares the path's ``stat`` (ctime, which no user can set,
+   unlike the mtime) with what it opened at every reservation (:meth:`LockDir.changed`):
+   one system call. When it changed, each open lock file and the marker must still be
+   the files opened (:meth:`LockDir.recheck`).
 
 macOS and the BSDs have 1-3 and 5; Windows has none of 1-4 (paths are opened by name).
 docs/design.md ("Threat model") says what each gap leaves open.
@@ -53,6 +58,7 @@ from portsafe._lockformat import (
     NOFOLLOW,
     SHARD_BITS,
     SHARD_COUNT,
+    Marker,
     complete,
     features,
     flock,
@@ -61,11 +67,18 @@ from portsafe._lockformat import (
     shard_name,
     stat_dir,
 )
+from portsafe._systemdirs import refuse_system_directory
 
 __all__ = ["FEATURES", "FORMAT", "MARKER", "SHARD_BITS", "SHARD_COUNT", "LockDir", "Shard",
            "features", "open_lockdir", "shard_name", "unusable_error"]
 
 _FLAGS_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+#: Why a shard is broken (``LockDir.broken``): its own file was deleted or replaced ...
+REPLACED_FILE = "it was deleted or replaced while this process had it open"
+#: ... or the directory's format marker was, which retires the whole directory.
+REPLACED_MARKER = ("the directory's format marker was replaced, rewritten or deleted while "
+                   "this process used it (lock files may have been replaced with it)")
 
 
 class Shard:
@@ -86,27 +99,29 @@ class LockDir:
 
     Attributes (read-only outside ``_locks``):
         path: the path it was opened by; ``fd`` its descriptor (-1 without ``openat``).
-        dev, ino: its identity, the key of the lock table; ``mtime``: its last seen mtime.
-        generation: the marker's generation; ``shards``: open shard files by index.
+        dev, ino: its identity, the key of the lock table; ``ctime``: its last seen ctime.
+        marker: the format marker as read; ``generation``: its generation.
+        shards: open shard files by index.
         poisoned: shard index -> why its file is not used; ``broken``: index -> why ports
             this process holds there may be given to others (raised at each reservation).
-        retired: no longer at its path (closed once the ports held here are released).
+        retired: no longer at its path, or its marker replaced (closed, and opened again
+            if still at its path, once the ports held here are released).
         watch_ctime, watch_at, watch_refused, watch_path: how ``_locks`` checks it at each
             reservation (by descriptor where ``_dirwatch`` allows for that path, else by
             path).
     """
 
-    __slots__ = ("announcement", "broken", "dev", "fd", "generation", "ino",
-                 "marker_ctime", "mtime", "path", "poisoned", "retired", "shards", "via_link",
-                 "watch_at", "watch_ctime", "watch_path", "watch_refused")
+    __slots__ = ("announcement", "broken", "ctime", "dev", "fd", "generation", "ino",
+                 "marker", "marker_ctime", "path", "poisoned", "retired", "shards",
+                 "via_link", "watch_at", "watch_ctime", "watch_path", "watch_refused")
 
-    def __init__(self, path: str, fd: int, info: os.stat_result, generation: str,
-                 marker_ctime: int) -> None:
+    def __init__(self, path: str, fd: int, info: os.stat_result, marker: Marker) -> None:
         self.path = path
         self.fd = fd
-        self.dev, self.ino, self.mtime = info.st_dev, info.st_ino, info.st_mtime_ns
-        self.generation = generation
-        self.marker_ctime = marker_ctime
+        self.dev, self.ino, self.ctime = info.st_dev, info.st_ino, info.st_ctime_ns
+        self.marker = marker
+        self.generation = marker.generation
+        self.marker_ctime = marker.ctime
         self.shards: dict[int, Shard] = {}
         self.poisoned: dict[int, str] = {}
         self.broken: dict[int, str] = {}
@@ -127,8 +142,12 @@ class LockDir:
         return any(shard.count for shard in self.shards.values())
 
     def changed(self, info: os.stat_result) -> bool:
-        """Whether *info* (a fresh ``stat`` of a path naming this directory) differs."""
-        return info.st_mtime_ns != self.mtime or info.st_ino != self.ino or \
+        """Whether *info* (a fresh ``stat`` of a path naming this directory) differs.
+
+        The ctime, not the mtime: every change of the directory's entries moves both, but
+        its owner can set the mtime back (``utime``), and nobody but root the ctime.
+        """
+        return info.st_ctime_ns != self.ctime or info.st_ino != self.ino or \
             info.st_dev != self.dev
 
     def same_directory(self, info: os.stat_result) -> bool:
@@ -169,25 +188,48 @@ class LockDir:
         return shard
 
     def recheck(self, info: os.stat_result) -> None:
-        """After the directory's mtime changed: check that each open shard file is still
-        the one in the directory; mark those that are not (broken if ports are held)."""
+        """After the directory's ctime changed: check that each open shard file, and the
+        format marker, are still the ones opened; mark the shards that are not (broken
+        if ports are held).
+
+        A shard file is compared by inode number (it is open here, so its number cannot
+        be reused). The marker is compared by inode number and ctime: the directory's
+        owner can replace it, and its own owner rewrite it in place, with the same
+        generation, after replacing lock files, so that new processes trust those. Then
+        no file here is vouched for: the directory is retired, every held port broken.
+        """
+        replaced = not self._marker_unchanged()
+        if replaced:
+            self.retired = True
         for index, shard in list(self.shards.items()):
-            try:
-                now = os.stat(shard_name(index), dir_fd=self.fd, follow_symlinks=False) \
-                    if self.fd >= 0 else os.lstat(os.path.join(self.path, shard_name(index)))
-                gone = now.st_ino != shard.ino
-            except OSError:
-                gone = True
-            if not gone:
-                continue
-            reason = "it was deleted or replaced while this process had it open"
+            if replaced:
+                reason = REPLACED_MARKER
+            else:
+                try:
+                    now = self._lstat(shard_name(index))
+                    if now.st_ino == shard.ino:
+                        continue
+                except OSError:
+                    pass
+                reason = REPLACED_FILE
             self.poisoned[index] = reason
             if shard.count:
                 self.broken[index] = reason
             else:
                 os.close(shard.fd)
                 del self.shards[index]
-        self.mtime = info.st_mtime_ns
+        self.ctime = info.st_ctime_ns
+
+    def _lstat(self, name: str) -> os.stat_result:
+        if self.fd >= 0:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        return os.lstat(os.path.join(self.path, name))
+
+    def _marker_unchanged(self) -> bool:
+        try:
+            return self.marker.same_file(self._lstat(MARKER))
+        except OSError:
+            return False
 
     def describe(self, index: int) -> str:
         """``'<dir>/ports-...-...'``: a shard's full name, for messages."""
@@ -246,7 +288,8 @@ def open_lockdir(path: str, *, explicit: bool) -> LockDir:
     """Open, verify, complete if needed, lock and announce the lock directory at *path*.
 
     *explicit* (``PORTSAFE_LOCK_DIR`` set) allows *path* to be a symlink owned by this
-    user or root; the default directory must be the directory itself.
+    user or root; the default directory must be the directory itself. ``/`` and the
+    system's own directories (``_systemdirs``) are refused, however they are named.
 
     Raises:
         LockDirError: the directory cannot be used safely; the message says why and
@@ -259,6 +302,7 @@ def open_lockdir(path: str, *, explicit: bool) -> LockDir:
         16
         >>> lockdir.close()
     """
+    refuse_system_directory(path)  # before anything is made there
     for _ in range(5):
         fd, follow, created = _open_dir(path, explicit)
         try:
@@ -349,33 +393,44 @@ def _prepare(path: str, fd: int, follow: bool, created: bool) -> LockDir:
     if created and info.st_uid == os.getuid() and mode != 0o1777 and sys.platform != "win32":
         # mkdir's mode is masked by umask; every user's tests must share the directory
         os.fchmod(fd, 0o1777)
+        mode = 0o1777
+    if fd >= 0 and mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise LockDirError(errno.EACCES, f"{path} has mode {mode:o}: every user may write "
+                           f"it and it is not sticky, so any user could delete or replace "
+                           f"the lock files in it under the processes holding ports there; "
+                           f"make it sticky (chmod 1777 {path}), or set PORTSAFE_LOCK_DIR to "
+                           f"another directory")
+    if fd >= 0:
+        refuse_system_directory(path, info)  # "/" under another name (a bind mount)
     if "flock" in FEATURES and fd >= 0:
         flock(fd, path, exclusive=False)
     marker = read_marker(fd, path)
-    if marker is None or info.st_mtime_ns > marker[1]:  # format 0, or changed since
+    if marker is None or info.st_mtime_ns > marker.ctime:  # format 0, or changed since
         marker = complete(fd, path, repair=marker is not None)
         info = stat_dir(fd, path)
-    lockdir = LockDir(path, fd, info, *marker)
+    lockdir = LockDir(path, fd, info, marker)
     if "announce" in FEATURES and fd >= 0:
         key = dir_key(fd, path)
-        lockdir.announcement = announce(key, lockdir.generation)
+        lockdir.announcement = announce(key, marker.token)
         # Whoever completes a directory has checked that no user of an older one at this
-        # path is alive (lockformat.complete); only another user who owns the directory
-        # could have made a complete one without that check, so only then look again
-        # (reading /proc/net/unix costs O(unix sockets on the machine)).
-        foreign = info.st_uid not in (0, os.getuid())
-        users = [(gen, pid) for gen, pid in (announced(key, None) if foreign else ())
-                 if gen != lockdir.generation and pid != os.getpid()]
+        # path is alive (lockformat.complete); only another user who can replace the
+        # marker (the directory's owner or the marker's) could have made a complete one
+        # without that check, or replaced the marker under its users, so only then look
+        # again (reading /proc/net/unix costs O(unix sockets on the machine)).
+        me = os.getuid()
+        foreign = info.st_uid not in (0, me) or marker.uid not in (0, me)
+        users = [(token, pid) for token, pid in (announced(key, None) if foreign else ())
+                 if token != marker.token and pid != os.getpid()]
         if users:
             lockdir.fd = -1  # the caller closes fd
             lockdir.close()
-            raise stale_users(path, users)
+            raise stale_users(path, users, marker.generation)
     now = os.stat(path) if follow else os.lstat(path)
     if not lockdir.same_directory(now):
         lockdir.fd = -1  # the caller closes fd
         lockdir.close()
         raise _RetryError
-    lockdir.mtime = now.st_mtime_ns
+    lockdir.ctime = now.st_ctime_ns
     lockdir.via_link = follow
     return lockdir
 

@@ -21,7 +21,7 @@ from portsafe import _dirwatch
 from portsafe._claim import dir_ctime as _dir_ctime
 from portsafe._claim import fs_magic as _fs_magic
 from portsafe._errors import LockDirError
-from portsafe._lockdir import LockDir, Shard, open_lockdir
+from portsafe._lockdir import REPLACED_MARKER, LockDir, Shard, open_lockdir
 from portsafe._settings import lock_dir, lock_dir_is_explicit
 
 __all__ = ["DirectoryTable"]
@@ -77,7 +77,7 @@ class DirectoryTable:
                     info = self._last_look(path)  # type: ignore[operator]
                 except OSError:
                     info = None
-                if info is not None and info.st_mtime_ns == lockdir.mtime and \
+                if info is not None and info.st_ctime_ns == lockdir.ctime and \
                         info.st_ino == lockdir.ino and info.st_dev == lockdir.dev and \
                         not lockdir.broken:  # LockDir.changed(), inlined: once per reservation
                     at = lockdir.watch_at
@@ -123,7 +123,7 @@ class DirectoryTable:
             except OSError:
                 return  # the next check by path says what happened
             if after.st_ino == lockdir.ino and after.st_dev == lockdir.dev and \
-                    after.st_mtime_ns == lockdir.mtime and before.st_nlink and \
+                    after.st_ctime_ns == lockdir.ctime and before.st_nlink and \
                     not lockdir.broken:
                 lockdir.watch_ctime, lockdir.watch_at = ctime, 0
 
@@ -136,23 +136,28 @@ class DirectoryTable:
             except OSError:
                 info = None
             if info is not None and lockdir.same_directory(info):
-                if info.st_mtime_ns != lockdir.mtime:
+                if info.st_ctime_ns != lockdir.ctime:
                     lockdir.recheck(info)
                     self._forget_home_if_closed()
                 if lockdir.broken:
-                    raise self._held_error(lockdir, set(lockdir.broken),
-                                           "lock files were deleted or replaced")
-                return lockdir
-            if lockdir.holding():
+                    what = "its format marker was replaced or rewritten" \
+                        if REPLACED_MARKER in lockdir.broken.values() else \
+                        "lock files were deleted or replaced"
+                    raise self._held_error(lockdir, set(lockdir.broken), what)
+                if not lockdir.retired or lockdir.holding():
+                    return lockdir
+                # its marker was replaced, and nothing is held here: open it afresh
+            elif lockdir.holding():
                 raise self._held_error(lockdir, None, "the directory was removed" if info is None
                                        else "the directory was replaced by another")
             self._drop(lockdir)
         made = open_lockdir(path, explicit=lock_dir_is_explicit())
         key = (made.dev, made.ino)
         lockdir = self._dirs.get(key, made)
-        if lockdir is not made and lockdir.generation != made.generation:
-            # Not an alias: a deleted directory's inode number, reused. Retire the old one
-            # (its ports stay held in it until released; then it is closed).
+        if lockdir is not made and lockdir.marker.token != made.marker.token:
+            # Not an alias: a deleted directory's inode number, reused, or the directory
+            # with its marker replaced. Retire the old one (its ports stay held in it
+            # until released; then it is closed).
             del self._dirs[key]
             if lockdir.holding():
                 lockdir.retired = True

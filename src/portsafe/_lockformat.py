@@ -18,6 +18,11 @@ loudly (:func:`parse_marker`): the versions would not see each other's locks.
 
 Users hold a shared ``flock`` on the directory while they have it open; completing or
 repairing needs the exclusive one, so it never happens under anyone's feet.
+
+The marker as a process read it (:class:`Marker`) is its generation *and* the marker
+file's identity (inode number, ctime): the directory's owner can replace the marker, or
+its own owner rewrite it in place, with the same generation text, and only the identity
+tells (``_lockdir`` checks it when the directory changes; announcements carry it).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import time
 
 from portsafe._announce import announced, dir_key, pids, stale_users
 from portsafe._errors import LockDirError
+from portsafe._locking import backend
 
 __all__ = ["FEATURES", "FLAGS_FILE", "FORMAT", "MARKER", "NOFOLLOW", "SHARD_BITS",
-           "SHARD_COUNT", "complete", "features", "flock", "open_in",
+           "SHARD_COUNT", "Marker", "complete", "features", "flock", "open_in",
            "parse_marker", "read_marker", "shard_name", "stat_dir"]
 
 #: Ports per lock file: a power of two so a port's shard is ``port >> 8``.
@@ -54,16 +60,20 @@ FLAGS_FILE = os.O_RDWR | NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | \
 _WAIT = 5.0  # seconds to wait for another process's upgrade of the directory
 
 
-def features(platform: str, *, dir_fd: bool = True) -> frozenset[str]:
+def features(platform: str, *, dir_fd: bool = True, proc: bool = True) -> frozenset[str]:
     """Which of the hardening mechanisms *platform* has.
 
     ``openat``: files are opened relative to the verified directory's descriptor;
     ``flock``: users hold a shared ``flock`` on it (tmp cleaners, repairs);
-    ``announce``: users are listed as abstract unix sockets in ``/proc/net/unix``.
+    ``announce``: users are listed as abstract unix sockets in ``/proc/net/unix`` (Linux,
+    where this process may use abstract names and read ``/proc``: *proc*; not in the
+    test-only run of this backend on Linux, which runs what macOS runs).
 
     Example:
         >>> sorted(features("linux"))
         ['announce', 'flock', 'openat']
+        >>> sorted(features("linux", proc=False))
+        ['flock', 'openat']
         >>> sorted(features("darwin"))
         ['flock', 'openat']
         >>> sorted(features("win32"))
@@ -74,12 +84,43 @@ def features(platform: str, *, dir_fd: bool = True) -> frozenset[str]:
     found = {"flock"}
     if dir_fd:
         found.add("openat")
-    if platform.startswith("linux"):
+    if platform.startswith("linux") and proc:
         found.add("announce")
     return frozenset(found)
 
 
-FEATURES = features(sys.platform, dir_fd=os.open in os.supports_dir_fd)
+FEATURES = features(sys.platform, dir_fd=os.open in os.supports_dir_fd,
+                    proc=backend.PROC and backend.ABSTRACT)
+
+
+class Marker:
+    """The format marker as read: its generation, and the file's identity then.
+
+    Attributes:
+        generation: the 16 hex digits written by whoever completed the directory.
+        ctime, ino: the marker file's ctime (ns) and inode number when read.
+        uid: its owner (who, besides the directory's owner and root, can replace it).
+
+    Example:
+        >>> Marker("0011223344556677", 0x2d, 0x1c, 0).token
+        '0011223344556677.1c.2d'
+    """
+
+    __slots__ = ("ctime", "generation", "ino", "uid")
+
+    def __init__(self, generation: str, ctime: int, ino: int, uid: int) -> None:
+        self.generation, self.ctime, self.ino, self.uid = generation, ctime, ino, uid
+
+    @property
+    def token(self) -> str:
+        """``<generation>.<ino hex>.<ctime hex>``: what users announce (``_announce``).
+        Two processes that read the same marker file, unchanged, have the same token."""
+        return f"{self.generation}.{self.ino:x}.{self.ctime:x}"
+
+    def same_file(self, info: os.stat_result) -> bool:
+        """Whether *info* (an ``lstat`` of the marker's name) is this marker, unchanged
+        (any write, truncation, ``chmod`` or new link moves a file's ctime)."""
+        return info.st_ino == self.ino and info.st_ctime_ns == self.ctime
 
 
 def shard_name(shard: int) -> str:
@@ -136,9 +177,9 @@ def flock(fd: int, path: str, *, exclusive: bool, wait: float = _WAIT) -> bool:
         return True
 
 
-def read_marker(fd: int, path: str) -> tuple[str, int] | None:
-    """(generation, ctime) from the marker; None if it is absent (format 0) or not
-    complete yet."""
+def read_marker(fd: int, path: str) -> Marker | None:
+    """The marker (generation, and the file's identity as read); None if it is absent
+    (format 0) or not complete yet."""
     try:
         mfd = open_in(fd, path, MARKER, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
                        | getattr(os, "O_CLOEXEC", 0))
@@ -156,7 +197,8 @@ def read_marker(fd: int, path: str) -> tuple[str, int] | None:
         os.close(mfd)
     if not data.endswith(b"\n"):
         return None  # being written (one write() of a whole marker), or truncated
-    return parse_marker(data, os.path.join(path, MARKER)), info.st_ctime_ns
+    return Marker(parse_marker(data, os.path.join(path, MARKER)), info.st_ctime_ns,
+                  info.st_ino, info.st_uid)
 
 
 def parse_marker(data: bytes, where: str) -> str:
@@ -195,9 +237,9 @@ def parse_marker(data: bytes, where: str) -> str:
     return generation
 
 
-def complete(fd: int, path: str, repair: bool) -> tuple[str, int]:
+def complete(fd: int, path: str, repair: bool) -> Marker:
     """Make every missing shard file and (re)write the marker, under an exclusive flock;
-    the marker's (generation, ctime) afterwards.
+    the marker afterwards.
 
     An upgrade (no marker) waits for others doing the same. A repair (the directory
     changed since its marker) happens only if nobody uses the directory right now:
@@ -230,7 +272,7 @@ def complete(fd: int, path: str, repair: bool) -> tuple[str, int]:
         got = flock(fd, path, exclusive=True, wait=0.0)
     try:
         marker = read_marker(fd, path)
-        if marker is not None and stat_dir(fd, path).st_mtime_ns <= marker[1]:
+        if marker is not None and stat_dir(fd, path).st_mtime_ns <= marker.ctime:
             return marker  # another process did it while we waited
         if announcing:
             # Under the exclusive lock nobody uses this directory: announcers use another
@@ -245,7 +287,7 @@ def complete(fd: int, path: str, repair: bool) -> tuple[str, int]:
         if made is None:
             raise LockDirError(errno.ENOENT, f"the format marker in {path} vanished as it "
                                f"was written; find out what deletes files there")
-        _wait_past(made[1])
+        _wait_past(made.ctime)
         return made
     finally:
         if locking:
