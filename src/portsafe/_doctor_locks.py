@@ -1,5 +1,12 @@
 """``portsafe doctor``'s record-lock check: do locks work on the lock directory's file
 system? (NFS, FUSE and some container file systems differ.)
+
+Working means *enforced*: a lock call that is accepted but excludes nobody (a file
+system whose lock operations are stubs, as some FUSE mounts have) would let two
+processes reserve one port. So the check takes a lock in one process and has another
+process, through its own open of the file, ask for the same byte: that second call must
+be refused. Only then does it ask who holds the byte (``F_GETLK``, which ``portsafe
+list`` relies on) and whether the lock goes with its process.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 from portsafe._doctor_lockdir import CheckResult, _lock_dir
+from portsafe._recordlock import BUSY
 
 __all__ = ["check_record_locks"]
 
@@ -79,9 +87,41 @@ def _lockf(fd: int, kind: int, start: int, *, query: bool = False) -> int | None
     return None if l_type == fcntl.F_UNLCK else int(pid)
 
 
+_BYTE = 7  # the byte of the probe file that both processes ask for
+
+
+def _conflicting_lock_granted(fd: int) -> bool | str:
+    """Ask for a write lock on :data:`_BYTE` of *fd*: True if granted (then dropped
+    again), False if refused as held by another process; else why the call failed."""
+    try:
+        _lockf(fd, fcntl.F_WRLCK, _BYTE)
+    except OSError as exc:
+        return False if exc.errno in BUSY else f"a lock call failed: {exc.strerror}"
+    _lockf(fd, fcntl.F_UNLCK, _BYTE)
+    return True
+
+
+def _while_held(fd: int, pid: int) -> str | None:
+    """None if, while process *pid* holds :data:`_BYTE`, this process's lock call on it
+    is refused and ``F_GETLK`` names *pid*; else what went wrong."""
+    granted = _conflicting_lock_granted(fd)
+    if granted is True:
+        return (f"a lock on a byte that process {pid} holds was granted to another process "
+                f"too: lock calls are accepted here but not enforced, so two processes "
+                f"could reserve the same port")
+    if granted is not False:
+        return granted
+    seen = _lockf(fd, fcntl.F_WRLCK, _BYTE, query=True)
+    if seen != pid:
+        return (f"a lock held by process {pid} is reported as held by {seen}"
+                if seen else f"a lock held by process {pid} is not seen by others")
+    return None
+
+
 def _locks_work(probe: str) -> str | None:
-    """None if a lock taken by a child is seen by this process and dropped when the
-    child dies; else what went wrong."""
+    """None if a lock taken by a child, through its own open of *probe*, makes this
+    process's lock call on the same byte fail, is reported with the child's pid, and is
+    gone once the child is; else what went wrong."""
     fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         ready_r, ready_w = os.pipe()
@@ -90,7 +130,8 @@ def _locks_work(probe: str) -> str | None:
         if pid == 0:  # pragma: no cover - the child
             code = 0
             try:
-                _lockf(fd, fcntl.F_WRLCK, 7)
+                own = os.open(probe, os.O_RDWR | os.O_NOFOLLOW)  # its own open file
+                _lockf(own, fcntl.F_WRLCK, _BYTE)
                 os.write(ready_w, b"y")
             except OSError as exc:
                 os.write(ready_w, f"n{exc.strerror}".encode())
@@ -101,20 +142,21 @@ def _locks_work(probe: str) -> str | None:
         os.close(done_r)
         try:
             said = os.read(ready_r, 4096).decode(errors="replace")
-            if not said.startswith("y"):
-                return f"taking a record lock failed: {said[1:] or 'no answer'}"
-            seen = _lockf(fd, fcntl.F_WRLCK, 7, query=True)
-            if seen != pid:
-                return (f"a lock held by process {pid} is reported as held by {seen}"
-                        if seen else f"a lock held by process {pid} is not seen by others")
+            problem = _while_held(fd, pid) if said.startswith("y") else \
+                f"taking a record lock failed: {said[1:] or 'no answer'}"
+            if problem is not None:
+                return problem
         finally:
             os.write(done_w, b"x")
             os.close(done_w)
             os.close(ready_r)
             os.waitpid(pid, 0)
-        if _lockf(fd, fcntl.F_WRLCK, 7, query=True) is not None:
+        if _lockf(fd, fcntl.F_WRLCK, _BYTE, query=True) is not None:
             return "a lock outlived the process that held it"
-        return None
+        granted = _conflicting_lock_granted(fd)
+        if granted is False:
+            return "a lock outlived the process that held it (a lock call is still refused)"
+        return None if granted is True else granted
     finally:
         os.close(fd)
         os.unlink(probe)
@@ -122,7 +164,8 @@ def _locks_work(probe: str) -> str | None:
 
 def check_record_locks(path: str | None = None) -> CheckResult:
     """Record locks work on the lock directory's file system: a lock taken in a child
-    process is seen by the parent (``F_GETLK``) and gone once the child exits.
+    process refuses the parent's lock call on the same byte, is reported with the
+    child's pid (``F_GETLK``), and is gone once the child exits.
 
     Example:
         >>> check_record_locks("/tmp").name
@@ -152,5 +195,6 @@ def check_record_locks(path: str | None = None) -> CheckResult:
                            "user-space file system: processes on other machines, or "
                            "behind another mount of it, may not see them",
                            "set PORTSAFE_LOCK_DIR to a directory on a local file system")
-    return CheckResult(name, True, f"record locks work on {on} (a child's lock is seen, "
-                       "and dropped when it exits)")
+    return CheckResult(name, True, f"record locks work on {on} (a child's lock refuses "
+                       "another process's lock on the same byte, names its holder, and "
+                       "is dropped when the child exits)")
