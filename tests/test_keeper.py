@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from typing import TYPE_CHECKING
 
@@ -16,7 +19,9 @@ import pytest
 from tests._nobody import as_nobody
 
 import portsafe
-from portsafe import _keeper, _keeper_client, _locks, _server
+from _portserver import held_by, name_is_free
+from portsafe import _keeper, _keeper_client, _server
+from portsafe._locking import backend
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,8 +30,8 @@ if TYPE_CHECKING:
 NOBODY = 65534
 needs_root = pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0,
                                 reason="needs root to run a process as uid 65534")
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="abstract socket names: Linux")
+abstract_only = pytest.mark.skipif(not backend.ABSTRACT,
+                                   reason="abstract socket names: Linux, not its test channel")
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX")
 
@@ -45,12 +50,21 @@ def _wait_gone(pid: int) -> None:
 
 @pytest.fixture
 def keeper_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A private lock directory (hence a private keeper) that idles out fast; the keeper
-    is stopped afterwards. Nothing in this process may reserve meanwhile: the core keeps
-    its lock files open per process, so they would stay in the default directory."""
-    lock_dir = tmp_path / "locks"
-    lock_dir.mkdir(mode=0o700)
-    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
+    """A keeper of this test's own that idles out fast; stopped afterwards. Its address
+    hashes PORTSAFE_EXCLUDE as written, so a spelling of this test's own (privileged
+    ports, never candidates: nothing else changes) gives it a keeper no other test or
+    user shares. Where ports are held by lock files, a private lock directory too; then
+    nothing in this process may reserve meanwhile (the core keeps its lock files open
+    per process, so they would stay in the default directory)."""
+    rng = random.Random()
+    monkeypatch.setenv("PORTSAFE_EXCLUDE", " ".join(
+        [f"1-{rng.randrange(1, 1024)}"] + [str(rng.randrange(1, 1024)) for _ in range(3)]))
+    if backend.NAMES:
+        monkeypatch.delenv("PORTSAFE_LOCK_DIR", raising=False)  # ignored, with a warning
+    else:
+        lock_dir = tmp_path / "locks"
+        lock_dir.mkdir(mode=0o700)
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
     monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "1")
     yield dict(os.environ)
     try:
@@ -68,16 +82,42 @@ def _ask(k: _keeper.Keeper, request: dict[str, object]) -> dict[str, object]:
 
 
 class TestAddress:
-    def test_address_depends_on_lock_settings(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Another lock directory means another keeper: it would lock in the wrong place."""
+    def test_address_depends_on_the_reservation_settings(self, monkeypatch) -> None:
+        """Another PORTSAFE_RANGE or PORTSAFE_EXCLUDE means another keeper: it would
+        reserve from other ports."""
+        monkeypatch.delenv("PORTSAFE_RANGE", raising=False)
+        monkeypatch.delenv("PORTSAFE_EXCLUDE", raising=False)
+        first = _keeper.keeper_address()
+        monkeypatch.setenv("PORTSAFE_RANGE", "20000-29999")
+        ranged = _keeper.keeper_address()
+        monkeypatch.setenv("PORTSAFE_EXCLUDE", "20000")
+        assert len({first, ranged, _keeper.keeper_address()}) == 3
+
+    def test_lock_directory_matters_only_with_lock_files(self, monkeypatch) -> None:
+        """Names have no lock directory: PORTSAFE_LOCK_DIR (ignored on Linux) does not
+        change the keeper; with lock files, the keeper locks there, so it does."""
+        monkeypatch.delenv("PORTSAFE_LOCK_DIR", raising=False)
         first = _keeper.keeper_address()
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", "/elsewhere")
-        assert _keeper.keeper_address() != first
+        changed = _keeper.keeper_address() != first
+        assert changed is not backend.ABSTRACT
 
-    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract names: Linux")
-    def test_linux_uses_an_abstract_name_with_the_uid(self) -> None:
-        """On Linux the keeper lives in the abstract namespace, named by uid."""
-        assert _keeper.keeper_address().startswith(f"@portsafe-keeper-{os.getuid()}-")
+    @abstract_only
+    def test_linux_uses_an_abstract_name_with_protocol_and_uid(self) -> None:
+        """On Linux the keeper lives in the abstract namespace (per network namespace),
+        named by protocol and uid: a keeper of the lock-file layout (protocol 2, no
+        number in its name) is never asked."""
+        assert _keeper_client.PROTOCOL == 3
+        addresses = _keeper_client.keeper_addresses()
+        assert len(addresses) == _keeper_client.NAMES
+        for address in addresses:
+            assert address.startswith(f"@portsafe-keeper3-{os.getuid()}-")
+
+    def test_the_layout_follows_the_lock_system(self) -> None:
+        """Abstract names exactly where ``_locking.backend.ABSTRACT`` says, which the
+        keeper client works out without importing it."""
+        assert _keeper_client._abstract() is backend.ABSTRACT
+        assert _keeper_client.keeper_address().startswith("@") is backend.ABSTRACT
 
 
 class TestLeaseBook:
@@ -90,7 +130,7 @@ class TestLeaseBook:
         assert reply["ok"] is True
         ports = reply["ports"]
         assert isinstance(ports, list)
-        assert {p for p, _pid in _locks.holders()} >= set(ports)
+        assert held_by(os.getpid(), ports, dict(os.environ)) == set(ports)
         listed = _ask(k, {"op": "list"})["leases"]
         assert [item["port"] for item in listed] == sorted(ports)  # type: ignore[union-attr]
         assert _ask(k, {"op": "release", "port": ports[0]}) == {"ok": True, "released": True}
@@ -161,6 +201,8 @@ class TestDetachedKeeper:
         pid, port = int(reply["pid"]), reply["ports"][0]  # type: ignore[call-overload,index]
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid)
+        if backend.NAMES:
+            assert name_is_free(port)  # the kernel dropped the dead keeper's name
         done = subprocess.run([sys.executable, "-m", "portsafe", "--lease", "0", "--range",
                                f"{port}-{port}"], capture_output=True, timeout=60, check=False)
         assert done.returncode == 0  # free again: the kernel dropped the dead keeper's lock
@@ -185,23 +227,19 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _held(env: dict[str, str]) -> dict[int, int]:
-    done = subprocess.run([sys.executable, "-c", ("import json; from portsafe import _locks; "
-                           "print(json.dumps(_locks.holders()))")], env=env,
-                          capture_output=True, text=True, timeout=60, check=True)
-    return dict(json.loads(done.stdout))
+def _keeper_pid() -> int:
+    return int(_keeper_client.call({"op": "ping"}, start=False)["pid"])  # type: ignore[call-overload]
 
 
 def _assert_held_or_failed(done: subprocess.CompletedProcess[str], env: dict[str, str]) -> None:
     """The promise of `PORT=$(portsafe)`: exit 0 means the printed port is held by a
-    process of ours; anything else prints no port."""
+    process of ours (the keeper, as the kernel says); anything else prints no port."""
     if done.returncode != 0:
         assert done.stdout == "", done.stdout
         return
     port = int(done.stdout)
-    holder = _held(env).get(port)
-    assert holder is not None, f"port {port} printed with exit 0 but held by nobody"
-    assert _server.process_identity(holder) is not None
+    holder = _keeper_pid()
+    assert held_by(holder, [port], env) == {port}, f"port {port} printed, not held"
     with open(f"/proc/{holder}/status") as status:
         uid_line = next(line for line in status if line.startswith("Uid:"))
     assert int(uid_line.split()[1]) == os.getuid()
@@ -213,7 +251,7 @@ class TestHostileNeighbours:
     port nobody holds, nor take the keeper (and everyone's leases) down."""
 
     @needs_root
-    @linux_only
+    @abstract_only
     def test_squatter_on_the_first_name_is_skipped(self, keeper_env: dict[str, str]) -> None:
         """A uid-65534 process listening on the keeper's first name is not trusted:
         the keeper starts on the next name, and the port is held by it."""
@@ -225,7 +263,7 @@ class TestHostileNeighbours:
             assert int(reply["pid"]) != os.getpid()  # type: ignore[call-overload]
 
     @needs_root
-    @linux_only
+    @abstract_only
     def test_squatters_on_every_name_fail_loudly(self, keeper_env: dict[str, str]) -> None:
         """With every keeper name squatted, `portsafe` prints nothing and exits 4 with a
         message naming the other user and what to do; --lease 0 still works."""
@@ -240,7 +278,7 @@ class TestHostileNeighbours:
             assert int(unheld.stdout) > 0
 
     @needs_root
-    @linux_only
+    @abstract_only
     def test_idle_connections_of_another_user_cost_nothing(self, keeper_env, monkeypatch) -> None:
         """3,000 idle connections from uid 65534 (and more arriving) are closed at
         accept, before a byte is read: the owner's calls are still served and held."""
@@ -302,7 +340,7 @@ class TestHostileNeighbours:
             assert answer["ok"] is False, line
             assert answer["error"], line
         assert int(_keeper_client.call({"op": "ping"})["pid"]) == keeper  # type: ignore[call-overload]
-        assert _held(keeper_env).get(port) == keeper
+        assert held_by(keeper, [port], keeper_env) == {port}
 
     def test_a_keeper_that_never_answers_means_no_port(self, keeper_env) -> None:
         """Something of ours listening on the keeper's name without answering: after
@@ -380,42 +418,95 @@ class TestReplies:
             _keeper_client._decode(b"", "test")
 
 
+@pytest.fixture
+def runtime():
+    """A short private directory (AF_UNIX paths are short) for XDG_RUNTIME_DIR; removed
+    after the fixtures that use it."""
+    import tempfile
+
+    made = tempfile.mkdtemp(prefix="ps-", dir="/tmp")
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
 @pytest.mark.timeout(120)
 class TestPathSockets:
-    """The non-Linux layout (a socket file in a 0700 directory), exercised here."""
+    """The layout where there are no abstract names (macOS, the BSDs, and the file
+    backend's test channel on Linux): a socket file in a 0700 directory."""
 
-    def test_path_keeper_and_stale_socket(self, monkeypatch, tmp_path) -> None:
+    def test_path_keeper_and_stale_socket(self, runtime, keeper_env, monkeypatch) -> None:
         """Without abstract names the keeper listens on a path in a private directory; a
         socket file left by a killed keeper is replaced by the next start."""
-        import shutil
-        import tempfile
+        monkeypatch.setattr(_keeper_client, "_abstract", lambda: False)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+        (address,) = _keeper_client.keeper_addresses()
+        assert address.startswith(runtime)
+        assert os.stat(os.path.dirname(address)).st_mode & 0o777 == 0o700
+        first = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
+        os.kill(first, signal.SIGKILL)
+        _wait_gone(first)
+        assert os.path.exists(address)  # stale
+        second = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
+        assert second != first
+        os.kill(second, signal.SIGTERM)
+        _wait_gone(second)
 
-        (tmp_path / "locks").mkdir(mode=0o700)
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
-        monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "1")
-        runtime = tempfile.mkdtemp(prefix="ps-", dir="/tmp")  # short: AF_UNIX paths <= 107
-        try:
-            monkeypatch.setattr(_keeper_client, "_LINUX", False)
-            monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
-            (address,) = _keeper_client.keeper_addresses()
-            assert address.startswith(runtime)
-            assert os.stat(os.path.dirname(address)).st_mode & 0o777 == 0o700
-            first = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
-            os.kill(first, signal.SIGKILL)
-            _wait_gone(first)
-            assert os.path.exists(address)  # stale
-            second = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
-            assert second != first
-            os.kill(second, signal.SIGTERM)
-            _wait_gone(second)
-        finally:
-            shutil.rmtree(runtime, ignore_errors=True)
+    def test_too_long_a_path_is_a_clear_error(self, monkeypatch, tmp_path) -> None:
+        """A socket path longer than unix sockets allow fails at once, saying what to
+        do, instead of a keeper that can never be reached."""
+        monkeypatch.setattr(_keeper_client, "_abstract", lambda: False)
+        deep = tmp_path / ("d" * 100)
+        deep.mkdir()
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+        with pytest.raises(_keeper_client.KeeperError, match="XDG_RUNTIME_DIR"):
+            _keeper_client.call({"op": "ping"}, timeout=5.0)
 
     def test_unsafe_private_directory_is_refused(self, monkeypatch, tmp_path) -> None:
         """A private directory that is not 0700 (or not ours) is an error, not used."""
-        monkeypatch.setattr(_keeper_client, "_LINUX", False)
+        monkeypatch.setattr(_keeper_client, "_abstract", lambda: False)
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
         (tmp_path / f"portsafe-keeper-{os.getuid()}").mkdir(mode=0o755)
         (tmp_path / f"portsafe-keeper-{os.getuid()}").chmod(0o755)
         with pytest.raises(_keeper_client.KeeperError, match="0700"):
             _keeper_client.keeper_addresses()
+
+    @pytest.mark.timeout(120)
+    @pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0
+                        or shutil.which("unshare") is None,
+                        reason="the test channel needs a private network namespace")
+    def test_the_test_channel_runs_the_path_layout_on_linux(self, runtime, tmp_path) -> None:
+        """With the file backend's test channel (Linux, a private network namespace),
+        the keeper takes the path layout, not abstract names, and serves there: the
+        code macOS runs. A keeper per network namespace, though a path is seen from
+        all of them: two namespaces get two addresses."""
+        (tmp_path / "locks").mkdir(mode=0o700)
+        env = dict(os.environ, XDG_RUNTIME_DIR=runtime, PORTSAFE_KEEPER_IDLE="1",
+                   PORTSAFE_LOCK_DIR=str(tmp_path / "locks"))
+        env[backend.SELFTEST] = "1"
+        code = textwrap.dedent("""
+            import json, os
+            from portsafe import _keeper_client as kc
+            from portsafe._locking import backend
+            addresses = kc.keeper_addresses()
+            reserved = kc.call({"op": "reserve", "n": 1, "lease": 30})
+            listed = kc.call({"op": "list"}, start=False)
+            released = kc.call({"op": "release", "port": reserved["ports"][0]}, start=False)
+            os.kill(int(reserved["pid"]), 15)
+            print(json.dumps({"abstract": backend.ABSTRACT, "addresses": addresses,
+                              "reserved": reserved, "listed": listed, "released": released}))
+        """)
+        outs = []
+        for _ in range(2):
+            done = subprocess.run(["unshare", "--net", sys.executable, "-c", code], env=env,
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, done.stderr
+            outs.append(json.loads(done.stdout))
+        for out in outs:
+            assert out["abstract"] is False
+            (address,) = out["addresses"]
+            assert address.startswith(runtime + "/")
+            assert out["reserved"]["ok"] is True
+            assert [lease["port"] for lease in out["listed"]["leases"]] == \
+                out["reserved"]["ports"]
+            assert out["released"] == {"ok": True, "released": True}
+        assert outs[0]["addresses"] != outs[1]["addresses"]  # one keeper per namespace

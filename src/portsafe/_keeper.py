@@ -1,16 +1,17 @@
 """The lease keeper: holds reservations for ``portsafe reserve`` after the command exits.
 
-A reservation is a lock held by a process, and it cannot be handed to another process;
+A reservation is held by a process (a name on Linux, a lock elsewhere) and ends with it;
 a port printed by a command that then exits would be held by no one. So
 ``PORT=$(portsafe)`` asks a *keeper* to reserve the port and hold it for a lease.
 
 Theory of operation (the client half, finding and starting a keeper, is
 :mod:`portsafe._keeper_client`):
 
-1. One keeper per user and per lock configuration (``PORTSAFE_LOCK_DIR``,
-   ``PORTSAFE_RANGE``, ``PORTSAFE_EXCLUDE``: a keeper with other settings would lock in
-   the wrong place), detached: its own session, ``/`` as working directory and
-   ``/dev/null`` as stdio, so it never holds the caller's terminal or pipes open.
+1. One keeper per user, network namespace and reservation settings
+   (``PORTSAFE_RANGE``, ``PORTSAFE_EXCLUDE``, and where ports are held by lock files,
+   ``PORTSAFE_LOCK_DIR``: a keeper with other settings would reserve elsewhere),
+   detached: its own session, ``/`` as working directory and ``/dev/null`` as stdio, so
+   it never holds the caller's terminal or pipes open.
 2. It serves the listening socket its starter bound and passed down (``--fd``). Every
    connection's peer is checked at ``accept`` (``SO_PEERCRED``), before a byte is read:
    another user's connections are closed at once, so thousands of them cost nothing.
@@ -20,7 +21,8 @@ Theory of operation (the client half, finding and starting a keeper, is
 4. It reserves through the public core (``reserve_ports``) and releases each port when
    its lease ends or on ``release``; it exits once it has held nothing for
    ``PORTSAFE_KEEPER_IDLE`` seconds (default 30). Killed, it loses its leases, and the
-   kernel releases the locks.
+   kernel releases its ports. It holds them through the core's lock table like any
+   process, so nothing here depends on how (names or lock files).
 """
 
 from __future__ import annotations

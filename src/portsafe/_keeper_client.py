@@ -4,11 +4,19 @@
 ``socket`` module, whose enum set-up costs more than the whole exchange), no
 ``subprocess``, no ``json`` until a reply arrives.
 
-Finding the keeper (Linux): the abstract names ``@portsafe-keeper-<uid>-<hash>-<i>``,
-``i`` = 0..7, are tried in order. Abstract names carry no permissions, so a name held
-by another user (``SO_PEERCRED`` of the listener) is skipped: a squatter costs one name,
-and taking all of them makes ``portsafe`` fail loudly instead of printing an unheld port.
-Elsewhere the keeper listens on one socket in a ``0700`` directory of the user's.
+Finding the keeper (Linux): the abstract names
+``@portsafe-keeper<PROTOCOL>-<uid>-<hash>-<i>``, ``i`` = 0..7, are tried in order. They
+are per user and, like every abstract name, per network namespace, which is where the
+keeper's reservations (names too) live; the hash is of the settings that change what it
+reserves (``PORTSAFE_RANGE``, ``PORTSAFE_EXCLUDE``), and the protocol number keeps a
+keeper of another layout (an older portsafe, which held lock files) from being asked.
+Abstract names carry no permissions, so a name held by another user (``SO_PEERCRED`` of
+the listener) is skipped: a squatter costs one name, and taking all of them makes
+``portsafe`` fail loudly instead of printing an unheld port.
+
+Elsewhere (no abstract names: macOS, the BSDs, and the file backend's test channel on
+Linux) the keeper listens on one socket in a ``0700`` directory of the user's; there the
+lock directory is part of the hash too, since the keeper locks in it.
 
 Starting it: the client *binds and listens on the free name itself*, then hands the
 listening socket to a detached keeper it starts (double fork, ``exec``). Binding is the
@@ -37,21 +45,44 @@ __all__ = [
 ]
 
 # Part of the address: a keeper speaking another protocol (another portsafe version)
-# is never asked.
-PROTOCOL = 2
+# is never asked. 3: reservations are names on Linux (2 held lock files there).
+PROTOCOL = 3
 DEFAULT_IDLE = 30.0
 NAMES = 8  # abstract names tried before giving up on squatters
 MAX_REPLY = 1 << 20
 _LINUX = sys.platform.startswith("linux")
+_SELFTEST = "_PORTSAFE_SELFTEST_FILE_BACKEND"  # _locking.backend.SELFTEST
 
 
-def _config_hash() -> str:
+def _abstract() -> bool:
+    """``_locking.backend.ABSTRACT``, without importing it (nor ``socket``) unless its
+    test channel is asked for: the bare ``portsafe`` call stays this module alone."""
+    if not _LINUX:
+        return False
+    if os.environ.get(_SELFTEST, "") != "1":
+        return True
+    from portsafe._locking import backend  # validates the channel (raises if misused)
+
+    return backend.ABSTRACT
+
+
+def _config_hash(abstract: bool) -> str:
     from portsafe import _settings
 
-    # The lock directory normalised ("/x/" and "/x" are one keeper; a relative one
-    # raises); the ranges as written (the keeper validates them when it reserves).
-    settings = [str(PROTOCOL), _settings.lock_dir() if _settings.lock_dir_is_explicit() else ""]
+    # The ranges as written (the keeper validates them when it reserves); where the
+    # keeper locks in a lock directory, that directory normalised ("/x/" and "/x" are
+    # one keeper; a relative one raises). Names have no directory: none on Linux.
+    settings = [str(PROTOCOL)]
     settings += [_settings.getenv(name) for name in (_settings.RANGE, _settings.EXCLUDE)]
+    if not abstract:
+        settings.append(_settings.lock_dir() if _settings.lock_dir_is_explicit() else "")
+        # A path is seen from every network namespace; the keeper's bind checks are not
+        # (Linux's test channel: one keeper per namespace, as abstract names give).
+        try:
+            netns = os.stat("/proc/self/ns/net")
+            settings.append(f"{netns.st_dev}:{netns.st_ino}")
+        except OSError:  # no network namespaces here (macOS, the BSDs)
+            pass
     blob = "\0".join(settings).encode(errors="surrogateescape")
     try:  # the bare C module: hashlib would load OpenSSL, a few ms
         from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
@@ -63,16 +94,24 @@ def _config_hash() -> str:
     return str(sha256(blob).hexdigest()[:12])
 
 
+_MAX_PATH = 103  # bytes of a socket path, NUL excluded (macOS: 104 with it, Linux 108)
+
+
 def _private_dir() -> str:
-    """The user's ``0700`` directory for the keeper's path socket (non-Linux)."""
+    """The user's ``0700`` directory for the keeper's path socket (no abstract names)."""
     import contextlib
     import stat
 
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"  # noqa: S108 - checked below
     path = os.path.join(base, f"portsafe-keeper-{os.getuid()}")
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    st = os.lstat(path)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise KeeperError(exc.errno, f"cannot make the lease keeper's directory {path} "
+                          f"({exc.strerror}); set XDG_RUNTIME_DIR to a directory of yours"
+                          ) from None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise KeeperError(
             f"{path} must be a directory owned by you with mode 0700 (found mode "
@@ -85,28 +124,36 @@ def keeper_addresses() -> list[str]:
     """Return the addresses this user's keeper may listen on, in the order tried.
 
     Returns:
-        ``@portsafe-keeper-<uid>-<hash>-<i>`` for i in 0..7 on Linux, else one path in a
-        private directory.
+        ``@portsafe-keeper<PROTOCOL>-<uid>-<hash>-<i>`` for i in 0..7 where there are
+        abstract names (Linux), else one path in a private directory.
 
     Raises:
-        KeeperError: The private directory is unsafe (not ours, or not 0700).
-        portsafe.InvalidSettingError: ``PORTSAFE_LOCK_DIR`` is relative.
+        KeeperError: The private directory is unsafe (not ours, or not 0700), cannot be
+            made, or makes too long a socket path.
+        portsafe.InvalidSettingError: ``PORTSAFE_LOCK_DIR`` is relative (where the
+            keeper locks in a lock directory).
 
     Example:
         >>> len(keeper_addresses()) >= 1
         True
     """
-    if _LINUX:
-        base = f"@portsafe-keeper-{os.getuid()}-{_config_hash()}"
+    abstract = _abstract()
+    if abstract:
+        base = f"@portsafe-keeper{PROTOCOL}-{os.getuid()}-{_config_hash(abstract)}"
         return [f"{base}-{i}" for i in range(NAMES)]
-    return [os.path.join(_private_dir(), f"{_config_hash()}.sock")]
+    path = os.path.join(_private_dir(), f"{_config_hash(abstract)}.sock")
+    if len(os.fsencode(path)) > _MAX_PATH:
+        raise KeeperError(errno.ENAMETOOLONG, f"the lease keeper's socket path {path} is "
+                          f"longer than unix sockets allow ({_MAX_PATH} bytes); set "
+                          f"XDG_RUNTIME_DIR to a shorter directory of yours")
+    return [path]
 
 
 def keeper_address() -> str:
     """Return the first address this user's keeper is looked for at.
 
     Example:
-        >>> keeper_address().startswith(("@portsafe-keeper-", "/"))
+        >>> keeper_address().startswith((f"@portsafe-keeper{PROTOCOL}-", "/"))
         True
     """
     return keeper_addresses()[0]
