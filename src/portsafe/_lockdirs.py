@@ -140,10 +140,14 @@ class DirectoryTable:
                     lockdir.recheck(info)
                     self._forget_home_if_closed()
                 if lockdir.broken:
-                    what = "its format marker was replaced or rewritten" \
-                        if REPLACED_MARKER in lockdir.broken.values() else \
-                        "lock files were deleted or replaced"
-                    raise self._held_error(lockdir, set(lockdir.broken), what)
+                    if REPLACED_MARKER in lockdir.broken.values():
+                        raise self._held_error(
+                            lockdir, set(lockdir.broken), "its format marker was replaced or "
+                            "rewritten", "only the directory's owner, the marker's or root "
+                            "can do that: use a PORTSAFE_LOCK_DIR that only root and you can "
+                            "change")
+                    raise self._held_error(lockdir, set(lockdir.broken),
+                                           "lock files were deleted or replaced")
                 if not lockdir.retired or lockdir.holding():
                     return lockdir
                 # its marker was replaced, and nothing is held here: open it afresh
@@ -172,14 +176,16 @@ class DirectoryTable:
         self._paths[path] = (lockdir, os.stat if made.via_link else os.lstat)
         return lockdir
 
-    def _held_error(self, lockdir: LockDir, shards: set[int] | None, what: str) -> LockDirError:
+    def _held_error(self, lockdir: LockDir, shards: set[int] | None, what: str,
+                    then: str = "find out what deletes files there (a tmp cleaner?)",
+                    ) -> LockDirError:
         ports = sorted(port for port, shard in self.held.items() if shard.lockdir is lockdir
                        and (shards is None or shard.index in shards))
         shown = ", ".join(map(str, ports[:10])) + (", ..." if len(ports) > 10 else "")
         return LockDirError(errno.ESTALE, f"in the lock directory {lockdir.path}, {what} while "
                             f"this process holds ports {shown} there: other processes may "
                             f"now be given them. Release them (they are no longer exclusive) "
-                            f"and find out what deletes files there (a tmp cleaner?)")
+                            f"and {then}")
 
     def _drop(self, lockdir: LockDir) -> None:
         for path, (other, _) in list(self._paths.items()):
