@@ -39,5 +39,30 @@ def private_lock_dir(
 ) -> None:
     """A lock directory of this test's own (``PORTSAFE_LOCK_DIR``), for tests that check
     a release by reserving the port again: in the shared one another run on the machine
-    may take it first. Modules use it with ``pytest.mark.usefixtures``."""
+    may take it first. Modules use it with ``pytest.mark.usefixtures``. Names (Linux)
+    have no directory: there it does nothing (a private network namespace isolates)."""
+    if NAMES:
+        return
     monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+
+
+@pytest.fixture
+def no_reservations(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+                    ) -> None:
+    """Reservations impossible in this process: on Linux every name is refused, as a
+    sandbox refuses them (``tests/_seccomp.py`` does it for real to a subprocess);
+    elsewhere the lock directory cannot be made."""
+    if NAMES:
+        import errno
+
+        from portsafe import LockUnavailableError, _locks
+
+        def refuse(*_: object) -> int:
+            raise LockUnavailableError(errno.EPERM, "cannot bind the abstract unix-socket "
+                                       "name (a sandbox, simulated)")
+
+        monkeypatch.setattr(type(_locks.table()), "try_claim", refuse)
+        return
+    blocker = tmp_path_factory.mktemp("locks") / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(blocker / "locks"))

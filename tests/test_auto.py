@@ -295,12 +295,11 @@ class TestLifetime:
 
 
 class TestFallback:
-    def test_unusable_lock_dir(self, auto: None, monkeypatch: pytest.MonkeyPatch,
-                               tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-        """A lock directory that cannot be made: the kernel picks, counted and logged."""
-        blocker = tmp_path / "file"
-        blocker.write_text("")
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(blocker / "locks"))
+    @pytest.mark.usefixtures("no_reservations")
+    def test_no_reservation_possible(self, auto: None,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+        """Nothing can be reserved (names refused, or a lock directory that cannot be
+        made): the kernel picks, counted and logged."""
         with caplog.at_level(logging.DEBUG, logger="portsafe.auto"):
             port = pick()
             pick()

@@ -120,12 +120,9 @@ class TestPatchedPickers:
                          port_for.api.select_random):
             assert not hasattr(function, "__wrapped__")
 
-    def test_fallback_to_the_original(self, auto: None, monkeypatch: pytest.MonkeyPatch,
-                                      tmp_path: Path) -> None:
+    @pytest.mark.usefixtures("no_reservations")
+    def test_fallback_to_the_original(self, auto: None) -> None:
         """No reservation possible: the package's own pick, counted as a fallback."""
-        blocker = tmp_path / "file"
-        blocker.write_text("")
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(blocker / "locks"))
         assert 1 <= ephemeral_port_reserve.reserve() <= 65535
         assert 1 <= port_for.select_random() <= 65535
         assert _auto.stats()["fallbacks"] >= 2

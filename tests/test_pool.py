@@ -13,7 +13,9 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -31,6 +33,9 @@ from _portserver import (
 )
 from portsafe import _locks, _pool, _server, _server_client
 from portsafe._locking import backend, names
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="abstract unix sockets and SO_PEERCRED")
@@ -107,6 +112,17 @@ def second_port(proc: subprocess.Popen[str]) -> int:
     return int(json.loads(proc.stdout.readline())["second"])
 
 
+def _server_lets_go(pid: int, ports: Iterable[int], env: dict[str, str]) -> bool:
+    """Whether the server *pid* soon holds none of *ports*: with names it closes its
+    copy of a handed-over descriptor once it has seen the grantee close the connection,
+    a moment after the grantee holds its own."""
+    for _ in range(200):
+        if not held_by(pid, ports, env):
+            return True
+        time.sleep(0.025)
+    return False
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     for stream in (proc.stdin, proc.stdout):
         if stream is not None:
@@ -125,7 +141,7 @@ class TestWithPortsafeServer:
             first = got["first"]
             assert first in site.ports[:8]
             assert held_by(client.pid, [first], site.env) == {first}
-            assert held_by(server.pid, site.ports, site.env) == set()
+            assert _server_lets_go(server.pid, site.ports, site.env)
             assert second_port(client) == first  # from the pool, not asked again
             assert held_by(client.pid, [first], site.env) == {first}
         finally:
@@ -310,7 +326,7 @@ class TestDescriptorHandOver:
                     assert outcome["tries"] >= len(granted)
                     assert sorted(taken) == sorted(granted)
                     assert held_by(grantee.pid, granted, site.env) == set(granted)
-                    assert held_by(server.pid, granted, site.env) == set()
+                    assert _server_lets_go(server.pid, granted, site.env)
                 finally:
                     for proc in (grantee, binder):
                         if proc is not None:

@@ -7,6 +7,9 @@ of each, which the ``auto_env`` fixture checks) and subprocesses under xdist.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,6 +19,7 @@ from tests.test_pytest_plugin import ASYNCIO_TESTS, assert_reservable
 # modules first imported during a test, and a later run would then find _auto's
 # "portsafe._autosock" missing from sys.modules and count nothing.
 from portsafe import _auto, _autosock, _pytest_auto  # noqa: F401
+from portsafe._locking.backend import NAMES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,6 +67,25 @@ def auto_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert not _auto.enabled()
     yield
     assert not _auto.enabled(), "the inner run left auto mode on"
+
+
+SECCOMP = str(Path(__file__).with_name("_seccomp.py"))
+
+
+def unusable_lock_system(monkeypatch: pytest.MonkeyPatch,
+                         tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """What makes reservations impossible for a command: on Linux, a seccomp filter that
+    refuses the unix sockets names need (the command prefix returned); elsewhere a
+    lock directory that cannot be made."""
+    if NAMES:
+        if subprocess.run([sys.executable, SECCOMP, sys.executable, "-c", "pass"],
+                          check=False).returncode:
+            pytest.skip("seccomp filters cannot be installed here")
+        return [sys.executable, SECCOMP]
+    not_a_dir = tmp_path_factory.mktemp("locks") / "file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(not_a_dir))
+    return []
 
 
 def read_result(pytester: pytest.Pytester) -> tuple[int, bool, bool, str]:
@@ -218,13 +241,13 @@ class TestAutoSummary:
         monkeypatch: pytest.MonkeyPatch,
         tmp_path_factory: pytest.TempPathFactory,
     ) -> None:
-        """With an unusable lock directory every bind falls back (-W error or not): the
-        tests pass and the summary counts the fallbacks and names the reason."""
-        not_a_dir = tmp_path_factory.mktemp("locks") / "file"
-        not_a_dir.write_text("")
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(not_a_dir))
+        """With no way to reserve (names refused by a sandbox on Linux, an unusable lock
+        directory elsewhere) every bind falls back (-W error or not): the tests pass and
+        the summary counts the fallbacks and names the reason."""
+        prefix = unusable_lock_system(monkeypatch, tmp_path_factory)
         pytester.makepyfile(FALLBACK_TESTS)
-        result = pytester.runpytest("-p", "no:cacheprovider", "--portsafe-auto", "-W", "error")
+        result = pytester.run(*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                              "--portsafe-auto", "-W", "error")
         result.assert_outcomes(passed=4)
         result.stdout.fnmatch_lines([
             "auto mode was on (--portsafe-auto): 0 ports reserved; 4 fallbacks",
@@ -255,13 +278,10 @@ class TestAutoSummary:
     ) -> None:
         """Under -n 2, fallbacks in the workers reach the controller's summary."""
         pytest.importorskip("xdist")
-        not_a_dir = tmp_path_factory.mktemp("locks") / "file"
-        not_a_dir.write_text("")
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(not_a_dir))
+        prefix = unusable_lock_system(monkeypatch, tmp_path_factory)
         pytester.makepyfile(FALLBACK_TESTS)
-        result = pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", "--portsafe-auto", "-n", "2"
-        )
+        result = pytester.run(*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                              "--portsafe-auto", "-n", "2")
         result.assert_outcomes(passed=4)
         result.stdout.fnmatch_lines([
             "*0 ports reserved, summed over 2 xdist workers; 4 fallbacks",

@@ -164,14 +164,10 @@ def _lease_settings() -> tuple[float, int]:
 
 
 def _descriptor_budget() -> int:
-    """The most leases a process keeps whatever the setting: a quarter of its soft
-    ``RLIMIT_NOFILE`` (each lease holds a name, one descriptor, on Linux), at least 16."""
-    try:
-        import resource
-    except ImportError:  # Windows: lock files, no descriptor per lease
-        return 1 << 30
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 1 << 30 if soft == resource.RLIM_INFINITY else max(16, soft // 4)
+    """The most leases a process keeps whatever the setting (``lease_budget``)."""
+    from portsafe._locking.nametable import lease_budget
+
+    return lease_budget()
 
 
 def _lease(reservation: Reservation) -> None:

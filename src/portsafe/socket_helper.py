@@ -229,8 +229,9 @@ def find_unused_port(family: int = socket.AF_INET, socktype: int = socket.SOCK_S
     another test run) gets it while it is held, and it lies outside the kernel's
     ephemeral range so ``bind(0)`` and outgoing connections do not take it either. The
     reservation is kept for at least :data:`FIND_UNUSED_PORT_HOLD` seconds, released
-    lazily by a later call (or by the kernel when the process exits); it never stops
-    the caller from binding the port, with or without ``SO_REUSEADDR``.
+    lazily by a later call (or by the kernel when the process exits), and at most a
+    quarter of the process's descriptor limit are kept (the oldest goes first); it never
+    stops the caller from binding the port, with or without ``SO_REUSEADDR``.
 
     Prefer :func:`bind_port` (or :func:`portsafe.listen`) when you create the socket
     yourself: a bound socket needs no reservation at all.
@@ -262,6 +263,7 @@ def find_unused_port(family: int = socket.AF_INET, socktype: int = socket.SOCK_S
     family = _check_choice("family", family, _FAMILIES)
     socktype = _check_choice("socktype", socktype, _SOCKTYPES)
     from portsafe._errors import NoFreePortError
+    from portsafe._locking.nametable import lease_budget as _lease_budget
     from portsafe._reserve import reserve_port
 
     with _held_lock:
@@ -280,6 +282,8 @@ def find_unused_port(family: int = socket.AF_INET, socktype: int = socket.SOCK_S
             del _held[: len(_held) // 2]
             reservation = reserve_port(family=family, socktype=socktype)
         _held.append((now + FIND_UNUSED_PORT_HOLD, reservation))
+        if len(_held) > _lease_budget():  # each is a descriptor on Linux: the oldest goes
+            _held.pop(0)[1].release()
         return reservation.port
 
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from portsafe._claim import Plan
     from portsafe._locking.names import NameClaim
 
-__all__ = ["HIGH", "NAMESPACE", "NameTable", "Namespace"]
+__all__ = ["HIGH", "NAMESPACE", "NameTable", "Namespace", "lease_budget"]
 
 #: Where held names move to, from :data:`~names.LOW_FDS` up, when the limit allows.
 HIGH = 1024
@@ -344,6 +344,22 @@ class NameTable:
         self.held.clear()
         self.pid = os.getpid()
         self.high, self._looked = 0, False  # the child may lower its limit before it reserves
+
+
+def lease_budget() -> int:
+    """How many reservations a process should keep on lease at most (auto mode's,
+    ``find_unused_port``'s): a quarter of its soft ``RLIMIT_NOFILE``, at least 16, since
+    each held name is a descriptor.
+
+    Example:
+        >>> lease_budget() >= 16
+        True
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows: lock files, no descriptor per lease
+        return 1 << 30
+    return max(16, _soft_limit() // 4)
 
 
 def _soft_limit() -> int:
