@@ -132,7 +132,8 @@ def pure(session: nox.Session) -> None:
 
 # What the lock-file backend (macOS, the BSDs, Windows) must pass: the core's tests and
 # the lock directory's own.
-FILES = [*PURE, "tests/test_lockdir_hardening.py", "tests/test_doctor_files.py"]
+FILES = [*PURE, "tests/test_lockdir_hardening.py", "tests/test_doctor_files.py",
+         "tests/test_server.py", "tests/test_pool.py", "tests/test_keeper.py"]
 
 
 @nox.session(python=DEFAULT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import portsafe
 from portsafe import _server
 from portsafe._cli_run import substitute
+from portsafe._locking.backend import NAMES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,14 +31,19 @@ VERBS = ["reserve", "release", "run", "list", "who", "ranges", "doctor", "serve"
 
 @pytest.fixture
 def env(tmp_path: Path):
-    """A private lock directory (so a private keeper), stopped after the test.
-
-    Only subprocesses reserve in it: this process keeps the default lock directory, as
-    the core caches its open lock files per process.
-    """
-    lock_dir = tmp_path / "locks"
-    lock_dir.mkdir(mode=0o700)
-    private = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir), PORTSAFE_KEEPER_IDLE="1")
+    """A private keeper, stopped after the test. Its address hashes PORTSAFE_EXCLUDE as
+    written, so a spelling of this test's own (privileged ports, never candidates)
+    gives it a keeper no other test shares; where ports are held by lock files, a
+    private lock directory too (only subprocesses reserve in it)."""
+    rng = random.Random()
+    exclude = " ".join([f"1-{rng.randrange(1, 1024)}"] +
+                       [str(rng.randrange(1, 1024)) for _ in range(3)])
+    private = dict(os.environ, PORTSAFE_EXCLUDE=exclude, PORTSAFE_KEEPER_IDLE="1")
+    private.pop("PORTSAFE_LOCK_DIR", None)
+    if not NAMES:
+        lock_dir = tmp_path / "locks"
+        lock_dir.mkdir(mode=0o700)
+        private["PORTSAFE_LOCK_DIR"] = str(lock_dir)
     yield private
     done = subprocess.run([sys.executable, "-c", ("from portsafe import _keeper; "
                            "print(_keeper.call({'op': 'ping'}, start=False)['pid'])")],

@@ -169,9 +169,10 @@ def _serve(p: argparse.ArgumentParser) -> None:
         "Serve ports to PORTSERVER_ADDRESS clients (portpicker, and portsafe itself): one "
         "port per request, held for the requesting pid until it exits, reserved through "
         "portsafe so local portsafe users avoid it. Stops on SIGTERM.")
-    p.add_argument("--address", default="@unittest-portserver",
-                   help="unix socket: @NAME (abstract namespace) or a PATH "
-                   "(default @unittest-portserver, portpicker's)")
+    p.add_argument("--address", default=None,
+                   help="unix socket: @NAME (abstract namespace, Linux) or a PATH (default "
+                   "@unittest-portserver on Linux, portpicker's; elsewhere a path under "
+                   "/tmp/portsafe-portserver-UID)")
     p.add_argument("--range", type=_port_range, metavar="LO-HI",
                    help="ports to hand out (default: portsafe's candidates)")
     p.add_argument("--verbose", action="store_true", help="log each grant and reclaim")

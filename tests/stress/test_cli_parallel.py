@@ -12,6 +12,7 @@ import time
 import uuid
 
 import pytest
+from tests import _netns
 
 import portsafe
 
@@ -58,43 +59,57 @@ class TestParallelRun:
         assert codes == [128 + signal.SIGTERM] * 8
 
 
-class TestPortpickerFleet:
-    def test_distinct_while_alive_reclaimed_after(self, tmp_path) -> None:
-        """portpicker clients in 3 waves of 12 processes against `portsafe serve` with 12
-        ports: each wave gets all 12, distinct, only after the previous wave exited."""
-        pytest.importorskip("portpicker")
-        lock_dir = tmp_path / "locks"
-        lock_dir.mkdir(mode=0o700)
-        env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
-        address = f"@portsafe-stress-{uuid.uuid4().hex[:12]}"
-        # Held here, in the default lock directory, so no other portsafe user takes them.
-        block = portsafe.reserve_ports(12, contiguous=True)
-        low, high = block.ports[0], block.ports[-1]
-        server = subprocess.Popen([sys.executable, "-m", "portsafe", "serve", "--address",
-                                   address, "--range", f"{low}-{high}"], env=env)
+FLEET = """
+import os, signal, socket, subprocess, sys, time
+import portsafe
+address = sys.argv[1]
+# Nothing else lives in this private network namespace: 12 contiguous free ports.
+block = portsafe.reserve_ports(12, contiguous=True)
+low, high = block.ports[0], block.ports[-1]
+block.release()
+server = subprocess.Popen([sys.executable, "-m", "portsafe", "serve", "--address",
+                           address, "--range", f"{low}-{high}"])
+try:
+    for _ in range(400):
+        with socket.socket(socket.AF_UNIX) as probe:
+            if probe.connect_ex("\\0" + address[1:]) == 0:
+                break
+        time.sleep(0.025)
+    code = ("import sys, portpicker; "
+            "print(portpicker.pick_unused_port(), flush=True); sys.stdin.read()")
+    client_env = dict(os.environ, PORTSERVER_ADDRESS=address)
+    for _wave in range(3):
+        clients = [subprocess.Popen([sys.executable, "-c", code], env=client_env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                   for _ in range(12)]
         try:
-            for _ in range(400):
-                with socket.socket(socket.AF_UNIX) as probe:
-                    if probe.connect_ex("\0" + address[1:]) == 0:
-                        break
-                time.sleep(0.025)
-            code = ("import sys, portpicker; "
-                    "print(portpicker.pick_unused_port(), flush=True); sys.stdin.read()")
-            client_env = dict(env, PORTSERVER_ADDRESS=address)
-            for _wave in range(3):
-                clients = [subprocess.Popen([sys.executable, "-c", code], env=client_env,
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                           for _ in range(12)]
-                try:
-                    got = [int(c.stdout.readline()) for c in clients]  # type: ignore[union-attr]
-                finally:
-                    for c in clients:
-                        c.communicate(b"")
-                assert sorted(got) == list(range(low, high + 1))
+            got = [int(c.stdout.readline()) for c in clients]
         finally:
-            server.send_signal(signal.SIGTERM)
-            assert server.wait(timeout=60) == 0
-            block.release()
+            for c in clients:
+                c.communicate(b"")
+        assert sorted(got) == list(range(low, high + 1)), (got, low, high)
+finally:
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0
+print("ok")
+"""
+
+
+class TestPortpickerFleet:
+    def test_distinct_while_alive_reclaimed_after(self) -> None:
+        """portpicker clients in 3 waves of 12 processes against `portsafe serve` with 12
+        ports: each wave gets all 12, distinct, only after the previous wave exited. In a
+        private network namespace, where nothing else can hold those 12 ports."""
+        pytest.importorskip("portpicker")
+        if not _netns.available():
+            pytest.skip("needs unshare --net (root or user namespaces)")
+        env = dict(os.environ)
+        env.pop("PORTSAFE_LOCK_DIR", None)
+        done = subprocess.run([*_netns.PREFIX, sys.executable, "-c", FLEET,
+                               f"@portsafe-stress-{uuid.uuid4().hex[:12]}"], env=env,
+                              capture_output=True, text=True, timeout=170, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "ok"
 
 
 class TestColdStarts:
