@@ -156,11 +156,11 @@ def held(samples: int, repeats: int, levels: tuple[int, ...],
             if elsewhere:
                 if other is not None:
                     other.communicate("")
-                other = subprocess.Popen(
-                    [sys.executable, "-c", "import portsafe, sys; g = [portsafe.reserve_port()"
-                     f" for _ in range({level})]; print('ready', flush=True); "
-                     "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    text=True)
+                code = ("import portsafe, sys; g = [portsafe.reserve_port()"
+                        f" for _ in range({level})]; print('ready', flush=True); "
+                        "sys.stdin.read()")
+                other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
                 assert other.stdout is not None
                 assert other.stdout.readline().strip() == "ready"
             while not elsewhere and len(kept) < level:

@@ -43,12 +43,12 @@ from portsafe._lockdir import (
     unusable_error,
 )
 from portsafe._lockdirs import DirectoryTable
+from portsafe._locking.backend import NAMES
 from portsafe._recordlock import (
     flock_layout,
     foreign_locks,
     query_shard,
 )
-from portsafe._locking.backend import NAMES
 from portsafe._settings import LOCK_DIR, getenv, lock_dir
 
 TYPE_CHECKING = False

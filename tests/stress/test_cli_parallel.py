@@ -5,16 +5,12 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 from tests import _netns
-
-import portsafe
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX command line"),

@@ -355,9 +355,7 @@ def lease_budget() -> int:
         >>> lease_budget() >= 16
         True
     """
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows: lock files, no descriptor per lease
+    if not hasattr(os, "sysconf"):  # pragma: no cover - Windows: no descriptor per lease
         return 1 << 30
     return max(16, _soft_limit() // 4)
 
