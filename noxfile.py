@@ -66,10 +66,10 @@ def _interpreter_with_test_suite(version: str) -> str | None:
 TEST_DEPS = [".[test]"]
 # Fast tests that touch every module: what the non-default interpreters run.
 SMOKE = [
-    "tests/test_reserve.py", "tests/test_ranges.py", "tests/test_socket_helper.py",
-    "tests/test_script_helper.py", "tests/test_handoff.py", "tests/test_wait.py",
-    "tests/test_who.py", "tests/test_testing.py", "tests/test_cli.py",
-    "tests/test_keeper.py", "tests/test_doctor.py",
+    "tests/core/test_reserve.py", "tests/core/test_ranges.py", "tests/faces/test_socket_helper.py",
+    "tests/faces/test_script_helper.py", "tests/net/test_handoff.py", "tests/net/test_wait.py",
+    "tests/net/test_who.py", "tests/faces/test_testing.py", "tests/cli/test_cli.py",
+    "tests/services/test_keeper.py", "tests/cli/test_doctor.py",
 ]
 
 
@@ -110,8 +110,8 @@ def tests(session: nox.Session) -> None:
 
 # The tests of the claim and of everything that reaches it, for the pure-Python run.
 PURE = [
-    "tests/test_claim.py", "tests/test_probe.py", "tests/test_reserve.py",
-    "tests/test_properties.py",
+    "tests/locking/test_claim.py", "tests/core/test_probe.py", "tests/core/test_reserve.py",
+    "tests/core/test_properties.py",
     # The stress proofs whose processes reserve through the core; the command-line and
     # port-server fleets, and the controls without portsafe, claim no differently.
     "tests/stress/test_reserve_processes.py",
@@ -132,8 +132,9 @@ def pure(session: nox.Session) -> None:
 
 # What the lock-file backend (macOS, the BSDs, Windows) must pass: the core's tests and
 # the lock directory's own.
-FILES = [*PURE, "tests/test_lockdir_hardening.py", "tests/test_doctor_files.py",
-         "tests/test_server.py", "tests/test_pool.py", "tests/test_keeper.py"]
+FILES = [*PURE, "tests/locking/test_lockdir_hardening.py", "tests/cli/test_doctor_files.py",
+         "tests/services/test_portserver.py", "tests/core/test_grants.py",
+         "tests/services/test_keeper.py"]
 
 
 @nox.session(python=DEFAULT)
@@ -145,7 +146,7 @@ def files(session: nox.Session) -> None:
     if not shutil.which("unshare"):
         session.skip("needs unshare (util-linux) for a private network namespace")
     python = os.path.join(session.bin, "python")
-    session.run("unshare", "--net", "--", python, "tests/_netns.py", python, "-m", "pytest",
+    session.run("unshare", "--net", "--", python, "tests/support/netns.py", python, "-m", "pytest",
                 "-p", "no:cacheprovider", "-q", "-n", "2",
                 *[path for path in FILES if os.path.exists(path.split("::")[0])],
                 *session.posargs, env={"_PORTSAFE_SELFTEST_FILE_BACKEND": "1"},

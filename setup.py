@@ -1,11 +1,12 @@
 """Build hooks: ship auto mode's start-up hook, ``portsafe-auto.pth``, at the top of
 site-packages (where the interpreter reads ``.pth`` files), as coverage tools ship theirs;
-and, on Linux, compile ``portsafe._speedups`` (``src/portsafe/_speedups.c``), optional:
+and, on Linux, compile ``portsafe._locking._speedups``
+(``src/portsafe/_locking/_speedups.c``), optional:
 where it does not compile (no C compiler or Python headers), the build says so and goes
 on, and portsafe runs its pure-Python version of the same calls (``_claim.py``).
 
 Everything else about the package is in pyproject.toml. An editable install leaves the
-hook out (``portsafe._auto.enable()`` says so when auto mode starts).
+hook out (``portsafe._auto.switch.enable()`` says so when auto mode starts).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class BuildPyWithHook(build_py):
         return outputs
 
 
-SPEEDUPS = [Extension("portsafe._speedups", ["src/portsafe/_speedups.c"], optional=True)] \
+SPEEDUPS = [Extension("portsafe._locking._speedups", ["src/portsafe/_locking/_speedups.c"],
+                      optional=True)] \
     if sys.platform.startswith("linux") else []
 
 setup(cmdclass={"build_py": BuildPyWithHook}, ext_modules=SPEEDUPS)

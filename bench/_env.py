@@ -6,7 +6,7 @@ bench therefore makes a venv from the interpreter under test (a pyenv build: the
 system interpreters load a site .pth that imports certifi), copies ``src/portsafe``
 (and portpicker, where the bench's own interpreter has it) into its site-packages,
 writes the ``portsafe`` console script, and compiles everything with compileall. It
-builds ``portsafe._speedups`` for that interpreter as an install would (``setup.py``:
+builds ``portsafe._locking._speedups`` for that interpreter as an install would (``setup.py``:
 Linux, optional); ``PORTSAFE_PURE_PYTHON=1`` in the bench's environment measures the
 pure-Python version instead, and every run says which it measured.
 """
@@ -26,7 +26,7 @@ VERSIONS = ("3.10.13", "3.11.7", "3.12.1", "3.13.0")
 
 SCRIPT = """#!{python}
 import sys
-from portsafe._cli import main
+from portsafe._cli.main import main
 sys.exit(main())
 """
 
@@ -60,7 +60,7 @@ def _build_speedups(exe: str, package: str) -> None:
     built = subprocess.run([*cc.split(), "-O2", "-shared", "-fPIC", "-I", include, source,
                             "-o", out], capture_output=True, text=True, check=False)
     if built.returncode:
-        print(f"portsafe._speedups did not build for {exe}; measuring the pure-Python "
+        print(f"portsafe._locking._speedups did not build for {exe}; measuring the pure-Python "
               f"version:\n{built.stderr}", file=sys.stderr)
 
 

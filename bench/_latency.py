@@ -105,7 +105,8 @@ def _floors() -> tuple[Callable[[], object] | None, Callable[[], object] | None]
     """One and three ports' system calls made from C, as portsafe makes them: the name
     claimed with its bind check (``_speedups.claim_name``) and closed."""
     try:
-        from portsafe import _locks, _probe
+        from portsafe._core import probe as _probe
+        from portsafe._locking import files as _locks
         from portsafe._locking.names import compile_claim
     except ImportError:
         return None, None

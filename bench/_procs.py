@@ -78,7 +78,7 @@ def _loop_run(processes: int, spec: str, seconds: float, directory: str) -> dict
 def _flock_files(directory: str) -> None:
     """One file per candidate port, made up front: creating them in the loop would be
     what the loop measures."""
-    from portsafe import _ranges
+    from portsafe._core import ranges as _ranges
 
     ports = {port for shard in _ranges.default_candidates().shards.values()
              for port in shard} | set(range(30000, 30300))

@@ -24,7 +24,7 @@ def first(order: str) -> None:
     from _yardsticks import plain_binds
 
     import portsafe
-    from portsafe import _locks, _probe, _ranges, _reserve  # noqa: F401 - imported first
+    from portsafe._core import reserve as _reserve  # noqa: F401 - imported first
     from portsafe._locking import nametable  # noqa: F401 - the table's, imported too
 
     # `from portsafe import reserve_port` in a test: the lazy attribute's import is an

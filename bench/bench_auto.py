@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if "--binds-only" not in sys.argv:  # that part runs in the venv with the installed wheel
     sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from portsafe import _auto  # noqa: E402
+from portsafe._auto import switch as _auto  # noqa: E402
 
 PYTHON = os.path.expanduser("~/.pyenv/versions/3.11.7/bin/python")
 

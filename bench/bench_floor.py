@@ -6,7 +6,7 @@ Per interpreter (default: the running one), in a fresh process with an installed
 bytecode-compiled copy of portsafe and its C module (``_env.py``; with
 ``PORTSAFE_PURE_PYTHON=1``, the Python claim) and a private lock directory made like the
 default one (right in the temporary directory, and aged, so that it is checked by
-descriptor: ``src/portsafe/_dirwatch.py``),
+descriptor: ``src/portsafe/_locking/dirwatch.py``),
 each of these is interleaved with CPython's ``find_unused_port`` (``_yardsticks.py``),
 per-call medians, 3 repeats, as ``bench_reserve.py`` measures:
 
@@ -51,7 +51,8 @@ sys.path.insert(0, sys.argv[1])
 from _stats import interleaved
 from _yardsticks import find_unused_port
 import portsafe
-from portsafe import _locks, _probe
+from portsafe._locking import files as _locks
+from portsafe._core import probe as _probe
 
 for _ in range(3):
     portsafe.reserve_port().release()
@@ -135,7 +136,7 @@ def ideal():
             lockf(held.pop(made.port).fd, UNLOCK, 1, made.port)
 
 
-from portsafe import _claim
+from portsafe._locking import claim as _claim
 
 c_claim, c_plan = _probe.targets(None, 2, 1).claim
 
@@ -241,13 +242,14 @@ def interpreters(choice: list[str]) -> list[str]:
 
 
 def main() -> int:
-    from portsafe._locking.backend import NAMES
+    from portsafe._platform import NAMES
 
     if NAMES:
         print("bench_floor.py measures the lock-file backend's floor (macOS, the BSDs). On "
               "Linux reservations are names: bench_reserve.py --only latency prints their "
               "floor (the figures 'vs its system calls'). To measure the file backend here: "
-              "unshare --net -- python tests/_netns.py env _PORTSAFE_SELFTEST_FILE_BACKEND=1 "
+              "unshare --net -- python tests/support/netns.py "
+              "env _PORTSAFE_SELFTEST_FILE_BACKEND=1 "
               "python bench/bench_floor.py")
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

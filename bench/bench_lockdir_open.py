@@ -29,7 +29,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INNER = r"""
 import json, socket, sys, time
 import portsafe
-from portsafe import _locks, _ranges, _probe, _announce, _lockdir, _lockformat
+from portsafe._locking import files as _locks
+from portsafe._core import ranges as _ranges
+from portsafe._core import probe as _probe
+from portsafe._locking import announce as _announce
+from portsafe._locking import lockdir as _lockdir
+from portsafe._locking import fileformat as _lockformat
 
 def yardstick(n=50):
     best = []
@@ -81,7 +86,7 @@ def main() -> None:
 
 HOT = r"""
 import os, time
-from portsafe import _locks
+from portsafe._locking import files as _locks
 from portsafe._settings import lock_dir
 table = _locks.table()
 table.current()

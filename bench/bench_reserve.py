@@ -48,7 +48,7 @@ def inner(args: argparse.Namespace) -> dict:
     from _procs import cli, collisions, first_reservation, imports, throughput
 
     import portsafe
-    from portsafe import _claim
+    from portsafe._locking import claim as _claim
 
     quick = args.quick
     repeats = 3
@@ -91,7 +91,8 @@ def outer(args: argparse.Namespace) -> int:
             exe = make(python, scratch)
             # Private (other users' locks do not count), and like the shared default one:
             # right in the temporary directory, complete, and not changed for a while, so
-            # that it is checked by descriptor as that one is (see src/portsafe/_dirwatch.py).
+            # that it is checked by descriptor as that one is
+            # (see src/portsafe/_locking/dirwatch.py).
             lock_dir = tempfile.mkdtemp(prefix="portsafe-bench-locks-")
             out = os.path.join(scratch, "inner.json")
             env = {key: value for key, value in os.environ.items()

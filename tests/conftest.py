@@ -6,7 +6,14 @@ import importlib.util
 
 import pytest
 
-from portsafe._locking.backend import NAMES
+# Auto mode's modules, imported before any pytester snapshot of sys.modules: pytester
+# drops the modules an inner run imports first, and a later run would then count nothing.
+import portsafe._auto.harvest
+import portsafe._auto.pickers
+import portsafe._auto.sockets
+import portsafe._auto.switch
+import portsafe._pytest.auto  # noqa: F401
+from portsafe._platform import NAMES
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,12 +57,13 @@ def private_lock_dir(
 def no_reservations(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
                     ) -> None:
     """Reservations impossible in this process: on Linux every name is refused, as a
-    sandbox refuses them (``tests/_seccomp.py`` does it for real to a subprocess);
+    sandbox refuses them (``tests/children/seccomp.py`` does it for real to a subprocess);
     elsewhere the lock directory cannot be made."""
     if NAMES:
         import errno
 
-        from portsafe import LockUnavailableError, _locks
+        from portsafe import LockUnavailableError
+        from portsafe._locking import files as _locks
 
         def refuse(*_: object) -> int:
             raise LockUnavailableError(errno.EPERM, "cannot bind the abstract unix-socket "

@@ -28,7 +28,7 @@ def make_wheel(path: Path, version: str, names: list[str]) -> Path:
             archive.writestr(name, "")
         archive.writestr(f"{info}/METADATA", f"Name: portsafe\nVersion: {version}\n\n")
         archive.writestr(f"{info}/entry_points.txt",
-                         "[console_scripts]\nportsafe = portsafe._cli:main\n\n"
+                         "[console_scripts]\nportsafe = portsafe._cli.main:main\n\n"
                          "[pytest11]\nportsafe = portsafe.pytest_plugin\n")
     return path
 
@@ -42,7 +42,8 @@ class TestWheelCheck:
         version = checker.project_version()
         wheel = make_wheel(tmp_path / f"portsafe-{version}-cp311-cp311-linux_x86_64.whl",
                            version, ["portsafe/__init__.py", "portsafe/py.typed",
-                                     "portsafe-auto.pth", SPEEDUPS, "portsafe/_speedups.pyi"])
+                                     "portsafe-auto.pth", SPEEDUPS,
+                                     "portsafe/_locking/_speedups.pyi"])
         assert checker.check_wheel(wheel, version) == []
 
     def test_a_linux_wheel_without_its_compiled_module_fails(self, tmp_path):
@@ -51,7 +52,7 @@ class TestWheelCheck:
         version = checker.project_version()
         wheel = make_wheel(tmp_path / f"portsafe-{version}-cp311-cp311-linux_x86_64.whl",
                            version, ["portsafe/__init__.py", "portsafe/py.typed",
-                                     "portsafe-auto.pth", "portsafe/_speedups.c"])
+                                     "portsafe-auto.pth", "portsafe/_locking/_speedups.c"])
         problems = checker.check_wheel(wheel, version)
         assert any("no compiled portsafe/_speedups" in p for p in problems)
         assert any("_speedups.pyi" in p for p in problems)

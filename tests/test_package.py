@@ -14,10 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from tests._auto_env import hook_env
+from tests.support.auto_env import hook_env
 
 import portsafe
-from portsafe import _auto
+from portsafe._auto import switch as _auto
 
 INIT = Path(portsafe.__file__)
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
@@ -140,7 +140,7 @@ DIR_REPORT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("imported", [[], ["portsafe.testing", "portsafe.socket_helper",
-                                           "portsafe.script_helper", "portsafe._reserve"]])
+                                           "portsafe.script_helper", "portsafe._core.reserve"]])
 def test_dir_lists_the_public_names_only(imported: list[str]) -> None:
     """dir(portsafe) is __all__ plus the public submodules imported, plus dunders; the
     namespace binds nothing else public (no TYPE_CHECKING, no annotations)."""
@@ -226,7 +226,7 @@ def a_test_file(tmp_path: Path) -> Path:
 
 def test_bad_value_said_once_by_a_plain_interpreter(tmp_path: Path) -> None:
     """Outside pytest the start-up hook says it, once, and auto mode stays off."""
-    done = _run(tmp_path, "-c", "import portsafe; from portsafe import _auto;"
+    done = _run(tmp_path, "-c", "import portsafe; from portsafe._auto import switch as _auto;"
                 "print(_auto.enabled())")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

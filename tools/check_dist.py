@@ -68,10 +68,10 @@ def check_wheel(wheel: Path, version: str) -> list[str]:
             if not any(re.fullmatch(r"portsafe/_speedups\..*\.so", n) for n in names):
                 problems.append(f"{wheel.name}: no compiled portsafe/_speedups (did the C "
                                 "compiler fail? the build log says why)")
-            if "portsafe/_speedups.pyi" not in names:
-                problems.append(f"{wheel.name}: no portsafe/_speedups.pyi")
-        if "portsafe/_speedups.c" in names:
-            problems.append(f"{wheel.name}: ships the C source portsafe/_speedups.c")
+            if "portsafe/_locking/_speedups.pyi" not in names:
+                problems.append(f"{wheel.name}: no portsafe/_locking/_speedups.pyi")
+        if "portsafe/_locking/_speedups.c" in names:
+            problems.append(f"{wheel.name}: ships the C source portsafe/_locking/_speedups.c")
         tests = [n for n in names if re.search(r"(^|/)(tests?|conftest\.py)(/|$)", n)]
         if tests:
             problems.append(f"{wheel.name}: contains tests: {tests[:5]}")
@@ -84,7 +84,7 @@ def check_wheel(wheel: Path, version: str) -> list[str]:
         problems.append(f"{wheel.name}: METADATA does not say Version: {version}")
     if "portsafe = portsafe.pytest_plugin" not in entry_points:
         problems.append(f"{wheel.name}: no pytest11 entry point for portsafe.pytest_plugin")
-    if "portsafe = portsafe._cli:main" not in entry_points:
+    if "portsafe = portsafe._cli.main:main" not in entry_points:
         problems.append(f"{wheel.name}: no `portsafe` console script")
     return problems
 
@@ -94,7 +94,8 @@ def check_sdist(sdist: Path, version: str) -> list[str]:
     with tarfile.open(sdist) as archive:
         names = set(archive.getnames())
     needed = ["pyproject.toml", "README.md", "LICENSE", "src/portsafe/__init__.py",
-              "src/portsafe/py.typed", "src/portsafe/_speedups.c", "src/portsafe/_speedups.pyi",
+              "src/portsafe/py.typed", "src/portsafe/_locking/_speedups.c",
+              "src/portsafe/_locking/_speedups.pyi",
               "setup.py"]
     return [f"{sdist.name}: missing {name}" for name in needed if prefix + name not in names]
 

@@ -28,6 +28,8 @@ from _thread import RLock as _RLock
 TYPE_CHECKING = False  # not typing: importing it would cost more than all of portsafe
 
 if TYPE_CHECKING:
+    from portsafe._core.ranges import ephemeral_port_range
+    from portsafe._core.reserve import Reservation, ReservationGroup, reserve_port, reserve_ports
     from portsafe._errors import (
         AddressNotAvailableError,
         InvalidSettingError,
@@ -36,11 +38,9 @@ if TYPE_CHECKING:
         NoFreePortError,
         PortsafeError,
     )
-    from portsafe._handoff import listen, listen_fds, spawn
-    from portsafe._ranges import ephemeral_port_range
-    from portsafe._reserve import Reservation, ReservationGroup, reserve_port, reserve_ports
-    from portsafe._wait import PortNotReadyError, wait_for_port
-    from portsafe._who import AddressInUseError, Holder, explain_address_in_use, who_holds
+    from portsafe._net.handoff import listen, listen_fds, spawn
+    from portsafe._net.wait import PortNotReadyError, wait_for_port
+    from portsafe._net.who import AddressInUseError, Holder, explain_address_in_use, who_holds
 del TYPE_CHECKING
 
 __all__ = [
@@ -76,20 +76,20 @@ _LAZY = {
     "LockUnavailableError": "portsafe._errors",
     "NoFreePortError": "portsafe._errors",
     "PortsafeError": "portsafe._errors",
-    "Reservation": "portsafe._reserve",
-    "ReservationGroup": "portsafe._reserve",
-    "reserve_port": "portsafe._reserve",
-    "reserve_ports": "portsafe._reserve",
-    "ephemeral_port_range": "portsafe._ranges",
-    "listen": "portsafe._handoff",
-    "listen_fds": "portsafe._handoff",
-    "spawn": "portsafe._handoff",
-    "wait_for_port": "portsafe._wait",
-    "PortNotReadyError": "portsafe._wait",
-    "who_holds": "portsafe._who",
-    "Holder": "portsafe._who",
-    "explain_address_in_use": "portsafe._who",
-    "AddressInUseError": "portsafe._who",
+    "Reservation": "portsafe._core.reserve",
+    "ReservationGroup": "portsafe._core.reserve",
+    "reserve_port": "portsafe._core.reserve",
+    "reserve_ports": "portsafe._core.reserve",
+    "ephemeral_port_range": "portsafe._core.ranges",
+    "listen": "portsafe._net.handoff",
+    "listen_fds": "portsafe._net.handoff",
+    "spawn": "portsafe._net.handoff",
+    "wait_for_port": "portsafe._net.wait",
+    "PortNotReadyError": "portsafe._net.wait",
+    "who_holds": "portsafe._net.who",
+    "Holder": "portsafe._net.who",
+    "explain_address_in_use": "portsafe._net.who",
+    "AddressInUseError": "portsafe._net.who",
 }
 
 

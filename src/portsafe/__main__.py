@@ -2,6 +2,6 @@
 
 import sys
 
-from portsafe._cli import main
+from portsafe._cli.main import main
 
 sys.exit(main())

@@ -8,9 +8,9 @@ starts.
 Auto mode (``--portsafe-auto``, ini ``portsafe_auto = true`` or ``PORTSAFE_AUTO=1``;
 ``PORTSAFE_AUTO=0`` turns it off; ``--portsafe-patch-asyncio`` and ini
 ``portsafe_patch_asyncio`` are aliases): every bind to port 0 in the test process gets
-a port portsafe reserved (:mod:`portsafe._auto`), ``PORTSAFE_AUTO=1`` is set for the
+a port portsafe reserved (:mod:`portsafe._auto.switch`), ``PORTSAFE_AUTO=1`` is set for the
 processes the tests start, and pytest-asyncio's ``unused_*_port`` fixtures hand out
-reservations (:mod:`portsafe._pytest_pickers`). The terminal summary says how many
+reservations (:mod:`portsafe._pytest.pickers`). The terminal summary says how many
 ports auto mode reserved, summed over xdist workers, and lists every fallback to the
 kernel's pick.
 
@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from portsafe import _pytest_auto, _settings
-from portsafe._pytest_markers import (
+from portsafe import _settings
+from portsafe._pytest import auto as _pytest_auto
+from portsafe._pytest.markers import (
     MARKERS,
     declared_marker_names,
     internet_marker_options,
@@ -60,8 +61,8 @@ from portsafe._pytest_markers import (
     skip_at_item,
     skip_reason,
 )
-from portsafe._pytest_names import FIXTURE_NAMES, clash_message, clashing_plugins
-from portsafe._pytest_pickers import asyncio_port_fixtures, ports_handed_out
+from portsafe._pytest.names import FIXTURE_NAMES, clash_message, clashing_plugins
+from portsafe._pytest.pickers import asyncio_port_fixtures, ports_handed_out
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -196,7 +197,7 @@ def _auto_requested(config: pytest.Config) -> tuple[bool, str, str]:
 
 
 def _start_auto(config: pytest.Config, source: str) -> None:
-    from portsafe import _auto  # lazily: runs that do not ask never import it
+    from portsafe._auto import switch as _auto  # lazily: runs that do not ask never import it
 
     run = _AutoRun(source=source, fixtures_before=ports_handed_out())
     if not _auto.enabled():  # with PORTSAFE_AUTO=1 the start-up hook has done it
@@ -228,7 +229,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     del config.stash[_AUTO_RUN]
     if run.enabled_here:  # disable() also gives PORTSAFE_AUTO back its old value
-        from portsafe import _auto
+        from portsafe._auto import switch as _auto
 
         _auto.disable()
 
@@ -241,13 +242,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         if overridden:
             return [f"portsafe: auto mode off: {_pytest_auto.OFF_SOURCE} overrides {overridden}"]
         return []
-    from portsafe import _auto
+    from portsafe._auto import switch as _auto
 
     return _pytest_auto.header_lines(run.source, hook_installed=_auto.hook_installed())
 
 
 def _own_stats(run: _AutoRun) -> dict[str, object]:
-    from portsafe import _auto
+    from portsafe._auto import switch as _auto
 
     return {**_auto.stats(), "fixtures": ports_handed_out() - run.fixtures_before}
 

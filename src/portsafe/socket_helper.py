@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Container, Iterable, Iterator
     from typing import Any, TypeVar
 
-    from portsafe._reserve import Reservation
+    from portsafe._core.reserve import Reservation
 
     _T = TypeVar("_T", bound=Callable[..., Any])
 
@@ -262,9 +262,9 @@ def find_unused_port(family: int = socket.AF_INET, socktype: int = socket.SOCK_S
     """
     family = _check_choice("family", family, _FAMILIES)
     socktype = _check_choice("socktype", socktype, _SOCKTYPES)
+    from portsafe._core.reserve import reserve_port
     from portsafe._errors import NoFreePortError
     from portsafe._locking.nametable import lease_budget as _lease_budget
-    from portsafe._reserve import reserve_port
 
     with _held_lock:
         now = time.monotonic()

@@ -36,8 +36,8 @@ import socket
 import tempfile
 import unittest
 
+from portsafe._core.reserve import reserve_port
 from portsafe._errors import InvalidSettingError
-from portsafe._reserve import reserve_port
 
 TYPE_CHECKING = False  # typing is not imported at run time
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
-    from portsafe._reserve import Reservation, ReserveOptions
+    from portsafe._core.reserve import Reservation, ReserveOptions
 
     _T = TypeVar("_T")
 
@@ -102,7 +102,7 @@ def ipv6_available() -> bool:
 
 
 def _probe_ipv6() -> bool:
-    from portsafe._probe import ipv6_available as core_answer  # one probe for portsafe
+    from portsafe._core.probe import ipv6_available as core_answer  # one probe for portsafe
 
     return core_answer()
 

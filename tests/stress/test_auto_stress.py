@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests._auto_env import hook_env
+from tests.support.auto_env import hook_env
 
 pytest.importorskip("xdist")
 

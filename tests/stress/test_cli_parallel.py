@@ -10,7 +10,7 @@ import sys
 import uuid
 
 import pytest
-from tests import _netns
+from tests.support import netns as _netns
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX command line"),
@@ -124,7 +124,7 @@ class TestColdStarts:
         failures = [err.decode() for code, _out, err in results if code != 0]
         ports = [int(out) for code, out, _err in results if code == 0]
         listed = subprocess.run(
-            [sys.executable, "-c", ("import json; from portsafe import _locks; "
+            [sys.executable, "-c", ("import json; from portsafe._locking import files as _locks; "
                                     "print(json.dumps(_locks.holders()))")],
             env=env, capture_output=True, text=True, timeout=60, check=True)
         held = dict(json.loads(listed.stdout))

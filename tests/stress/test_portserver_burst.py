@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from _portserver import held_by, path_name, private_ports, serving
+from tests.support.portserver import held_by, path_name, private_ports, serving
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -30,7 +29,7 @@ CLIENTS = 120
 
 CLIENT = textwrap.dedent("""
     import json, os, sys
-    from portsafe._server import request_port
+    from portsafe._services.portserver import request_port
     go = int(sys.argv[2])
     print("ready", flush=True)
     os.read(go, 1)  # all clients wake on one write

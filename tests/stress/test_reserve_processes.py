@@ -10,7 +10,7 @@ import textwrap
 import time
 
 import pytest
-from tests._kernel import kernel_holders
+from tests.support.kernel import kernel_holders
 
 WORKER = textwrap.dedent("""
     import json, socket, sys, time, portsafe

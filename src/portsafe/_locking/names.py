@@ -25,13 +25,13 @@ import _socket
 import errno
 import os
 
-from portsafe._claim import HELD, IMPLEMENTATION, LOCK_ERROR, claim_py, compile_plan
+from portsafe._locking.claim import HELD, IMPLEMENTATION, LOCK_ERROR, claim_py, compile_plan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from portsafe._claim import Plan, Step
+    from portsafe._locking.claim import Plan, Step
 
     NameClaim = Callable[..., int]  # (port, plan, high) -> code
 
@@ -91,7 +91,7 @@ LOW_FDS = 256
 
 def claim_name_py(port: int, plan: Plan, high: int) -> int:
     """Bind *port*'s name, then bind-check *port* with *plan*: the Python version of
-    ``portsafe._speedups.claim_name``, with the same results.
+    ``portsafe._locking._speedups.claim_name``, with the same results.
 
     Returns the descriptor holding the name ``<< 8`` (its low four bits ``CLAIMED``, 0),
     or, with nothing left open, ``HELD`` (someone holds the name), ``LOCK_ERROR`` with
@@ -150,6 +150,6 @@ def compile_claim(steps: tuple[Step, ...]) -> tuple[NameClaim, Plan]:
 
 _claim_name_c: NameClaim | None = None
 if IMPLEMENTATION == "c":
-    from portsafe import _speedups
+    from portsafe._locking import _speedups
 
     _claim_name_c = _speedups.claim_name

@@ -36,13 +36,13 @@ import errno
 import os
 import threading
 
-from portsafe._claim import LOCK_ERROR, NO_SOCKET
 from portsafe._errors import LockUnavailableError
 from portsafe._locking import names
+from portsafe._locking.claim import LOCK_ERROR, NO_SOCKET
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from portsafe._claim import Plan
+    from portsafe._locking.claim import Plan
     from portsafe._locking.names import NameClaim
 
 __all__ = ["HIGH", "NAMESPACE", "NameTable", "Namespace", "lease_budget"]
@@ -75,7 +75,7 @@ class NameTable:
     """This process's held names: port -> the descriptor of the socket bound to its name.
 
     Example:
-        >>> from portsafe import _locks
+        >>> from portsafe._locking import files as _locks
         >>> t = _locks.table()
         >>> t.try_acquire(30002) == t.holds(30002)
         True
@@ -137,7 +137,8 @@ class NameTable:
         now held, else the claim's code (``_probe.refusal`` reads it), with nothing held.
 
         Example:
-            >>> from portsafe import _locks, _probe
+            >>> from portsafe._locking import files as _locks
+            >>> from portsafe._core import probe as _probe
             >>> t = _locks.table()
             >>> t.try_claim(30003, None, _probe.targets(None, 2, 1).claim) in (0, 1)
             True
@@ -251,7 +252,7 @@ class NameTable:
         """:meth:`release` each of *ports* (idempotent), under one hold of the mutex.
 
         Example:
-            >>> from portsafe import _locks
+            >>> from portsafe._locking import files as _locks
             >>> _locks.table().release_all([30004, 30005])
         """
         with self._mutex:
@@ -272,7 +273,7 @@ class NameTable:
         the caller to pass on (``SCM_RIGHTS``) and then close; None if not held.
 
         Example:
-            >>> from portsafe import _locks
+            >>> from portsafe._locking import files as _locks
             >>> _locks.table().detach(30006) is None
             True
         """
@@ -285,7 +286,7 @@ class NameTable:
 
         Example:
             >>> import socket
-            >>> from portsafe import _locks
+            >>> from portsafe._locking import files as _locks
             >>> sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             >>> _locks.table().adopt(30007, sock.detach())  # not bound to its name
             False

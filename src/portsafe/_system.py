@@ -1,0 +1,221 @@
+"""Whose request is it? Process identity, pid namespaces and ancestry, for the port server.
+
+A port server grants a port to a *process* and takes it back when that process is gone.
+Three things make that safe:
+
+* a process is named by pid *and* start time (``/proc/<pid>/stat`` field 22 on Linux),
+  so a recycled pid does not keep a dead owner's ports (:func:`process_identity`);
+* the claimed pid is checked against the sender the OS names (``SO_PEERCRED``): a
+  sender may ask for itself or for one of its ancestors (``python -m portpicker $$``
+  asks for its shell), never for an unrelated process such as pid 2 (a kernel thread)
+  or the server itself, which never exit and would keep their grants for ever
+  (:func:`resolve_owner`);
+* an ancestor must be a process of the sender's own user (real and effective uid), unless
+  the sender is root: otherwise any user could make a server hold ports for a long-lived
+  process of another user's (an ``sshd`` session, a ``tmux`` server, a CI agent, all
+  root's) until it exits;
+* a sender in a nested pid namespace (a container) is mapped to the process it means.
+
+``/proc`` is read only where the lock system may (``_platform.PROC``: Linux, not
+the file backend's test channel, which runs what macOS runs); without it a process has no
+start time and no ancestry, so only the sender itself is granted for.
+
+Only the standard library and ``_platform``: the core and the port server build on
+this, never the reverse.
+"""
+
+from __future__ import annotations
+
+import os
+
+from portsafe import _platform as backend
+
+__all__ = ["command_line", "process_identity", "resolve_owner"]
+
+_MAX_DEPTH = 64  # ancestry walks are bounded: pid namespaces nest at most 32 deep
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, ppid, starttime)`` from ``/proc/<pid>/stat``, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    fields = text[text.rfind(")") + 2:].split()
+    try:
+        return fields[0], int(fields[1]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _status(pid: int, field: str) -> list[int]:
+    """The numbers of one line of ``/proc/<pid>/status`` (``NSpid``, ``Uid``), or []."""
+    if not backend.PROC:
+        return []
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(field):
+                    return [int(x) for x in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+def _nspids(pid: int) -> list[int]:
+    """The pid of *pid* in each nested pid namespace, outermost first (Linux)."""
+    return _status(pid, "NSpid:")
+
+
+def process_uids(pid: int) -> tuple[int, int] | None:
+    """``(real uid, effective uid)`` of *pid*, or None where it cannot be read.
+
+    Example:
+        >>> import os
+        >>> process_uids(os.getpid()) in ((os.getuid(), os.geteuid()), None)
+        True
+    """
+    uids = _status(pid, "Uid:")
+    return (uids[0], uids[1]) if len(uids) >= 2 else None
+
+
+def process_identity(pid: int) -> tuple[int, int] | None:
+    """Return ``(pid, start time)`` of a live process, or None if it is gone.
+
+    The start time (clock ticks since boot on Linux, 0 where the OS does not tell) tells
+    a process from a later one that got the same pid. A zombie counts as gone.
+
+    Args:
+        pid: A process id in this process's pid namespace.
+
+    Returns:
+        The identity, or None.
+
+    Example:
+        >>> import os
+        >>> process_identity(os.getpid()) is not None
+        True
+    """
+    if pid <= 0:
+        return None
+    if backend.PROC:
+        info = _proc_stat(pid)
+        if info is None or info[0] in ("Z", "X"):
+            return None
+        return pid, info[2]
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return pid, 0
+    except OSError:
+        return None
+    return pid, 0
+
+
+def _is_ancestor(claimed: int, pid: int) -> bool:
+    """Whether *claimed* is a parent, grandparent, ... of *pid* (Linux ``/proc``)."""
+    if not backend.PROC:
+        return False
+    for _ in range(_MAX_DEPTH):
+        info = _proc_stat(pid)
+        if info is None or info[1] <= 0:
+            return False
+        pid = info[1]
+        if pid == claimed:
+            return True
+    return False
+
+
+def resolve_owner(claimed: int, peer_pid: int | None, peer_uid: int | None) -> int | None:
+    """Decide which process a request is for, from the claimed pid and the real sender.
+
+    * no peer credentials: trust the claim, as portpicker does (a live pid other than 1
+      and other than this server's own);
+    * claim equals the sender: the sender;
+    * the sender is in a nested pid namespace (a container; its own pid, or a parent's,
+      means nothing here): the sender's ancestor that has the claimed pid in the sender's
+      namespace (pid 1 there is the container's init), else the sender itself;
+    * same namespace: a live ancestor of the sender other than pid 1 (a script asking
+      for its shell, ``python -m portpicker $$``). Anything else is refused: an
+      unrelated process (pid 2, this server) may never exit, and its grants would never
+      come back. Where there is no ``/proc`` (macOS), ancestry cannot be read, so only
+      the sender itself is accepted.
+
+    An ancestor (either way) is accepted only if it is a process of *peer_uid*: its
+    real and effective uid are both *peer_uid*. Root (uid 0) may ask for anyone's; a
+    sender whose uid is unknown, or an ancestor whose uids cannot be read, is refused.
+
+    Args:
+        claimed: The pid the client sent.
+        peer_pid: The pid the OS says sent it, or None if unknown.
+        peer_uid: The uid the OS says sent it (``SO_PEERCRED``), or None if unknown.
+
+    Returns:
+        The pid to hold the grant for, or None to refuse.
+
+    Example:
+        >>> import os
+        >>> resolve_owner(os.getpid(), os.getpid(), os.geteuid()) == os.getpid()
+        True
+        >>> resolve_owner(os.getppid(), os.getpid(), 0) == os.getppid()  # root's: any ancestor
+        True
+        >>> resolve_owner(-5, None, None) is None
+        True
+    """
+    if claimed <= 0:
+        return None
+    if peer_pid is None:
+        trusted = claimed not in (1, os.getpid()) and process_identity(claimed)
+        return claimed if trusted else None
+    if peer_pid == claimed:
+        return claimed
+    depth = len(_nspids(os.getpid()))
+    peer_ns = _nspids(peer_pid)
+    if depth and len(peer_ns) > depth:
+        owner = _owner_in_nested_namespace(claimed, peer_pid, len(peer_ns))
+        return owner if owner == peer_pid or _same_user(owner, peer_uid) else peer_pid
+    mine = claimed != 1 and _is_ancestor(claimed, peer_pid) and _same_user(claimed, peer_uid)
+    return claimed if mine and process_identity(claimed) else None
+
+
+def _same_user(pid: int, uid: int | None) -> bool:
+    """Whether a request of *uid* may be granted for *pid*: root's for anyone, another
+    user's only for a process of that user (real and effective uid)."""
+    if uid == 0:
+        return True
+    return uid is not None and process_uids(pid) == (uid, uid)
+
+
+def _owner_in_nested_namespace(claimed: int, peer_pid: int, depth: int) -> int:
+    """The sender's ancestor whose pid in the sender's namespace is *claimed*, else the
+    sender."""
+    pid = peer_pid
+    for _ in range(_MAX_DEPTH):
+        ns = _nspids(pid)
+        if len(ns) != depth:
+            break
+        if ns[-1] == claimed:
+            return pid
+        stat_ = _proc_stat(pid)
+        if stat_ is None or stat_[1] <= 1:
+            break
+        pid = stat_[1]
+    return peer_pid
+
+
+def command_line(pid: int) -> str:
+    """The command line of *pid*, for log lines and ``portsafe list`` (``?`` if unknown).
+
+    Example:
+        >>> import os
+        >>> command_line(os.getpid()) != ""
+        True
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(4096)
+    except OSError:
+        return "?"
+    return " ".join(p.decode("utf-8", "replace") for p in raw.split(b"\0") if p) or "?"

@@ -1,0 +1,482 @@
+"""The claim (``portsafe._locking.claim``): the C version and the Python version agree on every
+outcome, and each leaves nothing behind but a claimed lock."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support.kernel import kernel_holders
+from tests.support.pure import count_locks
+
+import portsafe
+from portsafe._core import probe as _probe
+from portsafe._core import reserve as _reserve
+from portsafe._core import walk as _walk
+from portsafe._locking import claim as _claim
+from portsafe._locking import dirwatch as _dirwatch
+from portsafe._locking import files as _locks
+from portsafe._locking.claim import CLAIMED, HELD, LOCK_ERROR, NO_SOCKET, REFUSED
+
+try:
+    from portsafe._locking import _speedups
+except ImportError:
+    _speedups = None  # type: ignore[assignment]
+
+needs_c = pytest.mark.skipif(_speedups is None,
+                             reason="portsafe._locking._speedups is not built here")
+needs_ipv6 = pytest.mark.skipif(not _probe.ipv6_available(), reason="no IPv6 on this host")
+
+#: The environment before any test's private lock directory: the shared one's.
+SHARED_ENV = dict(os.environ)
+TCP4 = ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", (), ()),)
+
+
+def versions() -> list[Any]:
+    found = [pytest.param("python", id="python")]
+    if _speedups is not None:
+        found.append(pytest.param("c", id="c"))
+    return found
+
+
+Runner = Callable[[int, int, tuple[Any, ...]], int]
+
+
+@pytest.fixture(params=versions())
+def run(request: pytest.FixtureRequest) -> Runner:
+    """claim(lock_fd, port, steps), by one version (the C one compiles the steps first)."""
+    if request.param == "python":
+        return _claim.claim_py
+
+    def c_claim(lock_fd: int, port: int, steps: tuple[Any, ...]) -> int:
+        plan = _speedups.compile(steps)
+        assert plan is not None, steps
+        return _speedups.claim(lock_fd, port, plan)
+
+    return c_claim
+
+
+@pytest.fixture
+def lock_file(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path / "shard", os.O_RDWR | os.O_CREAT, 0o600)
+    yield fd
+    os.close(fd)
+
+
+def locked_elsewhere(path: Path, port: int) -> bool:
+    """Whether another process finds byte *port* of *path* locked."""
+    code = ("import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))\n"
+            "except OSError:\n    print('locked')\nelse:\n    print('free')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(port)],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip() == "locked"
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    """A port reserved for the whole test, in the shared lock directory: the test binds
+    it outside any reservation of its own, and no other portsafe user may take it then."""
+    with portsafe.reserve_port() as r:
+        yield r.port
+
+
+class TestOutcomes:
+    def test_claimed_leaves_the_lock_held_and_the_port_unbound(
+            self, run: Runner, lock_file: int, tmp_path: Path, port: int) -> None:
+        assert run(lock_file, port, TCP4) == CLAIMED
+        assert locked_elsewhere(tmp_path / "shard", port)
+        with socket.socket() as server:  # the probe's socket is closed: bindable
+            server.bind(("127.0.0.1", port))
+        assert _claim.unlock(lock_file, port) == 0
+        assert not locked_elsewhere(tmp_path / "shard", port)
+
+    def test_held_elsewhere(self, run: Runner, tmp_path: Path, port: int) -> None:
+        path = tmp_path / "shard"
+        path.touch()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
+             " fcntl.lockf(fd, fcntl.LOCK_EX, 1, int(sys.argv[2])); print('held', flush=True);"
+             " sys.stdin.read()"), str(path), str(port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "held\n"
+            fd = os.open(path, os.O_RDWR)
+            try:
+                assert run(fd, port, TCP4) == HELD
+            finally:
+                os.close(fd)
+        finally:
+            holder.communicate("")
+
+    def test_in_use_unlocks(self, run: Runner, lock_file: int, tmp_path: Path) -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            port = busy.getsockname()[1]
+            assert run(lock_file, port, TCP4) == REFUSED | errno.EADDRINUSE << 8
+        assert not locked_elsewhere(tmp_path / "shard", port)
+
+    def test_the_failing_step_is_named(self, run: Runner, lock_file: int) -> None:
+        steps = (*TCP4, (socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", (), ()))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+            busy.bind(("127.0.0.1", 0))
+            port = busy.getsockname()[1]
+            assert run(lock_file, port, steps) == REFUSED | 1 << 4 | errno.EADDRINUSE << 8
+
+    def test_an_address_of_no_interface(self, run: Runner, port: int) -> None:
+        steps = ((socket.AF_INET, socket.SOCK_STREAM, "192.0.2.1", (), ()),)  # TEST-NET-1
+        assert run(-1, port, steps) == REFUSED | errno.EADDRNOTAVAIL << 8
+
+    def test_a_failing_option(self, run: Runner, lock_file: int, tmp_path: Path, port: int) -> None:
+        steps = ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", (), ((socket.SOL_SOCKET,
+                                                                        99999, 1),)),)
+        code = run(lock_file, port, steps)
+        assert code & 15 == REFUSED
+        assert code >> 8 == errno.ENOPROTOOPT
+        assert not locked_elsewhere(tmp_path / "shard", port)
+
+    def test_no_socket(self, run: Runner, lock_file: int, tmp_path: Path, port: int) -> None:
+        steps = ((socket.AF_INET, 999, "127.0.0.1", (), ()),)  # no such socket type
+        code = run(lock_file, port, steps)
+        assert code & 15 == NO_SOCKET
+        assert code >> 8 in (errno.EINVAL, errno.EPROTONOSUPPORT)
+        assert not locked_elsewhere(tmp_path / "shard", port)
+
+    def test_a_lock_call_that_fails(self, run: Runner, port: int) -> None:
+        fd = os.open(os.devnull, os.O_RDONLY)
+        os.close(fd)  # a closed descriptor: EBADF
+        assert run(fd, port, TCP4) == LOCK_ERROR | errno.EBADF << 8
+
+    def test_no_lock_only_binds(self, run: Runner, port: int) -> None:
+        assert run(-1, port, TCP4) == CLAIMED
+
+    @needs_ipv6
+    def test_dual_stack_with_its_option_sees_an_ipv4_holder(self, run: Runner) -> None:
+        steps = tuple((socket.AF_INET6, kind, "::", (), ((socket.IPPROTO_IPV6,
+                                                           socket.IPV6_V6ONLY, 0),))
+                      for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM))
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            assert run(-1, busy.getsockname()[1], steps) == REFUSED | errno.EADDRINUSE << 8
+
+    @needs_ipv6
+    def test_ipv6_with_flowinfo_and_scope(self, run: Runner, port: int) -> None:
+        steps = ((socket.AF_INET6, socket.SOCK_STREAM, "::1", (0, 0), ()),)
+        assert run(-1, port, steps) == CLAIMED
+
+
+@pytest.mark.skipif(not _claim.SPAN_UNLOCK, reason="POSIX record locks")
+@pytest.mark.parametrize("unlock", [pytest.param(_claim.unlock_py, id="python"),
+                                    *([pytest.param(_speedups.unlock, id="c")]
+                                      if _speedups is not None else [])])
+def test_unlock_over_a_span(unlock: Callable[..., int], lock_file: int, tmp_path: Path) -> None:
+    """unlock(fd, port, length) drops this process's locks on those bytes, and only
+    those: a byte it holds no lock on is no error."""
+    for port in (20000, 20002, 20003, 20005):
+        assert _claim.claim_py(lock_file, port, ()) == CLAIMED
+    assert unlock(lock_file, 20000, 4) == 0
+    assert [locked_elsewhere(tmp_path / "shard", port) for port in range(20000, 20006)] == \
+        [False, False, False, False, False, True]
+    assert unlock(lock_file, 20005) == 0
+    assert not locked_elsewhere(tmp_path / "shard", 20005)
+
+
+class TestAgreement:
+    @pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+    @pytest.mark.parametrize(("family", "address"), [
+        (socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::1"),
+        (socket.AF_INET6, "::")])
+    @pytest.mark.parametrize("reuse", [False, True])
+    def test_every_holder_is_seen_alike(self, kind: int, family: int, address: str,
+                                        reuse: bool) -> None:
+        """Both versions give the same answer for the probe of every request kind."""
+        if family == socket.AF_INET6 and not _probe.ipv6_available():
+            pytest.skip("no IPv6 on this host")
+        with socket.socket(family, kind) as holder:
+            if reuse:
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind((address, 0))
+            port = holder.getsockname()[1]
+            for request in ((None, socket.AF_INET, 0), (None, socket.AF_UNSPEC, 0),
+                            ("", socket.AF_INET, kind), (None, socket.AF_INET6, kind)):
+                if request[1] != socket.AF_INET and not _probe.ipv6_available():
+                    continue
+                steps = _probe.targets(*request).steps
+                answers = {_claim.claim_py(-1, port, steps)}
+                if _speedups is not None:
+                    answers.add(_speedups.claim(-1, port, _speedups.compile(steps)))
+                assert len(answers) == 1, (request, answers)
+
+
+@needs_c
+class TestCompiled:
+    def test_declines_what_it_does_not_run(self) -> None:
+        assert _speedups.compile(((socket.AF_INET6, 1, "fe80::1%lo", (0, 0), ()),)) is None
+        assert _speedups.compile(((socket.AF_INET, 1, "localhost", (), ()),)) is None
+        assert _speedups.compile(((socket.AF_UNIX, 1, "/tmp/x", (), ()),)) is None
+        run, plan = _claim.compile_plan(((socket.AF_INET, 1, "localhost", (), ()),))
+        assert run is _claim.claim_py
+        assert plan[0][2] == "localhost"
+
+    def test_bad_arguments_raise(self) -> None:
+        plan = _speedups.compile(TCP4)
+        assert plan is not None
+        with pytest.raises(TypeError):
+            _speedups.claim(-1, 0, b"short")
+        with pytest.raises(ValueError, match="port"):
+            _speedups.claim(-1, 70000, plan)
+        with pytest.raises(TypeError):
+            _speedups.compile([TCP4[0]])  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="port"):
+            _speedups.unlock(-1, 65535, 2)
+        with pytest.raises(ValueError, match="port"):
+            _speedups.unlock(-1, 100, 0)
+
+    @pytest.mark.names
+    def test_in_use_here(self) -> None:
+        assert ("python" if os.environ.get("PORTSAFE_PURE_PYTHON")
+                                         == "1" else "c") == _claim.IMPLEMENTATION
+
+
+class TestDirectoryCheck:
+    @pytest.mark.parametrize("version", versions())
+    def test_ctime_then_zero_once_removed(self, version: str, tmp_path: Path) -> None:
+        dir_ctime = _claim.dir_ctime_py if version == "python" else _speedups.dir_ctime
+        path = tmp_path / "locks"
+        path.mkdir()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert dir_ctime(fd) == os.fstat(fd).st_ctime_ns > 0
+            path.rmdir()
+            assert dir_ctime(fd) == 0
+        finally:
+            os.close(fd)
+        assert dir_ctime(fd) == -errno.EBADF
+
+
+class TestPurePython:
+    def test_the_setting_selects_the_python_version(self) -> None:
+        code = "from portsafe._locking import claim as _claim; print(_claim.IMPLEMENTATION)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PORTSAFE_PURE_PYTHON": "1"}, check=True)
+        assert done.stdout.strip() == "python"
+
+    def test_a_bad_value_is_an_error_that_says_what_to_do(self) -> None:
+        code = "import portsafe; portsafe.reserve_port()"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PORTSAFE_PURE_PYTHON": "maybe"}, check=False)
+        assert done.returncode != 0
+        assert "PORTSAFE_PURE_PYTHON='maybe'" in done.stderr
+
+
+@pytest.mark.usefixtures("private_lock_dir")
+@pytest.mark.files
+class TestHotPath:
+    """reserve_port's one-call path (``_walk.claim_next``) keeps G5: a candidate it finds
+    not free is counted, and not tried again in the same call."""
+
+    PORTS = range(0)
+
+    @pytest.fixture(autouse=True)
+    def watched(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+        """Two ports held in the shared lock directory by another process, for the test to
+        reserve in its private one and bind outside any reservation; and the private one
+        checked by descriptor from its second use on (the one-call path needs that)."""
+        holder = subprocess.Popen(
+            [sys.executable, "-c", ("import portsafe, sys; g = portsafe.reserve_ports(2, "
+             "contiguous=True); print(*g.ports, flush=True); sys.stdin.read()")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=SHARED_ENV)
+        try:
+            assert holder.stdout is not None
+            first, _ = map(int, holder.stdout.readline().split())
+            monkeypatch.setattr(self, "PORTS", range(first, first + 2))
+            monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
+            yield
+        finally:
+            holder.communicate("")
+
+    def next_candidate(self) -> int:
+        for _ in range(2):
+            portsafe.reserve_port(ports=self.PORTS).release()  # the walk is in progress
+        directory = _locks.table().current()
+        if not directory.watch_ctime:
+            pytest.skip(f"the lock directory is checked by path here: {directory.watch_refused}")
+        cursor = _walk._cursor
+        assert cursor is not None
+        return int(cursor[3][cursor[5]])
+
+    def test_passes_a_busy_candidate_once(self) -> None:
+        busy_port = self.next_candidate()
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", busy_port))
+            with portsafe.reserve_port(ports=self.PORTS) as r:
+                assert r.port != busy_port
+                assert r.port in self.PORTS
+
+    def test_every_candidate_counted_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        locks = count_locks(monkeypatch)  # the Python claim, whose lock calls are counted
+        first = self.next_candidate()
+        del locks[:]
+        other = next(port for port in self.PORTS if port != first)
+        with socket.socket() as one, socket.socket() as two:
+            one.bind(("127.0.0.1", first))
+            two.bind(("127.0.0.1", other))
+            with pytest.raises(portsafe.NoFreePortError, match="tried 2, 0 held") as caught:
+                portsafe.reserve_port(ports=self.PORTS)
+        assert caught.value.attempts == 2
+        assert sorted(locks) == sorted(self.PORTS)  # each locked once, in one call
+
+    @staticmethod
+    def spy_run(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        """The codes reserve_ports' one-call way (``_reserve._claim_run``) returns."""
+        codes: list[int] = []
+        real = _reserve._claim_run
+
+        def spy(*args: Any, **kwargs: Any) -> int:
+            codes.append(real(*args, **kwargs))
+            return codes[-1]
+
+        monkeypatch.setattr(_reserve, "_claim_run", spy)
+        return codes
+
+    def test_reserve_ports_claims_the_walk_in_one_call(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        locks = count_locks(monkeypatch)
+        self.next_candidate()
+        codes = self.spy_run(monkeypatch)
+        del locks[:]
+        with portsafe.reserve_ports(2, ports=self.PORTS) as group:
+            assert sorted(group.ports) == list(self.PORTS)
+        assert codes == [CLAIMED]  # both in the one call, no other walk
+        assert sorted(locks) == list(self.PORTS)
+
+    def test_reserve_ports_passes_a_busy_candidate_once(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A candidate the one-call way finds not free is counted, and the general walk
+        goes on after it: each candidate is locked once per call (G5), all or nothing."""
+        locks = count_locks(monkeypatch)
+        busy_port = self.next_candidate()
+        codes = self.spy_run(monkeypatch)
+        del locks[:]
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", busy_port))
+            with portsafe.reserve_ports(1, ports=self.PORTS) as group:
+                assert group.ports[0] != busy_port
+            assert codes[0] & 15 == REFUSED  # the busy one was first: tried, passed
+            assert sorted(locks) == list(self.PORTS)  # then the other, once
+            del locks[:]
+            with pytest.raises(portsafe.NoFreePortError, match="found only 1") as caught:
+                portsafe.reserve_ports(2, ports=self.PORTS)
+        assert caught.value.attempts == 2
+        assert sorted(locks) == list(self.PORTS)
+        assert not any(_locks.table().holds(port) for port in self.PORTS)  # none kept
+
+    @pytest.mark.parametrize("call", ["reserve_port", "reserve_ports"])
+    def test_a_home_shard_moved_before_the_mutex_is_not_used(
+            self, call: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The one-call ways read the home shard before taking the mutex. Another thread
+        that moves home in that gap closes the old file (nothing held there): the claim
+        must not use its descriptor (EBADF, or another file's by then)."""
+        self.next_candidate()
+        table = _locks.table()
+        real = table._mutex
+
+        class Interloper:  # the mutex, entered first by "another thread" that moves home
+            moved = False
+
+            def __enter__(self) -> object:
+                if not Interloper.moved:
+                    Interloper.moved = True
+                    old, table._home = table._home, None
+                    assert old is not None
+                    assert not old.count
+                    table._close_if_idle(old)  # closes its file, as try_claim would
+                return real.__enter__()
+
+            def __exit__(self, *exc: object) -> None:
+                real.__exit__(*exc)
+
+            def acquire(self, wait: bool = True) -> bool:
+                return real.acquire(wait)
+
+            def release(self) -> None:
+                real.release()
+
+        monkeypatch.setattr(table, "_mutex", Interloper())
+        if call == "reserve_port":
+            with portsafe.reserve_port(ports=self.PORTS) as r:
+                ports = [r.port]
+                assert kernel_holders(ports) == [os.getpid()]
+        else:
+            with portsafe.reserve_ports(2, ports=self.PORTS) as group:
+                ports = list(group.ports)
+                assert kernel_holders(ports) == [os.getpid()] * 2
+        assert Interloper.moved
+
+    def test_a_changed_directory_is_noticed_in_the_same_call(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The claim's own directory check: a lock directory replaced after the last call
+        is not used (the call takes the general way, which opens the new one)."""
+        path = tmp_path / "locks"
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(path))
+        portsafe.reserve_port().release()
+        portsafe.reserve_port().release()  # the second call is the one that watches
+        table = _locks.table()
+        old = table.current()
+        if not old.watch_ctime:
+            pytest.skip(f"the lock directory is checked by path here ({old.watch_refused})")
+        shutil.rmtree(path)
+        with portsafe.reserve_port() as r:
+            new = table.current()
+            assert new is not old
+            assert table.held[r.port].lockdir is new  # locked in the new directory
+        portsafe.reserve_ports(2).release()  # reserve_ports' one-call way watches it too
+        shutil.rmtree(path)
+        with portsafe.reserve_ports(2) as group:
+            newer = table.current()
+            assert newer is not new
+            assert all(table.held[port].lockdir is newer for port in group.ports)
+
+
+@pytest.mark.names
+class TestContract:
+    """The C module is used only when it is of this version's contract."""
+
+    @pytest.mark.parametrize("api", [None, 2, 4])
+    def test_a_module_of_another_version_is_not_used(self, api: int | None) -> None:
+        """A compiled module left from another portsafe version (of another contract: its
+        ``API``, 1 before there was one) is passed over whole: the Python version runs,
+        nothing is half C, and nothing is called with arguments it does not take."""
+        code = ("import sys, types\n"
+                "old = types.ModuleType('portsafe._locking._speedups')\n"
+                "old.claim = old.unlock = old.dir_ctime = old.compile = old.fs_magic = print\n"
+                "old.claim_name = print\n"
+                f"if {api!r} is not None: old.API = {api!r}\n"
+                "sys.modules['portsafe._locking._speedups'] = old\n"
+                "from portsafe._locking import claim as _claim\n"
+                "from portsafe._cli import doctor as _doctor\n"
+                "print(_claim.IMPLEMENTATION, _claim.claim is _claim.claim_py, _claim.fs_magic)\n"
+                "print(_doctor.check_speedups().detail)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env={k: v for k, v in os.environ.items()
+                                               if k != "PORTSAFE_PURE_PYTHON"})
+        first, said = done.stdout.splitlines()
+        assert first.split() == ["python", "True", "None"]
+        assert "from another portsafe version" in said
+        assert "reinstall portsafe" in said
+        assert f"contract {api or 1}, not 3" in said  # before API: contract 1
+
+    def test_the_built_module_is_of_this_contract(self) -> None:
+        if _speedups is None:
+            pytest.skip("the C module is not built here")
+        assert _speedups.API == _claim._API
