@@ -6,6 +6,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs" / "_support"))
 
@@ -83,8 +85,6 @@ class TestRunnerParts:
         import ssl
         import subprocess
 
-        import pytest
-
         import portsafe
 
         if shutil.which("openssl") is None:
@@ -122,6 +122,61 @@ class TestBenchChart:
         shown = mkdocs_hooks.on_page_markdown(page, None, config, None)
         assert f"]({mkdocs_hooks.CHART})" in shown
         assert mkdocs_hooks.PLACEHOLDER in (ROOT / "docs" / "bench.md").read_text()
+
+
+class TestReference:
+    """The API reference: functions first and errors last, Sphinx roles as links.
+
+    These need griffe, which the docs build installs (`pip install -e '.[docs]'`); the
+    test environment skips them.
+    """
+
+    def test_portsafe_functions_first_errors_last(self):
+        """The expansion of ``<!-- api: portsafe -->`` puts every function before every
+        class and every error after them, and leaves no public name out."""
+        api_layout = pytest.importorskip("api_layout", exc_type=ImportError)  # griffe
+
+        import portsafe
+
+        text = api_layout.api_markdown("portsafe", ["reserve_port", "listen"])
+        shown = re.findall(r"^::: portsafe\.(\w+)$", text, re.M)
+        assert set(shown) == set(portsafe.__all__) - {"__version__"}
+        assert shown[:2] == ["reserve_port", "listen"]
+        kinds = [api_layout.kind_of(api_layout.lookup(f"portsafe.{name}"))
+                 for name in shown]
+        assert kinds == sorted(kinds, key=api_layout.KINDS.index)
+        assert kinds[0] == "Functions"
+        assert kinds[-1] == "Errors"
+        assert "NoFreePortError" in [n for n, k in zip(shown, kinds, strict=True)
+                                     if k == "Errors"]
+
+    def test_fixtures_and_stdlib_based_errors(self):
+        """Fixtures get their own section; an error based on the standard library's
+        exception (socket_helper.ResourceDenied is a unittest.SkipTest) is an error."""
+        api_layout = pytest.importorskip("api_layout", exc_type=ImportError)  # griffe
+
+        assert api_layout.kind_of(api_layout.lookup(
+            "portsafe.pytest_plugin.reserved_tcp_port")) == "Fixtures"
+        assert api_layout.kind_of(api_layout.lookup(
+            "portsafe.socket_helper.ResourceDenied")) == "Errors"
+
+    def test_roles_become_links_or_code(self):
+        """A role naming a public object links to it, relative names included; one
+        naming a private helper is code; a ``~`` shortens the title."""
+        griffe = pytest.importorskip("griffe")
+        import griffe_docstrings
+
+        pkg = griffe.load("portsafe", search_paths=[str(ROOT / "src")],
+                          resolve_aliases=False)
+        public = griffe_docstrings.public_paths(pkg, ["portsafe", "portsafe.script_helper"])
+        handoff = pkg["_net.handoff.listen"]
+        convert = griffe_docstrings.convert
+        assert convert(":func:`listen`", handoff, public) == "[`listen()`][portsafe.listen]"
+        assert convert(":class:`~portsafe.Reservation`", handoff, public) == (
+            "[`Reservation`][portsafe.Reservation]")
+        assert convert(":func:`_private_helper`", handoff, public) == "`_private_helper()`"
+        assert convert(":mod:`portsafe.script_helper`", handoff, public) == (
+            "[`portsafe.script_helper`][portsafe.script_helper]")
 
 
 DOC = '''# A document
@@ -197,7 +252,6 @@ class TestRunnerOutcomes:
 
     def test_outcomes_under_xdist(self, pytester):
         """Split over two workers, later blocks still see what earlier ones defined."""
-        pytest = __import__("pytest")
         pytest.importorskip("xdist")
         result = self.run(pytester, "-n", "2", "--dist", "load")
         result.assert_outcomes(passed=7, failed=3, skipped=1)  # the directive is one
