@@ -725,8 +725,12 @@ class TestHotPath:
                                       frozenset(), _locks.table().current())
                 [port] = search.take(1)
                 search.table.release(port)
-                expected = None if search.held else (search.directory, port >> 8)
-                assert _walk._home == expected
+                cursor = _walk._cursor
+                if search.held:
+                    assert cursor is None
+                else:
+                    assert cursor is not None
+                    assert (cursor.where, cursor.key) == (search.directory, port >> 8)
 
 
 @posix_only

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.kernel import kernel_holders
-from tests.support.pure import count_locks
 
 import portsafe
 from portsafe._core import probe as _probe
-from portsafe._core import reserve as _reserve
 from portsafe._core import walk as _walk
 from portsafe._locking import claim as _claim
-from portsafe._locking import dirwatch as _dirwatch
 from portsafe._locking import files as _locks
 from portsafe._locking.claim import CLAIMED, HELD, LOCK_ERROR, NO_SOCKET, REFUSED
 
@@ -280,172 +275,92 @@ class TestPurePython:
 
 
 @pytest.mark.usefixtures("private_lock_dir")
-@pytest.mark.files
 class TestHotPath:
-    """reserve_port's one-call path (``_walk.claim_next``) keeps G5: a candidate it finds
-    not free is counted, and not tried again in the same call."""
+    """The walk of ``reserve_port`` and ``reserve_ports`` (``_walk.Search.take``) goes on
+    from where the last call left off (``_walk.Cursor``) and keeps G5: each candidate is
+    claimed at most once per call, and one found not free is counted once."""
 
     PORTS = range(0)
 
     @pytest.fixture(autouse=True)
-    def watched(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        """Two ports held in the shared lock directory by another process, for the test to
-        reserve in its private one and bind outside any reservation; and the private one
-        checked by descriptor from its second use on (the one-call path needs that)."""
-        holder = subprocess.Popen(
-            [sys.executable, "-c", ("import portsafe, sys; g = portsafe.reserve_ports(2, "
-             "contiguous=True); print(*g.ports, flush=True); sys.stdin.read()")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=SHARED_ENV)
-        try:
-            assert holder.stdout is not None
-            first, _ = map(int, holder.stdout.readline().split())
-            monkeypatch.setattr(self, "PORTS", range(first, first + 2))
-            monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
-            yield
-        finally:
-            holder.communicate("")
+    def block(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Two free ports as the default candidates (PORTSAFE_RANGE): one CandidateSet
+        for every call, whose walk goes on from call to call."""
+        with portsafe.reserve_ports(2, contiguous=True) as group:
+            first = group.ports[0]
+        monkeypatch.setattr(self, "PORTS", range(first, first + 2))
+        monkeypatch.setenv("PORTSAFE_RANGE", f"{first}-{first + 1}")
+
+    @staticmethod
+    def claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        """Every port the lock table is asked to claim from now on."""
+        table = _locks.table()
+        real = table.try_claim
+        tried: list[int] = []
+
+        def spy(port: int, where: object, claim: Any) -> int:
+            tried.append(port)
+            return real(port, where, claim)
+
+        monkeypatch.setattr(table, "try_claim", spy)
+        return tried
 
     def next_candidate(self) -> int:
         for _ in range(2):
-            portsafe.reserve_port(ports=self.PORTS).release()  # the walk is in progress
-        directory = _locks.table().current()
-        if not directory.watch_ctime:
-            pytest.skip(f"the lock directory is checked by path here: {directory.watch_refused}")
+            portsafe.reserve_port().release()  # the walk is in progress
         cursor = _walk._cursor
         assert cursor is not None
-        return int(cursor[3][cursor[5]])
+        assert list(cursor.candidates.shard(cursor.key)) == list(self.PORTS)
+        return cursor.ports[cursor.index]
 
-    def test_passes_a_busy_candidate_once(self) -> None:
+    def test_goes_on_where_the_last_call_left_off(self) -> None:
+        expected = self.next_candidate()
+        with portsafe.reserve_port() as r:
+            assert r.port == expected
+
+    def test_passes_a_busy_candidate_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
         busy_port = self.next_candidate()
+        tried = self.claims(monkeypatch)
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", busy_port))
-            with portsafe.reserve_port(ports=self.PORTS) as r:
+            with portsafe.reserve_port() as r:
                 assert r.port != busy_port
-                assert r.port in self.PORTS
+        assert tried == [busy_port, r.port]
 
     def test_every_candidate_counted_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        locks = count_locks(monkeypatch)  # the Python claim, whose lock calls are counted
-        first = self.next_candidate()
-        del locks[:]
-        other = next(port for port in self.PORTS if port != first)
-        with socket.socket() as one, socket.socket() as two:
-            one.bind(("127.0.0.1", first))
-            two.bind(("127.0.0.1", other))
-            with pytest.raises(portsafe.NoFreePortError, match="tried 2, 0 held") as caught:
-                portsafe.reserve_port(ports=self.PORTS)
-        assert caught.value.attempts == 2
-        assert sorted(locks) == sorted(self.PORTS)  # each locked once, in one call
-
-    @staticmethod
-    def spy_run(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-        """The codes reserve_ports' one-call way (``_reserve._claim_run``) returns."""
-        codes: list[int] = []
-        real = _reserve._claim_run
-
-        def spy(*args: Any, **kwargs: Any) -> int:
-            codes.append(real(*args, **kwargs))
-            return codes[-1]
-
-        monkeypatch.setattr(_reserve, "_claim_run", spy)
-        return codes
-
-    def test_reserve_ports_claims_the_walk_in_one_call(
-            self, monkeypatch: pytest.MonkeyPatch) -> None:
-        locks = count_locks(monkeypatch)
         self.next_candidate()
-        codes = self.spy_run(monkeypatch)
-        del locks[:]
-        with portsafe.reserve_ports(2, ports=self.PORTS) as group:
+        tried = self.claims(monkeypatch)
+        with socket.socket() as one, socket.socket() as two:
+            one.bind(("127.0.0.1", self.PORTS[0]))
+            two.bind(("127.0.0.1", self.PORTS[1]))
+            with pytest.raises(portsafe.NoFreePortError, match="tried 2, 0 held") as caught:
+                portsafe.reserve_port()
+        assert caught.value.attempts == 2
+        assert sorted(tried) == list(self.PORTS)  # each claimed once, in one call
+
+    def test_reserve_ports_claims_each_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.next_candidate()
+        tried = self.claims(monkeypatch)
+        with portsafe.reserve_ports(2) as group:
             assert sorted(group.ports) == list(self.PORTS)
-        assert codes == [CLAIMED]  # both in the one call, no other walk
-        assert sorted(locks) == list(self.PORTS)
+        assert sorted(tried) == list(self.PORTS)
 
     def test_reserve_ports_passes_a_busy_candidate_once(
             self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A candidate the one-call way finds not free is counted, and the general walk
-        goes on after it: each candidate is locked once per call (G5), all or nothing."""
-        locks = count_locks(monkeypatch)
+        """All or nothing, each candidate claimed once per call."""
         busy_port = self.next_candidate()
-        codes = self.spy_run(monkeypatch)
-        del locks[:]
+        tried = self.claims(monkeypatch)
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", busy_port))
-            with portsafe.reserve_ports(1, ports=self.PORTS) as group:
+            with portsafe.reserve_ports(1) as group:
                 assert group.ports[0] != busy_port
-            assert codes[0] & 15 == REFUSED  # the busy one was first: tried, passed
-            assert sorted(locks) == list(self.PORTS)  # then the other, once
-            del locks[:]
+            assert tried == [busy_port, group.ports[0]]
+            del tried[:]
             with pytest.raises(portsafe.NoFreePortError, match="found only 1") as caught:
-                portsafe.reserve_ports(2, ports=self.PORTS)
+                portsafe.reserve_ports(2)
         assert caught.value.attempts == 2
-        assert sorted(locks) == list(self.PORTS)
+        assert sorted(tried) == list(self.PORTS)
         assert not any(_locks.table().holds(port) for port in self.PORTS)  # none kept
-
-    @pytest.mark.parametrize("call", ["reserve_port", "reserve_ports"])
-    def test_a_home_shard_moved_before_the_mutex_is_not_used(
-            self, call: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        """The one-call ways read the home shard before taking the mutex. Another thread
-        that moves home in that gap closes the old file (nothing held there): the claim
-        must not use its descriptor (EBADF, or another file's by then)."""
-        self.next_candidate()
-        table = _locks.table()
-        real = table._mutex
-
-        class Interloper:  # the mutex, entered first by "another thread" that moves home
-            moved = False
-
-            def __enter__(self) -> object:
-                if not Interloper.moved:
-                    Interloper.moved = True
-                    old, table._home = table._home, None
-                    assert old is not None
-                    assert not old.count
-                    table._close_if_idle(old)  # closes its file, as try_claim would
-                return real.__enter__()
-
-            def __exit__(self, *exc: object) -> None:
-                real.__exit__(*exc)
-
-            def acquire(self, wait: bool = True) -> bool:
-                return real.acquire(wait)
-
-            def release(self) -> None:
-                real.release()
-
-        monkeypatch.setattr(table, "_mutex", Interloper())
-        if call == "reserve_port":
-            with portsafe.reserve_port(ports=self.PORTS) as r:
-                ports = [r.port]
-                assert kernel_holders(ports) == [os.getpid()]
-        else:
-            with portsafe.reserve_ports(2, ports=self.PORTS) as group:
-                ports = list(group.ports)
-                assert kernel_holders(ports) == [os.getpid()] * 2
-        assert Interloper.moved
-
-    def test_a_changed_directory_is_noticed_in_the_same_call(
-            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        """The claim's own directory check: a lock directory replaced after the last call
-        is not used (the call takes the general way, which opens the new one)."""
-        path = tmp_path / "locks"
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(path))
-        portsafe.reserve_port().release()
-        portsafe.reserve_port().release()  # the second call is the one that watches
-        table = _locks.table()
-        old = table.current()
-        if not old.watch_ctime:
-            pytest.skip(f"the lock directory is checked by path here ({old.watch_refused})")
-        shutil.rmtree(path)
-        with portsafe.reserve_port() as r:
-            new = table.current()
-            assert new is not old
-            assert table.held[r.port].lockdir is new  # locked in the new directory
-        portsafe.reserve_ports(2).release()  # reserve_ports' one-call way watches it too
-        shutil.rmtree(path)
-        with portsafe.reserve_ports(2) as group:
-            newer = table.current()
-            assert newer is not new
-            assert all(table.held[port].lockdir is newer for port in group.ports)
 
 
 @pytest.mark.names

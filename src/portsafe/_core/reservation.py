@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-__all__ = ["Reservation", "ReservationGroup"]
+__all__ = ["Reservation", "ReservationGroup", "deferred", "drain_deferred", "held", "held_group"]
 
 # This process's pid, kept by a fork hook rather than asked of the kernel: getpid() is a
 # system call, and a reservation and its release made two of them.
@@ -39,8 +39,8 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
-# Releases that a garbage-collection finalizer could not do on the spot (see __del__).
-_deferred: list[int] = []
+#: Releases that a garbage-collection finalizer could not do on the spot (see __del__).
+deferred: list[int] = []
 
 # This process's LockTable.release, looked up once (the table outlives a fork: it resets).
 _release: Callable[[int], object] | None = None
@@ -167,7 +167,7 @@ class Reservation(_Releasable):
         else:
             released = _locks.table().release_nowait(self.port)
         if not released:
-            _deferred.append(self.port)
+            deferred.append(self.port)
 
 
 class ReservationGroup(_Releasable, Sequence[Reservation]):
@@ -221,7 +221,60 @@ class ReservationGroup(_Releasable, Sequence[Reservation]):
         return f"<ReservationGroup ports={self.ports}>"
 
 
-def _drain_deferred() -> None:
+def drain_deferred() -> None:
+    """Release what garbage collection left in :data:`deferred` (``reserve_*`` call this
+    first, when it is not empty).
+
+    Example:
+        >>> drain_deferred()
+        >>> deferred
+        []
+    """
     table = _locks.table()
-    while _deferred:
-        table.release(_deferred.pop())
+    while deferred:
+        table.release(deferred.pop())
+
+
+_new = object.__new__
+
+
+def held(port: int, spec: tuple[str, int, int, bool]) -> Reservation:
+    """The Reservation of *port*, which this process now holds; *spec* is ``(host, family,
+    socktype, granted)``, one tuple shared by every reservation of a kind (made without
+    ``__init__``: this is every reservation's hot path).
+
+    Example:
+        >>> t = _locks.table()
+        >>> t.try_acquire(30005, t.current())
+        True
+        >>> r = held(30005, ("127.0.0.1", 2, 1, False))
+        >>> r.address, r.released
+        (('127.0.0.1', 30005), False)
+        >>> r.release()
+    """
+    made = _new(Reservation)
+    made.port, made._spec, made._pid = port, spec, _pid
+    return made
+
+
+def held_group(ports: list[int], spec: tuple[str, int, int, bool]) -> ReservationGroup:
+    """The ReservationGroup of *ports*, which this process now holds, each of *spec*.
+
+    Example:
+        >>> t = _locks.table()
+        >>> [t.try_acquire(port, t.current()) for port in (30006, 30007)]
+        [True, True]
+        >>> group = held_group([30006, 30007], ("127.0.0.1", 2, 1, False))
+        >>> group.ports
+        [30006, 30007]
+        >>> group.release()
+    """
+    pid = _pid
+    items = []
+    for port in ports:
+        made = _new(Reservation)
+        made.port, made._spec, made._pid = port, spec, pid
+        items.append(made)
+    group = _new(ReservationGroup)
+    group._items = tuple(items)
+    return group

@@ -42,24 +42,26 @@ import socket
 import warnings
 
 from portsafe._core import probe as _probe
-from portsafe._core import reservation as _reservation
-from portsafe._core import walk as _walk
 from portsafe._core.ranges import default_candidates, explicit_candidates
-from portsafe._core.reservation import Reservation, ReservationGroup, _deferred, _drain_deferred
-from portsafe._core.walk import Search, claim_next, first_free
+from portsafe._core.reservation import (
+    Reservation,
+    ReservationGroup,
+    deferred,
+    drain_deferred,
+    held,
+    held_group,
+)
+from portsafe._core.walk import Search
 from portsafe._errors import InvalidSettingError
 from portsafe._locking import files as _locks
-from portsafe._locking.claim import CHANGED, HELD
-from portsafe._locking.nametable import NAMESPACE
 from portsafe._settings import EXCLUDE, LOCK_DIR, PORTSERVER, RANGE, reservation_settings, shown
 
-TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from typing import Any, TypedDict
+    from typing import TypedDict
 
     from portsafe._core.candidates import CandidateSet
-    from portsafe._locking.files import LockTable, Table
 
     class ReserveOptions(TypedDict, total=False):
         """The keyword options of :func:`reserve_port`, for helpers that pass them on."""
@@ -94,7 +96,6 @@ def _excluded(exclude: Iterable[int]) -> frozenset[int]:
 _RAW = tuple(name.encode() for name in (LOCK_DIR, PORTSERVER, RANGE, EXCLUDE))
 _hot: dict[tuple[bytes | None, ...], tuple[str, str, CandidateSet]] = {}
 _DEFAULT_SPEC = ("127.0.0.1", socket.AF_INET, socket.SOCK_STREAM, False)
-_new = object.__new__
 
 
 def _settings_now() -> tuple[str, str, CandidateSet]:
@@ -128,14 +129,14 @@ def _request_settings(ports: Iterable[int] | None) -> tuple[str, str, CandidateS
     """(lock directory, port server, candidates) for a request with *ports*."""
     if ports is None:
         return _settings_now()
-    candidates = explicit_candidates(ports)  # its errors first, as before
+    candidates = explicit_candidates(ports)  # its errors before the settings'
     return (*reservation_settings(), candidates)
 
 
 def _search(host: str | None, family: int, socktype: int, ports: Iterable[int] | None,
             exclude: Iterable[int]) -> Search:
-    if _deferred:
-        _drain_deferred()
+    if deferred:
+        drain_deferred()
     if host is None and family is _AF_INET and socktype is _STREAM:  # the defaults
         probes = _default_probes or _set_default_probes()
     else:
@@ -197,9 +198,9 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         ...     print(r.port)  # free on 127.0.0.1 and ::1, for TCP and UDP  # doctest: +SKIP
         21734
     """
-    # The hot path of every test that needs a port: no Search object unless it fails.
-    if _deferred:
-        _drain_deferred()
+    # The hot path of every test that needs a port.
+    if deferred:
+        drain_deferred()
     plain = host is None and family is _AF_INET and socktype is _STREAM  # the defaults
     probes = (_default_probes or _set_default_probes()) if plain else \
         _probe.targets(host, family, socktype)
@@ -212,17 +213,7 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         candidates, (path, server) = explicit_candidates(ports), reservation_settings()
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
-    table = _locks.table()
-    if plain and not server and not exclude:  # the default request: the shortest way
-        claimed = claim_next(table, path, candidates, probes)  # one call, when it can
-        found = claimed if claimed > 0 else first_free(  # LockDirError if changed
-            candidates, probes, _NOTHING, table.current(path), -claimed)
-        if type(found) is int:
-            made = _new(Reservation)  # Reservation(found, *_DEFAULT_SPEC), without __init__
-            made.port, made._spec, made._pid = found, _DEFAULT_SPEC, _reservation._pid
-            return made
-        raise found.failure("free port")  # type: ignore[union-attr]
-    directory = table.current(path)  # LockDirError if changed
+    directory = _locks.table().current(path)  # LockDirError if changed
     excluded = _excluded(exclude) if exclude else _NOTHING
     if server and ports is None:
         from portsafe._core import grants as _pool
@@ -231,13 +222,12 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         if granted is not None:
             return Reservation(granted, probes[0][2] if host is None else host, family,
                                socktype, granted=True)
-    found = first_free(candidates, probes, excluded, directory)
-    if type(found) is int:
-        made = _new(Reservation)  # Reservation(found, ...), without __init__
-        made.port, made._pid = found, _reservation._pid
-        made._spec = (probes[0][2] if host is None else host, family, socktype, False)
-        return made
-    raise found.failure("free port")  # type: ignore[union-attr]
+    search = Search(candidates, probes, excluded, directory)
+    taken = search.take(1)
+    if taken:
+        return held(taken[0], _DEFAULT_SPEC if plain else
+                    (probes[0][2] if host is None else host, family, socktype, False))
+    raise search.failure("free port")
 
 
 def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
@@ -270,157 +260,12 @@ def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
         raise TypeError(f"n must be an int, not {shown(n)}")
     if n < 1:
         raise InvalidSettingError(f"n must be at least 1, not {shown(n)}")
-    if host is None and family is _AF_INET and socktype is _STREAM and not contiguous and \
-            not exclude and not _deferred:  # the default request: reserve_port's way
-        group = _take_default(n, ports)
-        if group is not None:
-            return group
     search = _search(host, family, socktype, ports, exclude)
     if n > search.candidates.count:  # impossible: say so before locking anything
         raise search.too_many(n, contiguous)
     chosen_host = search.probes[0][2] if host is None else host
     taken = search.take_run(n) if contiguous else search.take(n)
     if len(taken) < n:
-        for port in taken:
-            search.table.release(port)
+        search.table.release_all(taken)
         raise search.failure(f"{n} {'contiguous ' if contiguous else ''}free ports", len(taken))
-    return _group(taken, (chosen_host, family, socktype, False))
-
-
-def _take_default(n: int, ports: Iterable[int] | None) -> ReservationGroup | None:
-    """``reserve_ports(n)`` of the default kind, the home shard's next *n* candidates
-    claimed in one go (:func:`_claim_run`); None where that does not apply (nothing was
-    tried: the general way takes over)."""
-    probes = _default_probes or _set_default_probes()
-    path, server, candidates = _request_settings(ports)
-    if server or candidates.fallback or n > candidates.count:
-        return None
-    table = _locks.table()
-    taken: list[int] = []
-    code = _claim_run(table, path, candidates, probes, n, taken=taken)
-    directory = NAMESPACE if table.passes_descriptors else table._last_dir  # type: ignore[union-attr]
-    if code < 0 or directory is None:
-        return None
-    if len(taken) < n:  # go on with the walk after what claim_run visited, in the
-        # directory its first claim checked (one check per call)
-        search = Search(candidates, probes, _NOTHING, directory)
-        search.attempts = len(taken)
-        if code:
-            search.passed(code)
-        search.take(n, taken=taken, visited=search.attempts)
-        if len(taken) < n:
-            table.release_all(taken)
-            raise search.failure(f"{n} free ports", len(taken))
-    return _group(taken, _DEFAULT_SPEC)
-
-
-def _claim_run(table: Table, path: str, candidates: CandidateSet, probes: _probe.Probes,
-              n: int, *, taken: list[int]) -> int:
-    """``reserve_ports``' hot path: ``_walk.claim_next`` for up to *n* ports in one hold of
-    the mutex, the lock directory checked by descriptor in the first claim only (one
-    check per call, as :meth:`LockTable.current` makes).
-
-    Appends the ports claimed to *taken*, in walk order, and stops at the first candidate
-    that is not free (the walk moves past it). Returns -1 when that does not apply and
-    nothing was tried (the general way takes over), else the code
-    of the candidate that stopped the run, 0 if none did: ``len(taken) + (code != 0)``
-    candidates of the walk were visited, for ``Search.take(n, taken=, visited=)`` to go
-    on after them (G5: no candidate is tried twice in a call).
-
-    Example:
-        >>> t, cands = _locks.table(), explicit_candidates(range(30000, 30010))
-        >>> got = []
-        >>> code = _claim_run(t, _locks.lock_dir(), cands, _probe.targets(None, 2, 1), 2,
-        ...                   taken=got)
-        >>> code == -1 and not got or code >= 0
-        True
-        >>> t.release_all(got)
-    """
-    cursor = _walk._cursor
-    if cursor is None or cursor[1] is not candidates:
-        return -1
-    if cursor[0] is NAMESPACE:
-        return _claim_names(table, cursor, probes, n, taken)
-    if TYPE_CHECKING:
-        assert isinstance(table, LockTable)
-    return _claim_files(table, path, cursor, probes, n, taken=taken)
-
-
-def _claim_files(table: LockTable, path: str, cursor: list[Any], probes: _probe.Probes,
-                 n: int, *, taken: list[int]) -> int:
-    """:func:`_claim_run` with lock files: the first claim checks the directory too."""
-    directory = table._last_dir
-    if cursor[0] is not directory or path is not table._last_path or directory is None:
-        return -1
-    ctime = directory.watch_ctime
-    home = table._home
-    if not ctime or directory.broken or home is None or home.lockdir is not directory or \
-            home.index != cursor[2]:  # the walk is of the home shard's candidates
-        return -1
-    items: list[int] = cursor[3]
-    stride: int = cursor[4]
-    index: int = cursor[5]
-    count = len(items)
-    held = table.held
-    run, plan = probes.claim
-    code = 0
-    with table._mutex:
-        if table._home is not home:  # another thread moved it (its file may be closed)
-            return -1
-        fd = home.fd
-        for _ in range(min(n, count)):
-            port = items[index]
-            if port in held:
-                break  # not tried: the general way decides
-            code = run(fd, port, plan, directory.fd, ctime) if not taken else \
-                run(fd, port, plan)
-            if code:
-                if code == HELD:
-                    table._missed(home)  # the flood check's counters: under the mutex
-                break
-            held[port] = home
-            home.count += 1
-            taken.append(port)
-            index = (index + stride) % count
-    if code == CHANGED or (not taken and not code):
-        return -1  # nothing tried (CHANGED comes only from the first claim)
-    cursor[5] = (index + stride) % count if code else index
-    return code
-
-
-def _claim_names(table: Table, cursor: list[Any], probes: _probe.Probes, n: int,
-                 taken: list[int]) -> int:
-    """:func:`_claim_run` with names: up to *n* of the walk's next candidates, one claim
-    each, stopping at the first that is not free (its code is returned)."""
-    items: list[int] = cursor[3]
-    stride: int = cursor[4]
-    index: int = cursor[5]
-    count = len(items)
-    try_claim, claim = table.try_claim, probes.claim
-    code = 0
-    try:
-        for _ in range(min(n, count)):
-            port = items[index]
-            code = try_claim(port, NAMESPACE, claim)
-            if code:
-                break
-            taken.append(port)
-            index = (index + stride) % count
-    except BaseException:
-        table.release_all(taken)
-        del taken[:]
-        raise
-    cursor[5] = (index + stride) % count if code else index
-    return code
-
-
-def _group(taken: list[int], spec: tuple[str, int, int, bool]) -> ReservationGroup:
-    pid = _reservation._pid
-    items = []
-    for port in taken:  # Reservation(port, *spec), without __init__
-        made = _new(Reservation)
-        made.port, made._spec, made._pid = port, spec, pid
-        items.append(made)
-    group = _new(ReservationGroup)
-    group._items = tuple(items)
-    return group
+    return held_group(taken, (chosen_host, family, socktype, False))

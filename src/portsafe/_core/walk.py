@@ -1,9 +1,11 @@
-"""One call's walk over the candidates: lock, verify, count why others were passed over.
+"""One call's walk over the candidates: claim, and count why others were passed over.
 
-The walk visits one shard at a time (:meth:`CandidateSet.walk`), the home shard first,
-in a plain loop with no generator between it and the first candidate: this is the hot
-path of every reservation. Each candidate is tried at most once per call (G5), and a
-failure says how many were held, in use, or refused for lack of privilege.
+The walk visits one shard at a time, the home shard first: the shard of this process's
+last success, whose walk (a :class:`Cursor`) goes on from where the last call left off.
+:meth:`Search.take` is the one search loop of every reservation (``reserve_port``,
+``reserve_ports``): each candidate is claimed through ``table.try_claim(port, where,
+claim)``, tried at most once per call (G5), and a failure says how many were held, in
+use, or refused for lack of privilege (a :class:`Tally`).
 """
 
 from __future__ import annotations
@@ -15,20 +17,15 @@ import random
 from portsafe._core.probe import refusal
 from portsafe._errors import LockDirError, NoFreePortError
 from portsafe._locking import files as _locks
-from portsafe._locking.claim import CHANGED, HELD
-from portsafe._locking.fileformat import SHARD_BITS
-from portsafe._locking.nametable import NAMESPACE
 
-TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
-    from typing import Any
-
     from portsafe._core import probe as _probe
     from portsafe._core.candidates import CandidateSet
-    from portsafe._locking.files import LockDir, LockTable, Table
+    from portsafe._locking.lockdir import LockDir
     from portsafe._locking.nametable import Namespace
 
-__all__ = ["Search", "claim_next", "first_free", "rng"]
+__all__ = ["Cursor", "Search", "Tally", "rng"]
 
 rng = random.Random()  # noqa: S311 - spreading picks, not secrecy
 if hasattr(os, "register_at_fork"):
@@ -36,27 +33,97 @@ if hasattr(os, "register_at_fork"):
 
 _DENIED = errno.EACCES  # a port below ip_unprivileged_port_start, without the privilege
 
-# Where this process's last walk succeeded: (lock directory, shard). The next walk starts
-# there: its lock file is open and the kernel's lock list of it is in the CPU's cache (a
-# cold one cost more than the rest of a reservation with 30,000 held). A walk that had to
-# pass more than _CROWDED taken ports there moves on to a random shard next time.
-_home: tuple[object, int] | None = None
+# A walk that had to pass more than this many taken ports in a shard leaves it: the next
+# call starts at a random shard.
 _CROWDED = 32
 
-# The walk of the home shard in progress, for reserve_port's next call to go on with:
-# [lock directory, candidate set, shard, ports, stride, next index]. Going on with one
-# random cycle (random start, random coprime stride) visits every candidate of the shard
-# before any twice, as a fresh random start per call would not; and it costs no random
-# numbers per call. Each call still tries a candidate at most once (G5).
-_cursor: list[Any] | None = None
+
+class Cursor:
+    """The walk of one shard in progress: its candidates ``ports``, visited from a random
+    start with a random stride coprime to their number, so that going on with it visits
+    every candidate of the shard before any twice (as a fresh random start per call
+    would not), at no random numbers per call.
+
+    The walk of this process's last success is kept (``_cursor``) for the next call to
+    go on with: its shard is the home shard, whose lock file is open and whose kernel lock
+    list is in the CPU's cache (a cold one cost more than the rest of a reservation with
+    30,000 held).
+
+    Example:
+        >>> from portsafe._core import ranges as _ranges
+        >>> cursor = Cursor("here", _ranges.explicit_candidates(range(30000, 30010)), 117)
+        >>> walked = [cursor.step() for _ in range(cursor.count)]
+        >>> sorted(walked) == list(range(30000, 30010)), cursor.step() == walked[0]
+        (True, True)
+    """
+
+    __slots__ = ("candidates", "count", "index", "key", "ports", "stride", "where")
+
+    def __init__(self, where: object, candidates: CandidateSet, key: int) -> None:
+        self.where = where  # the lock directory (or namespace) the walk claims in
+        self.candidates = candidates
+        self.key = key  # the shard
+        self.ports, self.index, self.stride = candidates.walk(rng, key)
+        self.count = len(self.ports)
+
+    def step(self) -> int:
+        """The next candidate of the walk, which moves past it."""
+        port = self.ports[self.index]
+        self.index = (self.index + self.stride) % self.count
+        return port
 
 
-class Search:
+# The walk of this process's last success, to go on with (see Cursor); None before the
+# first, and after a walk that found its shard crowded.
+_cursor: Cursor | None = None
+
+
+def _resume(candidates: CandidateSet, where: object) -> Cursor | None:
+    """The home shard's walk for *candidates* in *where*: the last one, or a fresh one of
+    the same shard for other candidates that have it; None when there is no home."""
+    cursor = _cursor
+    if cursor is None or cursor.where is not where:
+        return None
+    if cursor.candidates is candidates:
+        return cursor
+    return Cursor(where, candidates, cursor.key) if cursor.key in candidates.shard_keys \
+        else None
+
+
+class Tally:
+    """How many candidates one call tried, and why those it did not get were passed over:
+    held by a portsafe reservation (this process's included), in use, or refused for
+    lack of privilege.
+
+    Example:
+        >>> from portsafe._core import probe as _probe
+        >>> from portsafe._locking.claim import HELD
+        >>> tally = Tally(_probe.targets(None, 2, 1).steps)
+        >>> tally.passed(HELD)
+        >>> tally.attempts, tally.held, tally.in_use, tally.denied
+        (1, 1, 0, 0)
+    """
+
+    __slots__ = ("attempts", "denied", "held", "in_use", "steps")
+
+    def __init__(self, steps: tuple[_probe.Step, ...]) -> None:
+        self.steps = steps  # what the claim binds, to read its codes by
+        self.attempts = self.held = self.in_use = self.denied = 0
+
+    def passed(self, code: int) -> None:
+        """Count one candidate tried and found not free, by its claim's *code*."""
+        self.attempts += 1
+        busy = refusal(code, self.steps)  # raises where no port could be free
+        if busy < 0:
+            self.held += 1
+        elif busy == _DENIED:
+            self.denied += 1
+        else:
+            self.in_use += 1
+
+
+class Search(Tally):
     """One call's walk over the candidates, counting why each one was passed over.
-
-    The walk is one loop over one shard at a time (:meth:`CandidateSet.walk`), the home
-    shard first, with no generator between it and the first candidate: this is the hot
-    path of every reservation. Each candidate is tried at most once (G5).
 
     Example:
         >>> from portsafe._core import probe as _probe, ranges as _ranges
@@ -65,111 +132,71 @@ class Search:
         >>> ports = search.take(2)
         >>> len(ports), search.attempts >= 2
         (2, True)
-        >>> for port in ports: _ = search.table.release(port)
+        >>> search.table.release_all(ports)
     """
 
-    __slots__ = ("attempts", "candidates", "denied", "directory", "excluded", "held",
-                 "in_use", "probes", "table")
+    __slots__ = ("candidates", "claim", "directory", "excluded", "probes", "table")
 
     def __init__(self, candidates: CandidateSet, probes: _probe.Probes,
                  excluded: frozenset[int], directory: LockDir | Namespace) -> None:
         self.candidates = candidates
         self.probes = probes
+        self.claim = probes.claim
+        self.steps = probes.steps
         self.excluded = excluded
         self.table = _locks.table()
         self.directory = directory
         self.attempts = self.held = self.in_use = self.denied = 0
 
-    def take(self, n: int, walked: int | None = None, taken: list[int] | None = None,
-             visited: int = 0) -> list[int]:
-        """Lock and verify up to *n* ports, in walk order; nothing else is left held.
-
-        *walked*: a home shard :func:`first_free` already walked (it is skipped).
-        *taken*, *visited*: what ``_reserve``'s one-call way took, and how many candidates
-        of the walk in progress it visited: the walk goes on after them.
+    def take(self, n: int) -> list[int]:
+        """Claim up to *n* ports, in walk order: the home shard's walk first, going on
+        from where the last call left off, then the other shards in a random order. Each
+        candidate is tried at most once (G5); what is returned is held, nothing else.
         """
-        candidates = self.candidates
-        if taken is None:
-            taken = []
-        cursor = _cursor
-        if walked is not None or cursor is None or cursor[1] is not candidates or \
-                cursor[0] is not self.directory:
-            cursor = None
-        last = _home
-        home = last[1] if last is not None and last[0] == self.directory else None
-        if walked is not None:
-            home = walked
-        elif visited and cursor is not None:
-            home = cursor[2]  # the one-call way's walk: go on with it
-        if cursor is not None and cursor[2] != home:
-            cursor = None
+        taken: list[int] = []
+        candidates, directory = self.candidates, self.directory
         try:
-            if walked is None and home in candidates.shard_keys and \
-                    self._take_in(home, n, taken, cursor, visited if cursor else 0):
+            cursor = _resume(candidates, directory)
+            if cursor is not None and self._claim(cursor, n, taken):
                 return taken
-            for key in candidates.rest(rng, home):  # made only when home falls short
-                if self._take_in(key, n, taken):
+            for key in candidates.rest(rng, None if cursor is None else cursor.key):
+                if self._claim(Cursor(directory, candidates, key), n, taken):
                     return taken
         except BaseException:
-            for port in taken:
-                self.table.release(port)
+            self.table.release_all(taken)
             raise
         return taken
 
-    def _take_in(self, key: int, n: int, taken: list[int],
-                 cursor: list[Any] | None = None, visited: int = 0) -> bool:
-        """Walk shard *key*, adding what it locks and verifies to *taken*; True at *n*.
-
-        *cursor*: the walk of *key* in progress (``_cursor``), to go on with; *visited*:
-        how many of its candidates this call has already tried (they are not again).
+    def _claim(self, cursor: Cursor, n: int, taken: list[int]) -> bool:
+        """The search loop: walk *cursor*'s shard once round, claiming through
+        ``table.try_claim`` and adding what it gets to *taken*; True at *n*, when the
+        walk is kept for the next call (unless it passed more than _CROWDED taken ports).
         """
-        global _home, _cursor
-        if cursor is not None:
-            items, stride, index = cursor[3], cursor[4], cursor[5]
-        else:
-            items, index, stride = self.candidates.walk(rng, key)
-        count = len(items)
-        table, directory, probes, excluded = self.table, self.directory, self.probes, \
-            self.excluded
-        try_claim, claim, steps = table.try_claim, probes.claim, probes.steps
-        attempts = held = in_use = denied = 0
-        try:
-            for _ in range(count - visited):
-                port = items[index]
-                index = (index + stride) % count
-                if port in excluded:
-                    continue
-                attempts += 1
-                code = try_claim(port, directory, claim)
-                if code:  # nothing held: why not?
-                    busy = refusal(code, steps)
-                    if busy < 0:
-                        held += 1
-                    elif busy == _DENIED:
-                        denied += 1
-                    else:
-                        in_use += 1
-                    continue
-                taken.append(port)
-                if len(taken) == n:
-                    if held + in_use + denied <= _CROWDED:
-                        _home = (directory, key)
-                        if cursor is not None:
-                            cursor[5] = index
-                        else:
-                            _cursor = [directory, self.candidates, key, items, stride, index]
-                    else:
-                        _home = _cursor = None
-                    return True
-            return False
-        finally:
-            self.attempts += attempts
-            self.held += held
-            self.in_use += in_use
-            self.denied += denied
+        global _cursor
+        ports, stride, count, index = cursor.ports, cursor.stride, cursor.count, cursor.index
+        try_claim, where, claim, excluded = self.table.try_claim, cursor.where, \
+            self.claim, self.excluded
+        first, had = self.attempts, len(taken)
+        for _ in range(count):
+            port = ports[index]
+            index = (index + stride) % count
+            if port in excluded:
+                continue
+            code = try_claim(port, where, claim)
+            if code:  # nothing held: why not?
+                self.passed(code)
+                continue
+            taken.append(port)
+            if len(taken) == n:
+                cursor.index = index
+                _cursor = cursor if self.attempts - first <= _CROWDED else None
+                self.attempts += n - had
+                return True
+        self.attempts += len(taken) - had
+        return False
 
     def take_run(self, n: int) -> list[int]:
-        """Lock and verify *n* contiguous ports ``p .. p+n-1``, or nothing."""
+        """Claim *n* contiguous ports ``p .. p+n-1``, or nothing."""
         candidates, excluded, table = self.candidates, self.excluded, self.table
         for start in self.candidates.order(rng, None, excluded):
             run = range(start, start + n)
@@ -178,37 +205,19 @@ class Search:
             taken: list[int] = []
             try:
                 for port in run:
-                    if not self._take_one(port):
+                    code = table.try_claim(port, self.directory, self.claim)
+                    if code:
+                        self.passed(code)
                         break
+                    self.attempts += 1
                     taken.append(port)
             except BaseException:
-                for port in taken:
-                    table.release(port)
+                table.release_all(taken)
                 raise
             if len(taken) == n:
                 return taken
-            for port in taken:
-                table.release(port)
+            table.release_all(taken)
         return []
-
-    def _take_one(self, port: int) -> bool:
-        code = self.table.try_claim(port, self.directory, self.probes.claim)
-        if not code:
-            self.attempts += 1
-            return True
-        self.passed(code)
-        return False
-
-    def passed(self, code: int) -> None:
-        """Count one candidate tried and found not free, by its claim's *code*."""
-        self.attempts += 1
-        busy = refusal(code, self.probes.steps)
-        if busy < 0:
-            self.held += 1
-        elif busy == _DENIED:
-            self.denied += 1
-        else:
-            self.in_use += 1
 
     def failure(self, wanted: str, found: int = 0) -> NoFreePortError | LockDirError:
         """The error for a walk that found too few: LockDirError when no candidate's
@@ -245,137 +254,3 @@ class Search:
             f"or widen the range (ports=..., PORTSAFE_RANGE)",
             attempts=0, candidates=candidates.count)
 
-
-def claim_next(table: Table, path: str, candidates: CandidateSet,
-               probes: _probe.Probes) -> int:
-    """``reserve_port``'s hot path: the home shard's next candidate, claimed in one call
-    that checks the lock directory by descriptor too, when everything is as the last
-    call left it (the same directory, watched, the same walk and home shard).
-
-    Returns the port, now held; 0 when that does not apply (nothing was tried: ask
-    :func:`first_free`, after ``LockTable.current``); or minus the claim's code when the
-    candidate was not free: the walk has moved past it, and ``first_free(..., tried=)``
-    goes on from there and counts it (G5: no candidate is tried twice in a call).
-
-    Example:
-        >>> from portsafe._core import probe as _probe, ranges as _ranges
-        >>> t, cands = _locks.table(), _ranges.explicit_candidates(range(30000, 30010))
-        >>> claim_next(t, _locks.lock_dir(), cands, _probe.targets(None, 2, 1)) >= -15
-        True
-    """
-    cursor = _cursor
-    if cursor is None or cursor[1] is not candidates:
-        return 0
-    if cursor[0] is NAMESPACE:  # names: the claim is the whole check
-        items: list[int] = cursor[3]
-        index: int = cursor[5]
-        port = items[index]
-        code = table.try_claim(port, NAMESPACE, probes.claim)
-        cursor[5] = (index + cursor[4]) % len(items)
-        return -code if code else port
-    if TYPE_CHECKING:
-        assert isinstance(table, LockTable)
-    return _claim_next_file(table, path, cursor, probes)
-
-
-def _claim_next_file(table: LockTable, path: str, cursor: list[Any],
-                     probes: _probe.Probes) -> int:
-    """:func:`claim_next` with lock files: the claim checks the directory too."""
-    directory = table._last_dir
-    if cursor[0] is not directory or path is not table._last_path or directory is None:
-        return 0
-    ctime = directory.watch_ctime
-    items: list[int] = cursor[3]
-    index: int = cursor[5]
-    port = items[index]
-    home = table._home
-    if not ctime or directory.broken or home is None or home.lockdir is not directory or \
-            home.index != port >> SHARD_BITS:
-        return 0
-    run, plan = probes.claim
-    with table._mutex:
-        if port in table.held or table._home is not home:  # another thread moved it: its
-            return 0  # file may be closed, and its descriptor's number another file's now
-        code = run(home.fd, port, plan, directory.fd, ctime)
-        if not code:
-            table.held[port] = home
-            home.count += 1
-        elif code == HELD:
-            table._missed(home)  # the flood check's counters: under the mutex
-    if code == CHANGED:
-        return 0
-    cursor[5] = (index + cursor[4]) % len(items)
-    return -code if code else port
-
-
-def first_free(candidates: CandidateSet, probes: _probe.Probes,
-               excluded: frozenset[int], directory: LockDir | Namespace,
-               tried: int = 0) -> int | Search:
-    """One free port, locked and verified: ``reserve_port``'s walk. Else the Search that
-    found none, with its counts, to raise its :meth:`Search.failure`.
-
-    The common case (the home shard's next candidate is free) makes no Search: its
-    walk is inlined here. G5 holds: the home shard is walked once, then the others.
-    *tried*: the code of the candidate :func:`claim_next` found not free (the walk goes
-    on after it, and counts it).
-
-    Example:
-        >>> from portsafe._core import probe as _probe, ranges as _ranges
-        >>> port = first_free(_ranges.explicit_candidates(range(30000, 30010)),
-        ...                   _probe.targets(None, 2, 1), frozenset(), _locks.table().current())
-        >>> 30000 <= port < 30010
-        True
-        >>> _locks.table().release(port)
-        True
-    """
-    global _home, _cursor
-    cursor = _cursor
-    if cursor is None or cursor[1] is not candidates or cursor[0] is not directory:
-        last = _home
-        if last is None or last[0] != directory or last[1] not in candidates.shard_keys:
-            search = Search(candidates, probes, excluded, directory)
-            taken = search.take(1)
-            return taken[0] if taken else search
-        ports, start, step = candidates.walk(rng, last[1])
-        cursor = _cursor = [directory, candidates, last[1], ports, step, start]
-    key: int = cursor[2]
-    items: list[int] = cursor[3]
-    stride: int = cursor[4]
-    index: int = cursor[5]
-    count = len(items)
-    table = _locks.table()
-    try_claim, claim = table.try_claim, probes.claim
-    attempts = held = in_use = denied = 0
-    visits = count
-    if tried:  # claim_next's candidate, counted here
-        attempts, visits, busy = 1, count - 1, refusal(tried, probes.steps)
-        if busy < 0:
-            held = 1
-        elif busy == _DENIED:
-            denied = 1
-        else:
-            in_use = 1
-    for _ in range(visits):
-        port = items[index]
-        index = (index + stride) % count
-        if port in excluded:
-            continue
-        attempts += 1
-        code = try_claim(port, directory, claim)
-        if not code:
-            cursor[5] = index
-            if attempts - 1 > _CROWDED:  # passed that many taken ports here
-                _home = _cursor = None
-            return port
-        busy = refusal(code, probes.steps)  # nothing held: why not?
-        if busy < 0:
-            held += 1
-        elif busy == _DENIED:
-            denied += 1
-        else:
-            in_use += 1
-    _cursor = None
-    search = Search(candidates, probes, excluded, directory)
-    search.attempts, search.held, search.in_use, search.denied = attempts, held, in_use, denied
-    taken = search.take(1, walked=key)
-    return taken[0] if taken else search
