@@ -4,6 +4,7 @@ of names, and auto mode's start-up hook reporting a bad PORTSAFE_AUTO once."""
 from __future__ import annotations
 
 import ast
+import doctest
 import importlib
 import json
 import os
@@ -204,6 +205,34 @@ def test_all_lazy_table_and_type_checking_imports_agree() -> None:
     assert {name: lazy[name] for name in typed} == typed
     for name, module in lazy.items():
         assert getattr(portsafe, name) is getattr(importlib.import_module(module), name)
+
+
+
+def _public_exceptions_and_holder() -> list[str]:
+    return [name for name in portsafe.__all__ if name == "Holder" or (
+        isinstance(getattr(portsafe, name), type)
+        and issubclass(getattr(portsafe, name), BaseException))]
+
+
+def test_public_exceptions_live_in_errors_under_their_public_name() -> None:
+    """Every exception portsafe exports is defined in one module, ``_errors``, and reads
+    ``portsafe.<name>`` in reprs and tracebacks (as does :class:`portsafe.Holder`)."""
+    for name in _public_exceptions_and_holder():
+        value = getattr(portsafe, name)
+        assert (value.__module__, repr(value)) == ("portsafe", f"<class 'portsafe.{name}'>")
+        if name != "Holder":
+            assert portsafe._LAZY[name] == "portsafe._errors", name
+
+
+def test_public_classes_keep_their_doctests() -> None:
+    """doctest's finder skips a class whose __module__ is another module's; each one is
+    still found through its defining module's ``__test__``."""
+    for name in _public_exceptions_and_holder():
+        value = getattr(portsafe, name)
+        if value.__doc__ and ">>>" in value.__doc__:
+            defining = importlib.import_module(portsafe._LAZY[name])
+            found = {test.name for test in doctest.DocTestFinder().find(defining)}
+            assert f"{defining.__name__}.__test__.{name}" in found, name
 
 
 # -- a bad PORTSAFE_AUTO is said once -----------------------------------------------------

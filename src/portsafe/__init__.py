@@ -25,22 +25,27 @@ so pytest must neither rewrite it nor warn that it cannot.)
 import os as _os
 from _thread import RLock as _RLock
 
-TYPE_CHECKING = False  # not typing: importing it would cost more than all of portsafe
+# TYPE_CHECKING = False, not typing.TYPE_CHECKING: importing typing costs more than all of
+# portsafe, and type checkers treat any name TYPE_CHECKING as True. Imports under it are
+# for annotations only. Every module of portsafe does the same and points here.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from portsafe._core.ranges import ephemeral_port_range
     from portsafe._core.reserve import Reservation, ReservationGroup, reserve_port, reserve_ports
     from portsafe._errors import (
+        AddressInUseError,
         AddressNotAvailableError,
         InvalidSettingError,
         LockDirError,
         LockUnavailableError,
         NoFreePortError,
+        PortNotReadyError,
         PortsafeError,
     )
     from portsafe._net.handoff import listen, listen_fds, spawn
-    from portsafe._net.wait import PortNotReadyError, wait_for_port
-    from portsafe._net.who import AddressInUseError, Holder, explain_address_in_use, who_holds
+    from portsafe._net.wait import wait_for_port
+    from portsafe._net.who import Holder, explain_address_in_use, who_holds
 del TYPE_CHECKING
 
 __all__ = [
@@ -85,11 +90,11 @@ _LAZY = {
     "listen_fds": "portsafe._net.handoff",
     "spawn": "portsafe._net.handoff",
     "wait_for_port": "portsafe._net.wait",
-    "PortNotReadyError": "portsafe._net.wait",
+    "PortNotReadyError": "portsafe._errors",
     "who_holds": "portsafe._net.who",
     "Holder": "portsafe._net.who",
     "explain_address_in_use": "portsafe._net.who",
-    "AddressInUseError": "portsafe._net.who",
+    "AddressInUseError": "portsafe._errors",
 }
 
 

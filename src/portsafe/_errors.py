@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import errno
+import sys
+
+TYPE_CHECKING = False  # see portsafe/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any, TypeVar
+
+    from portsafe._net.who import Holder
+
+    _Class = TypeVar("_Class", bound=type)
 
 __all__ = [
+    "AddressInUseError",
     "AddressNotAvailableError",
     "InvalidSettingError",
     "KeeperError",
@@ -12,10 +23,34 @@ __all__ = [
     "LockDirError",
     "LockUnavailableError",
     "NoFreePortError",
+    "PortNotReadyError",
     "PortsafeError",
+    "public",
 ]
 
 
+def public(cls: _Class) -> _Class:
+    """Name *cls* by its public path, ``portsafe.<name>``, in reprs, tracebacks and pickles.
+
+    Every class that ``portsafe`` exports is defined with this decorator, so the name is
+    right from the moment the class exists. doctest's finder skips a class whose
+    ``__module__`` is not the module it searches, so the class is also listed in its
+    defining module's ``__test__``, where the finder looks regardless.
+
+    Example:
+        >>> NoFreePortError.__module__
+        'portsafe'
+        >>> __test__["NoFreePortError"] is NoFreePortError
+        True
+    """
+    module = sys.modules[cls.__module__]
+    vars(module).setdefault("__test__", {})[cls.__name__] = cls
+    cls.__module__ = "portsafe"
+    return cls
+
+
+
+@public
 class PortsafeError(Exception):
     """Base class of every error portsafe raises on purpose.
 
@@ -32,9 +67,7 @@ class PortsafeError(Exception):
         InvalidSettingError
     """
 
-    __module__ = "portsafe"  # its public name, in reprs and tracebacks
-
-
+@public
 class NoFreePortError(PortsafeError, OSError):
     """Raised when no candidate port could be reserved.
 
@@ -51,9 +84,6 @@ class NoFreePortError(PortsafeError, OSError):
         ...     print(exc.candidates)
         2
     """
-
-    __module__ = "portsafe"  # its public name, in reprs and tracebacks
-
     def __init__(self, message: str, *, attempts: int = 0, candidates: int = 0) -> None:
         super().__init__(errno.EADDRINUSE, message)
         self.attempts = attempts
@@ -67,6 +97,7 @@ def _rebuild_no_free_port(message: str, attempts: int, candidates: int) -> NoFre
     return NoFreePortError(message, attempts=attempts, candidates=candidates)
 
 
+@public
 class LockUnavailableError(PortsafeError, OSError):
     """Raised when reservations cannot be held here at all; the message says why and
     what to do.
@@ -85,9 +116,7 @@ class LockUnavailableError(PortsafeError, OSError):
         True
     """
 
-    __module__ = "portsafe"  # its public name, in reprs and tracebacks
-
-
+@public
 class LockDirError(LockUnavailableError):
     """Raised when the shared lock directory cannot be used safely (macOS, the BSDs and
     Windows; Linux uses no lock directory).
@@ -108,9 +137,7 @@ class LockDirError(LockUnavailableError):
         True
     """
 
-    __module__ = "portsafe"  # its public name, in reprs and tracebacks
-
-
+@public
 class InvalidSettingError(PortsafeError, ValueError):
     """Raised when an argument or an environment setting has a value portsafe cannot use.
 
@@ -127,9 +154,7 @@ class InvalidSettingError(PortsafeError, ValueError):
         ports: port 70000 is outside 1..65535
     """
 
-    __module__ = "portsafe"  # its public name, in reprs and tracebacks
-
-
+@public
 class AddressNotAvailableError(PortsafeError, OSError):
     """Raised when the address to reserve for cannot be bound at all on this machine.
 
@@ -145,9 +170,6 @@ class AddressNotAvailableError(PortsafeError, OSError):
         ...     print(exc.errno == __import__("errno").EADDRNOTAVAIL)
         True
     """
-
-    __module__ = "portsafe"  # its public name, in reprs and tracebacks
-
 
 class KeeperError(PortsafeError, OSError):
     """Raised when the lease keeper cannot be reached, started or trusted.
@@ -170,6 +192,89 @@ class KeeperNotRunningError(KeeperError):
     """
 
 
-# Their __module__ is "portsafe", which doctest's finder takes for "defined elsewhere".
-__test__ = {cls.__name__: cls for cls in (PortsafeError, NoFreePortError, LockDirError,
-                                         InvalidSettingError, AddressNotAvailableError)}
+
+@public
+class AddressInUseError(PortsafeError, OSError):
+    """Raised in place of a bare ``EADDRINUSE`` to say who holds the port.
+
+    Made by :func:`portsafe.explain_address_in_use`. ``errno`` is ``EADDRINUSE``, so code
+    that checks ``exc.errno`` keeps working; ``port`` is the port and ``holders`` the
+    list of :class:`portsafe.Holder` found (possibly empty).
+
+    Example:
+        >>> import errno, portsafe
+        >>> exc = portsafe.AddressInUseError("port 1 is busy", port=1)
+        >>> exc.errno == errno.EADDRINUSE
+        True
+    """
+
+    def __init__(self, message: str, *, port: int, holders: Iterable[Holder] = ()) -> None:
+        super().__init__(errno.EADDRINUSE, message)
+        self.port = port
+        self.holders = list(holders)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_address_in_use, (self.strerror, self.port, self.holders))
+
+
+def _rebuild_address_in_use(message: str, port: int, holders: list[Holder]) -> AddressInUseError:
+    return AddressInUseError(message, port=port, holders=holders)
+
+
+@public
+class PortNotReadyError(PortsafeError, TimeoutError):
+    """Raised by :func:`portsafe.wait_for_port` when nothing accepted connections in time.
+
+    Also raised, without waiting out the timeout, when the watched ``process`` exits
+    first. Attributes: ``host`` and ``port`` waited for, ``waited`` (seconds),
+    ``seen`` (a dict counting what the attempts saw, e.g. ``{"connection refused":
+    52}``) and ``returncode`` (the process's exit code, or ``None`` if it was still
+    running or none was given). ``errno`` is ``ETIMEDOUT``.
+
+    Example:
+        >>> import portsafe
+        >>> with portsafe.listen() as sock:
+        ...     port = sock.getsockname()[1]
+        >>> try:  # the socket is closed: nothing listens there any more
+        ...     portsafe.wait_for_port(port, timeout=0.05)
+        ... except portsafe.PortNotReadyError as exc:
+        ...     print(exc.seen)  # doctest: +SKIP
+        {'connection refused': 7}
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str,
+        port: int,
+        waited: float,
+        seen: Mapping[str, int] | None = None,
+        returncode: int | None = None,
+    ) -> None:
+        super().__init__(errno.ETIMEDOUT, message)
+        self.host = host
+        self.port = port
+        self.waited = waited
+        self.seen = dict(seen or {})
+        self.returncode = returncode
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        attributes = {
+            "host": self.host,
+            "port": self.port,
+            "waited": self.waited,
+            "seen": self.seen,
+            "returncode": self.returncode,
+        }
+        return (_rebuild_port_not_ready, (self.strerror, attributes))
+
+
+def _rebuild_port_not_ready(message: str, attributes: dict[str, Any]) -> PortNotReadyError:
+    return PortNotReadyError(message, **attributes)

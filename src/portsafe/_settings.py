@@ -20,7 +20,7 @@ import sys
 
 from portsafe._errors import InvalidSettingError
 
-TYPE_CHECKING = False  # typing is not imported at run time: the start-up hook loads this
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Callable
 

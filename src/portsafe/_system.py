@@ -30,18 +30,42 @@ import os
 
 from portsafe import _platform as backend
 
-__all__ = ["command_line", "process_identity", "resolve_owner"]
+__all__ = ["command_line", "process_identity", "process_uids", "read_proc", "resolve_owner"]
 
 _MAX_DEPTH = 64  # ancestry walks are bounded: pid namespaces nest at most 32 deep
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """``(state, ppid, starttime)`` from ``/proc/<pid>/stat``, or None."""
+def read_proc(path: str) -> bytes | None:
+    """The whole of a ``/proc`` file (any small kernel file), or None if it cannot be read.
+
+    ``os.read`` without the io stack: ``open()`` costs more than the read, and text mode
+    would import a codec, on paths that run once in every process.
+
+    Example:
+        >>> read_proc("/nonexistent/file") is None
+        True
+    """
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     except OSError:
         return None
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, ppid, starttime)`` from ``/proc/<pid>/stat``, or None."""
+    raw = read_proc(f"/proc/{pid}/stat")
+    if raw is None:
+        return None
+    text = raw.decode("ascii", "replace")
     # comm may contain spaces and parentheses: split after the last ')'.
     fields = text[text.rfind(")") + 2:].split()
     try:
@@ -52,15 +76,13 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
 
 def _status(pid: int, field: str) -> list[int]:
     """The numbers of one line of ``/proc/<pid>/status`` (``NSpid``, ``Uid``), or []."""
-    if not backend.PROC:
-        return []
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith(field):
-                    return [int(x) for x in line.split()[1:]]
-    except (OSError, ValueError):
-        pass
+    raw = read_proc(f"/proc/{pid}/status") if backend.PROC else None
+    for line in (raw or b"").decode("ascii", "replace").splitlines():
+        if line.startswith(field):
+            try:
+                return [int(x) for x in line.split()[1:]]
+            except ValueError:
+                return []
     return []
 
 
@@ -205,17 +227,24 @@ def _owner_in_nested_namespace(claimed: int, peer_pid: int, depth: int) -> int:
     return peer_pid
 
 
-def command_line(pid: int) -> str:
-    """The command line of *pid*, for log lines and ``portsafe list`` (``?`` if unknown).
+def command_line(pid: int, unknown: str = "?") -> str:
+    """The command line of *pid*, arguments joined by spaces; *unknown* if it cannot be read.
+
+    A kernel thread has no arguments: its name in brackets stands in (``[kthreadd]``),
+    as ``ps`` shows it.
 
     Example:
         >>> import os
         >>> command_line(os.getpid()) != ""
         True
+        >>> command_line(-1, unknown="")
+        ''
     """
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read(4096)
-    except OSError:
-        return "?"
-    return " ".join(p.decode("utf-8", "replace") for p in raw.split(b"\0") if p) or "?"
+    raw = read_proc(f"/proc/{pid}/cmdline") if pid > 0 else None
+    if raw is None:
+        return unknown
+    args = [arg.decode("utf-8", "replace") for arg in raw.split(b"\0") if arg]
+    if args:
+        return " ".join(args)
+    comm = read_proc(f"/proc/{pid}/comm")
+    return f"[{comm.decode('utf-8', 'replace').strip()}]" if comm else unknown

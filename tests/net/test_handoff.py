@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 import portsafe
+from portsafe import AddressInUseError
 from portsafe import _platform as backend
 from portsafe._core.probe import ipv6_available
 from portsafe._locking import names
 from portsafe._net import handoff as _handoff
 from portsafe._net.handoff import listen, listen_fds, spawn
-from portsafe._net.who import AddressInUseError, who_holds
+from portsafe._net.who import who_holds
 
 # What a child reports about what it inherited.
 REPORT = textwrap.dedent(

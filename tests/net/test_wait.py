@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 import portsafe
+from portsafe import PortNotReadyError
 from portsafe._net.handoff import listen
-from portsafe._net.wait import PortNotReadyError, wait_for_port
+from portsafe._net.wait import wait_for_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

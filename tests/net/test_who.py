@@ -18,11 +18,12 @@ import pytest
 from tests.support import netns as _netns
 
 import portsafe
+from portsafe import AddressInUseError
 from portsafe import _platform as backend
 from portsafe._core.probe import ipv6_available
 from portsafe._net import who as _who
 from portsafe._net.handoff import listen, spawn
-from portsafe._net.who import AddressInUseError, Holder, explain_address_in_use, who_holds
+from portsafe._net.who import Holder, explain_address_in_use, who_holds
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -3,8 +3,8 @@
 Each turns what the socket module would raise for bad input (``gaierror``,
 ``UnicodeError`` from the IDNA codec, ``OverflowError`` from a C int, a bare
 ``OSError``) into the documented portsafe error, with a message that says what to pass
-instead. Messages show values through :func:`shown`, which stays short and works for
-ints beyond Python's 4,300-digit ``str()`` limit (where an f-string would itself raise).
+instead. Messages show values through ``_settings.shown``, which stays short and works
+for ints beyond Python's 4,300-digit ``str()`` limit (where an f-string would raise).
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ import math
 import socket
 import sys
 
-from portsafe._errors import AddressNotAvailableError, InvalidSettingError
+from portsafe._errors import AddressInUseError, AddressNotAvailableError, InvalidSettingError
+from portsafe._settings import shown
+from portsafe._system import read_proc
 
-TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from typing import Any
 
 __all__ = ["bind_error", "check_backlog", "check_family", "check_timeout", "ephemeral_range",
-           "in_use", "resolve", "shown"]
+           "in_use", "resolve"]
 
 _C_INT_MAX = 2**31 - 1
 _LINUX_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
@@ -29,21 +31,6 @@ _IN_USE = frozenset({errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EAD
 #: What a port-0 failure advises by default: a port from outside the kernel's range.
 RESERVE_INSTEAD = ("bind a port outside it instead: pass port=portsafe.reserve_port() "
                    "(a reservation, bound while it is held)")
-
-
-def shown(value: object) -> str:
-    """``repr(value)``, at most 60 characters; huge ints by their size.
-
-    Example:
-        >>> shown(10**5000)
-        'an int of 16610 bits'
-        >>> shown("a" * 300)[:8]
-        "'aaaaaaa"
-    """
-    if isinstance(value, int) and not -(10**15) < value < 10**15:
-        return f"an int of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_timeout(timeout: object) -> float:
@@ -169,9 +156,8 @@ def ephemeral_range() -> tuple[int, int, str]:
     """
     if sys.platform.startswith("linux"):
         try:
-            with open(_LINUX_RANGE, "rb") as f:
-                low, high = (int(field) for field in f.read().split()[:2])
-        except (OSError, ValueError):
+            low, high = (int(field) for field in (read_proc(_LINUX_RANGE) or b"").split()[:2])
+        except ValueError:
             pass
         else:
             return low, high, _LINUX_RANGE
@@ -239,7 +225,7 @@ def bind_error(exc: OSError, host: str, port: int, *, instead: str = RESERVE_INS
             errno.EACCES, f"binding port {port} on {shown(host)} was refused "
             f"({exc.strerror}): ports below 1024 need root or CAP_NET_BIND_SERVICE; use "
             "port=0 or a portsafe.reserve_port() reservation")
-    from portsafe._net.who import AddressInUseError, explain_address_in_use  # reads /proc
+    from portsafe._net.who import explain_address_in_use  # reads /proc
 
     if port == 0 and in_use(exc):
         return AddressInUseError(_ephemeral_full(host, instead), port=0)

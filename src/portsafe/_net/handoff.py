@@ -22,21 +22,22 @@ import sys
 from pathlib import Path
 
 from portsafe._errors import (
+    AddressInUseError,
     AddressNotAvailableError,
     InvalidSettingError,
     LockDirError,
     NoFreePortError,
 )
-from portsafe._net.checks import bind_error, check_backlog, check_family, in_use, resolve, shown
+from portsafe._net.checks import bind_error, check_backlog, check_family, in_use, resolve
+from portsafe._settings import shown
 
-TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from typing import Any
 
     from portsafe._core.reserve import Reservation
-    from portsafe._net.who import AddressInUseError
 
 __all__ = ["listen", "listen_fds", "spawn"]
 
@@ -232,7 +233,7 @@ def _bind_reserved(sock: socket.socket, address: tuple[Any, ...], host: str,
 
 def _bind_kernel_choice(sock: socket.socket, address: tuple[Any, ...], host: str,
                         why: OSError) -> None:
-    """Bind port 0, as before portsafe chose listen()'s port: *why* it cannot here."""
+    """Bind port 0 (the kernel picks), the fallback when portsafe cannot reserve: *why*."""
     try:
         sock.bind((address[0], 0, *address[2:]))
     except OSError as exc:
@@ -241,7 +242,7 @@ def _bind_kernel_choice(sock: socket.socket, address: tuple[Any, ...], host: str
 
 
 def _all_taken(host: str, ports: list[int]) -> AddressInUseError:
-    from portsafe._net.who import AddressInUseError, who_holds  # reads /proc: only when needed
+    from portsafe._net.who import who_holds  # reads /proc: only when needed
 
     holders = [h.describe() for h in who_holds(ports[-1]) if h.pid is not None]
     seen = f" ({', '.join(dict.fromkeys(holders))} holds port {ports[-1]})" if holders else ""

@@ -24,14 +24,14 @@ import signal
 import socket
 import time
 
-from portsafe._errors import InvalidSettingError, PortsafeError
-from portsafe._net.checks import check_timeout, resolve, shown
+from portsafe._errors import InvalidSettingError, PortNotReadyError
+from portsafe._net.checks import check_timeout, resolve
 from portsafe._net.who import _listening
+from portsafe._settings import shown
 
-TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from typing import Any, Protocol
 
     from portsafe._core.reserve import Reservation
@@ -42,67 +42,12 @@ if TYPE_CHECKING:
         def poll(self) -> int | None: ...
 
 
-__all__ = ["PortNotReadyError", "wait_for_port"]
+__all__ = ["wait_for_port"]
 
 _FIRST_DELAY = 0.005
 _MAX_DELAY = 0.1
 _MAX_CONNECT_TIMEOUT = 1.0
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH}
-
-
-class PortNotReadyError(PortsafeError, TimeoutError):
-    """Raised by :func:`wait_for_port` when nothing accepted connections in time.
-
-    Also raised, without waiting out the timeout, when the watched ``process`` exits
-    first. Attributes: ``host`` and ``port`` waited for, ``waited`` (seconds),
-    ``seen`` (a dict counting what the attempts saw, e.g. ``{"connection refused":
-    52}``) and ``returncode`` (the process's exit code, or ``None`` if it was still
-    running or none was given). ``errno`` is ``ETIMEDOUT``.
-
-    Example:
-        >>> import portsafe
-        >>> with portsafe.listen() as sock:
-        ...     port = sock.getsockname()[1]
-        >>> try:  # the socket is closed: nothing listens there any more
-        ...     portsafe.wait_for_port(port, timeout=0.05)
-        ... except portsafe.PortNotReadyError as exc:
-        ...     print(exc.seen)  # doctest: +SKIP
-        {'connection refused': 7}
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        host: str,
-        port: int,
-        waited: float,
-        seen: Mapping[str, int] | None = None,
-        returncode: int | None = None,
-    ) -> None:
-        super().__init__(errno.ETIMEDOUT, message)
-        self.host = host
-        self.port = port
-        self.waited = waited
-        self.seen = dict(seen or {})
-        self.returncode = returncode
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        attributes = {
-            "host": self.host,
-            "port": self.port,
-            "waited": self.waited,
-            "seen": self.seen,
-            "returncode": self.returncode,
-        }
-        return (_rebuild, (self.strerror, attributes))
-
-
-def _rebuild(message: str, attributes: dict[str, Any]) -> PortNotReadyError:
-    return PortNotReadyError(message, **attributes)
 
 
 def _target(port: object, host: str | None) -> tuple[int, str]:

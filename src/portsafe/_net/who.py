@@ -17,21 +17,21 @@ program that binds ports without reserving them took a port reserved for another
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import os
 import socket
 import struct
 
-from portsafe._errors import InvalidSettingError, PortsafeError
+from portsafe._errors import AddressInUseError, InvalidSettingError, public
+from portsafe._system import command_line, read_proc
 
-TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-__all__ = ["AddressInUseError", "Holder", "explain_address_in_use", "who_holds"]
+__all__ = ["Holder", "explain_address_in_use", "who_holds"]
 
 # Kernel TCP states (include/net/tcp_states.h), named as netstat/ss name them.
 _TCP_STATES = {
@@ -61,6 +61,7 @@ _PROC = "/proc"
 _MAX_COMMAND = 120
 
 
+@public
 @dataclasses.dataclass(frozen=True)
 class Holder:
     """One socket bound to a port, and the process that has it open (if known).
@@ -88,8 +89,6 @@ class Holder:
         [(True, 'LISTEN')]
     """
 
-    __module__ = "portsafe"  # its public name, in reprs and tracebacks
-
     pid: int | None
     command: str | None
     state: str
@@ -115,42 +114,6 @@ class Holder:
                 return "TIME_WAIT (no process)"
             return "a process portsafe cannot inspect (another user's?)"
         return _process(self.pid, self.command)
-
-
-class AddressInUseError(PortsafeError, OSError):
-    """Raised in place of a bare ``EADDRINUSE`` to say who holds the port.
-
-    Made by :func:`explain_address_in_use`. ``errno`` is ``EADDRINUSE``, so code that
-    checks ``exc.errno`` keeps working; ``port`` is the port and ``holders`` the list of
-    :class:`Holder` found (possibly empty).
-
-    Example:
-        >>> import errno, portsafe
-        >>> exc = portsafe.AddressInUseError("port 1 is busy", port=1)
-        >>> exc.errno == errno.EADDRINUSE
-        True
-    """
-
-    __module__ = "portsafe"  # its public name, in reprs and tracebacks
-
-    def __init__(self, message: str, *, port: int, holders: Iterable[Holder] = ()) -> None:
-        super().__init__(errno.EADDRINUSE, message)
-        self.port = port
-        self.holders = list(holders)
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_address_in_use, (self.strerror, self.port, self.holders))
-
-
-def _rebuild_address_in_use(message: str, port: int, holders: list[Holder]) -> AddressInUseError:
-    return AddressInUseError(message, port=port, holders=holders)
-
-
-# Their __module__ is "portsafe", which doctest's finder takes for "defined elsewhere".
-__test__ = {"Holder": Holder, "AddressInUseError": AddressInUseError}
 
 
 def _check_port(port: object) -> int:
@@ -197,11 +160,10 @@ def _entries(port: int | None, socktypes: Iterable[int]) -> Iterator[_Entry]:
     for name, family, socktype in _TABLES:
         if socktype not in wanted:
             continue
-        try:
-            with open(f"{_PROC}/net/{name}", encoding="ascii") as table:
-                lines = table.read().splitlines()[1:]
-        except OSError:  # no /proc (not Linux), or no IPv6 in this kernel
+        raw = read_proc(f"{_PROC}/net/{name}")
+        if raw is None:  # no /proc (not Linux), or no IPv6 in this kernel
             continue
+        lines = raw.decode("ascii", "replace").splitlines()[1:]
         states = _TCP_STATES if socktype == socket.SOCK_STREAM else _UDP_STATES
         for line in lines:
             fields = line.split()
@@ -236,20 +198,6 @@ def _listening(port: int, host: str | None = None) -> bool:
         if entry.host == "::" or (entry.host == "0.0.0.0" and ":" not in host):
             return True
     return False
-
-
-def _command(pid: int) -> str | None:
-    try:
-        with open(f"{_PROC}/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    args = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    if args:
-        return " ".join(args)
-    with contextlib.suppress(OSError), open(f"{_PROC}/{pid}/comm", "rb") as f:
-        return "[" + f.read().decode(errors="replace").strip() + "]"
-    return None
 
 
 def who_holds(port: int, *, socktype: int = socket.SOCK_STREAM) -> list[Holder]:
@@ -300,7 +248,7 @@ def _holders(port: int, socktype: int) -> list[tuple[Holder, int | None]]:
         entry_pids: list[int | None] = list(pids.get(entry.inode, ())) or [None]
         for pid in entry_pids:
             if pid is not None and pid not in commands:
-                commands[pid] = _command(pid)
+                commands[pid] = command_line(pid, unknown="") or None
             holder = Holder(pid=pid, command=None if pid is None else commands[pid],
                             state=entry.state, host=entry.host, port=entry.port,
                             family=entry.family, socktype=entry.socktype)
@@ -372,7 +320,7 @@ def _reserved(port: int) -> tuple[int | None, str] | None:
     if holder.pid == os.getpid():
         return holder.pid, "this very process"
     if holder.pid is not None:
-        return holder.pid, _process(holder.pid, _command(holder.pid))
+        return holder.pid, _process(holder.pid, command_line(holder.pid, unknown="") or None)
     return None, holder.describe()
 
 

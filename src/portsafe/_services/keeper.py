@@ -41,9 +41,10 @@ from portsafe._services.keeper_client import (
     PROTOCOL,
     keeper_address,
 )
-from portsafe._unixsock import RequestLoop, bind_unix, peer_credentials
+from portsafe._services.requestloop import RequestLoop
+from portsafe._unixsock import bind_unix, peer_credentials
 
-TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from portsafe._core.reserve import Reservation
 

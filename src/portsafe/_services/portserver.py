@@ -76,10 +76,9 @@ from portsafe._core.serverclient import (
 )
 from portsafe._errors import PortsafeError
 from portsafe._locking import files as _locks
+from portsafe._services.requestloop import Reply, RequestLoop
 from portsafe._system import command_line, process_identity, resolve_owner
 from portsafe._unixsock import (
-    Reply,
-    RequestLoop,
     ServerAddressInUseError,
     bind_unix,
     owned_directory,
@@ -87,7 +86,7 @@ from portsafe._unixsock import (
     unix_address,
 )
 
-TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -262,7 +261,7 @@ class PortServer:
 
         Returns:
             ``b"<port>\\n"``; to ``take``, ``b"ok\\n"`` (lock files: the server let go) or
-            a :class:`~portsafe._unixsock.Reply` of ``b"fd\\n"`` carrying the name's
+            a :class:`~portsafe._services.requestloop.Reply` of ``b"fd\\n"`` carrying the name's
             descriptor (names), whose callbacks the caller must honour; None when the
             request is refused or no port is free.
 
