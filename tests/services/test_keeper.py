@@ -24,7 +24,8 @@ from portsafe import _platform as backend
 from portsafe._errors import KeeperError, KeeperNotRunningError
 from portsafe._services import keeper as _keeper
 from portsafe._services import keeper_client as _keeper_client
-from portsafe._services import portserver as _server
+from portsafe._system import process_identity
+from portsafe._unixsock import bind_unix, unix_address
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF
 
 
 def _gone(pid: int) -> bool:
-    return _server.process_identity(pid) is None
+    return process_identity(pid) is None
 
 
 def _wait_gone(pid: int) -> None:
@@ -218,7 +219,7 @@ def _squat(addresses: list[str]) -> Callable[[], None]:
     def work() -> None:
         for address in addresses:
             squat = socket.socket(socket.AF_UNIX)
-            squat.bind(_server.unix_address(address))
+            squat.bind(unix_address(address))
             squat.listen()  # SO_PEERCRED reports the uid at listen() time
             keep.append(squat)
 
@@ -291,7 +292,7 @@ class TestHostileNeighbours:
         monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "120")
         keeper_env = dict(os.environ)
         keeper = int(_keeper_client.call({"op": "ping"})["pid"])  # type: ignore[call-overload]
-        address = _server.unix_address(_keeper_client.keeper_address())
+        address = unix_address(_keeper_client.keeper_address())
 
         opened: list[socket.socket] = []
 
@@ -331,7 +332,7 @@ class TestHostileNeighbours:
         each gets an error reply; the keeper and an existing lease survive."""
         reply = _keeper_client.call({"op": "reserve", "n": 1, "lease": 60})
         keeper, port = int(reply["pid"]), reply["ports"][0]  # type: ignore[call-overload,index]
-        address = _server.unix_address(_keeper_client.keeper_address())
+        address = unix_address(_keeper_client.keeper_address())
         for line in (b"[" * 2000, b"\xff\xfe{", b"[1, 2]", b'{"op": "reserve", "lease": NaN}',
                      b'{"op": "reserve", "n": 1, "lease": Infinity}', b'{"op": {}}',
                      b'{"op": "reserve", "n": 100000, "lease": 1}'):
@@ -348,7 +349,7 @@ class TestHostileNeighbours:
     def test_a_keeper_that_never_answers_means_no_port(self, keeper_env) -> None:
         """Something of ours listening on the keeper's name without answering: after
         its retries `portsafe` exits 4 and prints nothing."""
-        with _server.bind_unix(_keeper_client.keeper_address()) as mute:
+        with bind_unix(_keeper_client.keeper_address()) as mute:
             with pytest.raises(KeeperError, match="did not answer"):
                 _keeper_client.call({"op": "ping"}, timeout=1.0)
             done = _cli(keeper_env, "--json")
@@ -359,7 +360,7 @@ class TestHostileNeighbours:
 
     def test_lease_zero_needs_no_keeper(self, keeper_env: dict[str, str]) -> None:
         """--lease 0 asks for no hold: it exits 0 even when no keeper can answer."""
-        with _server.bind_unix(_keeper_client.keeper_address()):
+        with bind_unix(_keeper_client.keeper_address()):
             done = _cli(keeper_env, "--lease", "0")
         assert done.returncode == 0
         assert int(done.stdout) > 0

@@ -32,10 +32,14 @@ from tests.support.portserver import (
 
 import portsafe
 from portsafe import _platform as backend
+from portsafe._core.serverclient import request_port
 from portsafe._locking import files as _locks
 from portsafe._locking import names
 from portsafe._services import portserver as _server
-from portsafe._services.portserver import PortServer, process_identity, request_port, resolve_owner
+from portsafe._services import requestloop
+from portsafe._services.portserver import PortServer
+from portsafe._system import process_identity, resolve_owner
+from portsafe._unixsock import bind_unix, unix_address
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX")
 LINUX = sys.platform.startswith("linux")
@@ -46,7 +50,7 @@ def _raw_request(address: str, payload: bytes, *, shut: bool = True) -> bytes:
     """Send raw bytes; return everything the server sent before closing."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
-        sock.connect(_server.unix_address(address))
+        sock.connect(unix_address(address))
         with contextlib.suppress(OSError):  # the server may close while we still write
             sock.sendall(payload)
             if shut:
@@ -98,7 +102,7 @@ class TestRequestPort:
     def test_bad_answers_give_none(self, reply: bytes) -> None:
         """Closed-without-answer, garbage, 0 and out-of-range answers all mean 'none'."""
         address = server_name()
-        listener = _server.bind_unix(address)
+        listener = bind_unix(address)
 
         def answer() -> None:
             conn, _ = listener.accept()
@@ -117,7 +121,7 @@ class TestRequestPort:
     def test_sends_own_pid(self) -> None:
         """The request is this process's pid in decimal and a newline."""
         address = server_name()
-        listener = _server.bind_unix(address)
+        listener = bind_unix(address)
         seen: list[bytes] = []
 
         def answer() -> None:
@@ -314,7 +318,7 @@ class TestHandOver:
             port = int(server.handle(b"%d" % os.getpid(), os.getpid(), ME) or b"")
             table = _locks.table()
             reply = server.handle(b"take %d" % port, os.getpid(), ME)
-            assert isinstance(reply, _server.Reply)
+            assert isinstance(reply, requestloop.Reply)
             assert reply.data == b"fd\n"
             (fd,) = reply.fds
             with socket.socket(fileno=os.dup(fd)) as sent:
@@ -340,13 +344,13 @@ class TestHandOver:
         try:
             port = int(server.handle(b"%d" % os.getpid(), os.getpid(), ME) or b"")
             reply = server.handle(b"take %d" % port, os.getpid(), ME)
-            assert isinstance(reply, _server.Reply)
+            assert isinstance(reply, requestloop.Reply)
             assert reply.on_lost is not None
             reply.on_lost()
             assert _locks.table().holds(port)
             assert not name_is_free(port)
             again = server.handle(b"take %d" % port, os.getpid(), ME)  # and can be taken
-            assert isinstance(again, _server.Reply)
+            assert isinstance(again, requestloop.Reply)
             assert again.on_lost is not None
             server.revoke(port)  # the grant ends meanwhile
             again.on_lost()
@@ -402,9 +406,9 @@ def _loop_serving(handler, **options):  # type: ignore[no-untyped-def]
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     address = server_name()
     try:
-        listener.bind(_server.unix_address(address))
+        listener.bind(unix_address(address))
         listener.listen()
-        loop = _server.RequestLoop(listener, handler, max_request=32, **options)
+        loop = requestloop.RequestLoop(listener, handler, max_request=32, **options)
         thread = threading.Thread(target=loop.run, kwargs={"handle_signals": False})
         thread.start()
         try:
@@ -430,9 +434,9 @@ class TestRequestLoop:
         lost: list[bytes] = []
         answered = threading.Event()
 
-        def handler(line: bytes, _pid: int | None, _uid: int | None) -> _server.Reply:
+        def handler(line: bytes, _pid: int | None, _uid: int | None) -> requestloop.Reply:
             answered.set()
-            return _server.Reply(b"x" * (1 << 22), on_lost=lambda: lost.append(line))
+            return requestloop.Reply(b"x" * (1 << 22), on_lost=lambda: lost.append(line))
 
         with _loop_serving(handler, timeout=5.0) as address:
             with _client(address) as client:
@@ -470,10 +474,10 @@ class TestRequestLoop:
         done = threading.Event()
         mine, theirs = socket.socketpair()
 
-        def handler(line: bytes, _pid: int | None, _uid: int | None) -> bytes | _server.Reply:
+        def handler(line: bytes, _pid: int | None, _uid: int | None) -> bytes | requestloop.Reply:
             if line == b"ping":
                 return b"pong\n"
-            return _server.Reply(b"fd\n", fds=(theirs.fileno(),),
+            return requestloop.Reply(b"fd\n", fds=(theirs.fileno(),),
                                  on_lost=lambda: events.append("lost"),
                                  on_done=lambda: (events.append("done"), done.set()))
 
@@ -505,9 +509,9 @@ class TestRequestLoop:
         answered = threading.Event()
         mine, theirs = socket.socketpair()
 
-        def handler(line: bytes, _pid: int | None, _uid: int | None) -> _server.Reply:
+        def handler(line: bytes, _pid: int | None, _uid: int | None) -> requestloop.Reply:
             answered.set()
-            return _server.Reply(b"x" * (1 << 22), fds=(theirs.fileno(),),
+            return requestloop.Reply(b"x" * (1 << 22), fds=(theirs.fileno(),),
                                  on_lost=lambda: (events.append("lost"), called.set()),
                                  on_done=lambda: (events.append("done"), called.set()))
 
@@ -572,7 +576,7 @@ class TestServe:
         address, proc, _ports_served, _log = served
         silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            silent.connect(_server.unix_address(address))
+            silent.connect(unix_address(address))
             for payload in (b"hello\n", b"-42\n", b"1\n", b"%d\n" % _dead_pid(),
                             b"7" * (1 << 20), b"\n"):
                 assert _raw_request(address, payload) == b""
@@ -614,7 +618,7 @@ class TestServe:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
             dead.bind(path)  # closed without unlinking, as after kill -9
         assert os.path.exists(path)
-        listener = _server.bind_unix(path)
+        listener = bind_unix(path)
         listener.close()
 
     def test_path_socket_is_open_to_every_user(self, served) -> None:
@@ -628,7 +632,7 @@ class TestServe:
         address, proc, ports_served, log = served
         client = subprocess.run(
             [sys.executable, "-c",
-             ("import sys; from portsafe._services.portserver import request_port; "
+             ("import sys; from portsafe._core.serverclient import request_port; "
              f"print(request_port({address!r}))")],
             capture_output=True, text=True, timeout=60, check=True)
         port = int(client.stdout)
@@ -641,7 +645,7 @@ class TestServe:
     def test_container_init_gets_a_port(self, served) -> None:
         """A client that is pid 1 in its own pid namespace sends "1" and still gets one."""
         address, _proc, ports_served, _log = served
-        code = ("import os; from portsafe._services.portserver import request_port; "
+        code = ("import os; from portsafe._core.serverclient import request_port; "
                 f"print(os.getpid(), request_port({address!r}))")
         done = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", code],
                               capture_output=True, text=True, timeout=60, check=False)
@@ -785,7 +789,7 @@ class TestOwners:
             for _ in range(200):
                 assert server.handle(me, os.getpid(), ME) is not None
             calls: list[int] = []
-            real = _server.process_identity
+            real = process_identity
 
             def counting(pid: int) -> tuple[int, int] | None:
                 calls.append(pid)

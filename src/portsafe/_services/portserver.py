@@ -68,12 +68,7 @@ from portsafe import _platform as backend
 from portsafe import _settings
 from portsafe._core import probe as _probe
 from portsafe._core import ranges as _ranges
-from portsafe._core.serverclient import (
-    request_descriptor,
-    request_grant,
-    request_handover,
-    request_port,
-)
+from portsafe._core.serverclient import request_port
 from portsafe._errors import PortsafeError
 from portsafe._locking import files as _locks
 from portsafe._services.requestloop import Reply, RequestLoop
@@ -82,7 +77,6 @@ from portsafe._unixsock import (
     ServerAddressInUseError,
     bind_unix,
     owned_directory,
-    peer_credentials,
     unix_address,
 )
 
@@ -95,13 +89,7 @@ __all__ = [
     "PortServer",
     "ServerAddressInUseError",
     "default_address",
-    "peer_credentials",
-    "process_identity",
-    "request_descriptor",
-    "request_grant",
-    "request_handover",
     "request_port",
-    "resolve_owner",
     "serve",
 ]
 
