@@ -103,7 +103,8 @@ class TestSwitch:
         pick()
         stats = _auto.stats()
         assert stats == {"reserved": 1, "fallbacks": 0, "fallback_reasons": [],
-                         "leases_held": 1}
+                         "leases_held": 1, "probes_leased": 0, "refused_by_lease": 0,
+                         "uncovered": []}
 
     def test_hook_installed_is_a_bool(self) -> None:
         """hook_installed() answers for this interpreter without side effects."""

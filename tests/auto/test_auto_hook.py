@@ -57,7 +57,8 @@ class TestHookLine:
         assert result["socket_at_start"] is False
         assert result["outside"] is True
         assert result["stats"] == {"reserved": 1, "fallbacks": 0, "fallback_reasons": [],
-                                   "leases_held": 1}
+                                   "leases_held": 1, "probes_leased": 0,
+                                   "refused_by_lease": 0, "uncovered": []}
 
     @pytest.mark.parametrize("value", ["0", "off", ""])
     def test_off_values(self, tmp_path: Path, value: str) -> None:

@@ -58,7 +58,8 @@ import time
 import weakref
 from collections import deque
 
-from portsafe import _settings
+from portsafe import _platform, _settings
+from portsafe._auto import explicit as _explicit
 from portsafe._auto import harvest as _autoharvest
 from portsafe._core.reserve import Reservation, reserve_port
 from portsafe._errors import InvalidSettingError
@@ -81,6 +82,8 @@ _py_real_close = socket.socket._real_close  # type: ignore[attr-defined]
 _getsockopt = _socket.socket.getsockopt
 _setsockopt = _socket.socket.setsockopt
 _LINUX = sys.platform.startswith("linux")
+_NAMES = _platform.NAMES
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", ""})
 _SOL_SOCKET = socket.SOL_SOCKET
 _REUSEADDR = socket.SO_REUSEADDR
 _REUSEPORT = getattr(socket, "SO_REUSEPORT", 0)
@@ -266,11 +269,18 @@ def _track(sock: socket.socket, reservation: Reservation) -> None:
 
 
 def _bind(self: socket.socket, address: Any) -> None:
-    """``socket.bind``, but port 0 on AF_INET/AF_INET6 TCP/UDP gets a reserved port."""
-    if type(address) is tuple and len(address) >= 2 and address[1] == 0:
+    """``socket.bind``, but port 0 on AF_INET/AF_INET6 TCP/UDP gets a reserved port, and
+    an explicit port is leased to this family while the socket may be a probe."""
+    if type(address) is tuple and len(address) >= 2 and type(address[1]) is int:
         family, kind = _family(self), _type(self) & _TYPE_MASK
         if family in _INET and kind in _KINDS and _proto(self) in _PROTOS:
-            _auto_bind(self, address, family, kind)
+            if address[1] == 0:
+                _auto_bind(self, address, family, kind)
+            elif _NAMES:
+                _explicit.bind(self, address, _c_bind)
+            else:
+                _explicit.unnamed(self, address[1])
+                _c_bind(self, address)
             return
     _c_bind(self, address)
 
@@ -279,6 +289,8 @@ def _mark(sock: socket.socket) -> None:
     entry = _entries.get(id(sock))
     if entry is not None:
         entry.used = True
+    elif _explicit.BOUND:
+        _explicit.used(sock)
 
 
 def _listen(self: socket.socket, *args: int) -> None:
@@ -293,7 +305,11 @@ def _connect(self: socket.socket, address: Any) -> None:
 
 def _connect_ex(self: socket.socket, address: Any) -> int:
     _mark(self)
-    return _c_connect_ex(self, address)
+    code = _c_connect_ex(self, address)
+    if (code == errno.ECONNREFUSED and type(address) is tuple and len(address) >= 2
+            and address[0] in _LOOPBACK):
+        _explicit.refused(address[1])
+    return code
 
 
 def _sendto(self: socket.socket, *args: object) -> int:
@@ -321,6 +337,8 @@ def _real_close(self: socket.socket) -> None:
     finally:
         if id(self) in _entries:
             _closed(self)
+        elif _explicit.BOUND:
+            _explicit.closed(self)
 
 
 def _detach(self: socket.socket) -> int:
@@ -371,18 +389,21 @@ def stats() -> dict[str, object]:
     """Counts since install, JSON-ready (see :func:`portsafe._auto.switch.stats`).
 
     Example:
-        >>> sorted(stats())
-        ['fallback_reasons', 'fallbacks', 'leases_held', 'reserved']
+        >>> sorted(stats())  # doctest: +NORMALIZE_WHITESPACE
+        ['fallback_reasons', 'fallbacks', 'leases_held', 'probes_leased',
+         'refused_by_lease', 'reserved', 'uncovered']
     """
     _drain()
     return {"reserved": _counts["reserved"], "fallbacks": _counts["fallbacks"],
-            "fallback_reasons": list(_reasons), "leases_held": len(_leases)}
+            "fallback_reasons": list(_reasons), "leases_held": len(_leases),
+            **_explicit.stats()}
 
 
 def reset_stats() -> None:
     """Zero the counters (a fork child, or a new ``enable()`` after ``disable()``)."""
     _counts["reserved"] = _counts["fallbacks"] = 0
     _reasons.clear()
+    _explicit.reset()
 
 
 def _release_all() -> None:
@@ -395,6 +416,7 @@ def _release_all() -> None:
     for reservation in leases + held:
         reservation.release()
     _autoharvest.release_all()
+    _explicit.release_all()
 
 
 def _forget_in_child() -> None:
@@ -402,6 +424,7 @@ def _forget_in_child() -> None:
     _entries.clear()
     _collected.clear()
     reset_stats()
+    _explicit.forget_in_child()
 
 
 _REPLACEMENTS: dict[str, Callable[..., object]] = {

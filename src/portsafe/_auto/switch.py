@@ -38,7 +38,10 @@ PTH_NAME = "portsafe-auto.pth"
 #: Modules patched right after their first import: socket, then the known pickers.
 _WATCHED = ("socket", "portpicker", "ephemeral_port_reserve", "port_for")
 
-_state: dict[str, object] = {"on": False, "source": "", "saved_env": None, "said": False}
+_state: dict[str, object] = {"on": False, "source": "", "saved_env": None, "said": False,
+                             "made_family": False}
+#: Carries this run's family token to child processes (``portsafe._auto.explicit``).
+_FAMILY = "PORTSAFE_AUTO_FAMILY"
 _patched: set[str] = set()
 
 
@@ -148,6 +151,9 @@ def enable(*, source: str = "api") -> None:
     if source != "env":
         _state["saved_env"] = os.environ.get("PORTSAFE_AUTO")
         os.environ["PORTSAFE_AUTO"] = "1"
+    if not os.environ.get(_FAMILY):  # fresh per run; children inherit it
+        os.environ[_FAMILY] = f"{os.getpid():x}.{os.urandom(4).hex()}"
+        _state["made_family"] = True
     if _watcher not in sys.meta_path:
         sys.meta_path.insert(0, _watcher)
     for name in _WATCHED:
@@ -187,9 +193,15 @@ def disable() -> None:
 
         _autosock.uninstall()
         _autosock.reset_stats()
+        from portsafe._auto import explicit as _explicit
+
+        _explicit.set_family("")
     _patched.clear()
     if not was_on:
         return
+    if _state["made_family"]:
+        _state["made_family"] = False
+        os.environ.pop(_FAMILY, None)
     if _state["source"] == "env":
         os.environ["PORTSAFE_AUTO"] = "0"  # children of this process: off as well
     elif _state["saved_env"] is None:
