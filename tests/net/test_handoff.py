@@ -21,7 +21,7 @@ from portsafe import AddressInUseError
 from portsafe import _platform as backend
 from portsafe._core.probe import ipv6_available
 from portsafe._locking import names
-from portsafe._net import handoff as _handoff
+from portsafe._net import bindreserved as _bindreserved
 from portsafe._net.handoff import listen, listen_fds, spawn
 from portsafe._net.who import who_holds
 
@@ -578,7 +578,7 @@ class TestListenPort:
             monkeypatch: pytest.MonkeyPatch) -> None:
         """A program outside portsafe binds the reserved port before listen() does: the
         next reservation is bound, and both are released."""
-        real = _handoff._reserve_for
+        real = _bindreserved.reserve_for
         racers: list[socket.socket] = []
 
         def raced(address: str, family: int, dual_stack: bool) -> portsafe.Reservation:
@@ -590,7 +590,7 @@ class TestListenPort:
                 racers.append(racer)
             return reservation
 
-        monkeypatch.setattr(_handoff, "_reserve_for", raced)
+        monkeypatch.setattr(_bindreserved, "reserve_for", raced)
         try:
             with listen() as server:
                 port = server.getsockname()[1]
@@ -608,7 +608,7 @@ class TestListenPort:
             monkeypatch: pytest.MonkeyPatch) -> None:
         """When outsiders take every port reserved for it, listen() stops after a few
         and says so: which ports, who took them, what to do; never "call listen()"."""
-        real = _handoff._reserve_for
+        real = _bindreserved.reserve_for
         racers: list[socket.socket] = []
 
         def raced(address: str, family: int, dual_stack: bool) -> portsafe.Reservation:
@@ -619,7 +619,7 @@ class TestListenPort:
             racers.append(racer)
             return reservation
 
-        monkeypatch.setattr(_handoff, "_reserve_for", raced)
+        monkeypatch.setattr(_bindreserved, "reserve_for", raced)
         before = _open_fds()
         try:
             with pytest.raises(AddressInUseError) as info:
@@ -629,7 +629,7 @@ class TestListenPort:
             for racer in racers:
                 racer.close()
         message = str(info.value)
-        assert len(ports) == _handoff.ATTEMPTS
+        assert len(ports) == _bindreserved.ATTEMPTS
         assert info.value.errno == errno.EADDRINUSE
         assert all(str(port) in message for port in ports), message
         assert f"pid {os.getpid()}" in message
@@ -650,7 +650,7 @@ class TestListenPort:
         def refuse(address: str, family: int, dual_stack: bool) -> portsafe.Reservation:
             raise error
 
-        monkeypatch.setattr(_handoff, "_reserve_for", refuse)
+        monkeypatch.setattr(_bindreserved, "reserve_for", refuse)
         low, high = _kernel_range()
         with listen() as server:
             assert low <= server.getsockname()[1] <= high

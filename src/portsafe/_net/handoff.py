@@ -21,14 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from portsafe._errors import (
-    AddressInUseError,
-    AddressNotAvailableError,
-    InvalidSettingError,
-    LockDirError,
-    NoFreePortError,
-)
-from portsafe._net.checks import bind_error, check_backlog, check_family, in_use, resolve
+from portsafe._errors import AddressNotAvailableError, InvalidSettingError
+from portsafe._net.bindreserved import bind_reserved
+from portsafe._net.checks import bind_error, check_backlog, check_family, resolve
 from portsafe._settings import shown
 
 TYPE_CHECKING = False  # see portsafe/__init__.py
@@ -42,9 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["listen", "listen_fds", "spawn"]
 
 SD_LISTEN_FDS_START = 3
-#: Reservations listen() tries when a program outside portsafe binds each one first
-#: (listen()'s docstring says how many).
-ATTEMPTS = 5
 _NAME_OK = frozenset(chr(c) for c in range(0x21, 0x7F)) - {":"}
 
 
@@ -179,7 +171,7 @@ def listen(
             # Set explicitly so the result does not depend on the bindv6only sysctl.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
         if number is None:
-            _bind_reserved(sock, address, host, dual_stack)
+            bind_reserved(sock, address, host, dual_stack)
         else:
             try:
                 sock.bind(address)
@@ -190,69 +182,6 @@ def listen(
         sock.close()
         raise
     return sock
-
-
-def _reserve_for(address: str, family: int, dual_stack: bool) -> Reservation:
-    """A reservation of a port free where listen() binds *address* (TCP only: that is
-    what it makes). A dual-stack wildcard needs the port free for IPv4 and IPv6."""
-    from portsafe._core.reserve import reserve_port  # the lock layer loads on first use
-
-    if dual_stack and address == "::":
-        return reserve_port(host="", family=socket.AF_UNSPEC)
-    if family == socket.AF_INET and address == "127.0.0.1":
-        return reserve_port()  # the same probes, on reserve_port's shortest path
-    return reserve_port(host=address, family=family)
-
-
-def _bind_reserved(sock: socket.socket, address: tuple[Any, ...], host: str,
-                   dual_stack: bool) -> None:
-    """Bind *sock* on a reserved port, released once bound (the socket holds the port
-    from then on); the kernel's choice where portsafe cannot reserve one."""
-    held: list[Reservation] = []
-    failure: OSError | None = None
-    try:
-        for _ in range(ATTEMPTS):
-            try:
-                reservation = _reserve_for(address[0], sock.family, dual_stack)
-            except (NoFreePortError, LockDirError, AddressNotAvailableError) as exc:
-                _bind_kernel_choice(sock, address, host, exc)
-                return
-            held.append(reservation)  # kept until the end: the next one is another port
-            try:
-                sock.bind((address[0], reservation.port, *address[2:]))
-                return
-            except OSError as exc:
-                if not in_use(exc):
-                    raise bind_error(exc, host, reservation.port) from exc
-                failure = exc  # taken since portsafe checked it, by a program outside it
-        raise _all_taken(host, [r.port for r in held]) from failure
-    finally:
-        for reservation in held:
-            reservation.release()
-
-
-def _bind_kernel_choice(sock: socket.socket, address: tuple[Any, ...], host: str,
-                        why: OSError) -> None:
-    """Bind port 0 (the kernel picks), the fallback when portsafe cannot reserve: *why*."""
-    try:
-        sock.bind((address[0], 0, *address[2:]))
-    except OSError as exc:
-        raise bind_error(exc, host, 0, instead=(
-            f"make portsafe able to reserve one outside it (it could not: {why})")) from exc
-
-
-def _all_taken(host: str, ports: list[int]) -> AddressInUseError:
-    from portsafe._net.who import who_holds  # reads /proc: only when needed
-
-    holders = [h.describe() for h in who_holds(ports[-1]) if h.pid is not None]
-    seen = f" ({', '.join(dict.fromkeys(holders))} holds port {ports[-1]})" if holders else ""
-    return AddressInUseError(
-        f"none of the {len(ports)} ports portsafe reserved for {shown(host)} could be "
-        f"bound ({', '.join(map(str, ports))}): each was free when portsafe checked it "
-        f"and then taken by a program that does not reserve its ports through portsafe"
-        f"{seen}. Have that program take its ports from portsafe.reserve_port(), keep "
-        "portsafe off its ports (PORTSAFE_EXCLUDE, PORTSAFE_RANGE), or pass port=0 for "
-        "the kernel's choice from its ephemeral range", port=ports[-1])
 
 
 def listen_fds(*, unset_environment: bool = True) -> list[socket.socket]:
