@@ -73,8 +73,8 @@ def _env_without_auto() -> dict[str, str]:
 @needs_fork
 def test_fork_during_a_first_call_does_not_hang_the_child() -> None:
     """A fork taken while another thread makes its first portsafe call: the child's own
-    calls return. Before the lazy imports were serialised against fork, most such
-    children hung on the import lock the other thread held at the fork."""
+    calls return. Were the lazy imports not serialised against fork, most such children
+    would hang on the import lock the other thread held at the fork."""
     rounds, hang = 30, 20.0
     statuses: list[object] = []
     stacks: list[str] = []

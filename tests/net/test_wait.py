@@ -220,8 +220,9 @@ class TestBadInput:
                                          10**400],
                              ids=["nan", "inf", "-inf", "-1e-9", "10**400"])
     def test_timeouts_that_could_never_end_are_refused(self, timeout: float) -> None:
-        """nan (which used to wait for ever), infinities, negatives and ints too big for
-        a float raise InvalidSettingError at once."""
+        """nan (every comparison with it is false: a deadline never reached),
+        infinities, negatives and ints too big for a float raise InvalidSettingError at
+        once."""
         with pytest.raises(portsafe.InvalidSettingError, match="finite number of seconds"):
             wait_for_port(1, timeout=timeout)
 
