@@ -97,7 +97,8 @@ class TestHelp:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=60, check=True)
         assert done.stdout.strip().endswith(
-            "['portsafe._cli', 'portsafe._cli.main', 'portsafe._cli.parsers', 'portsafe._errors']")
+            "['portsafe._cli', 'portsafe._cli.exits', 'portsafe._cli.main', "
+            "'portsafe._cli.parsers']")
 
     def test_bare_call_imports_only_the_keeper_client(self, env) -> None:
         """`portsafe` alone (the `PORT=$(portsafe)` case) loads no argparse, json, socket
@@ -112,7 +113,8 @@ class TestHelp:
                 "if m in sys.modules])")
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True, timeout=60, check=True)
-        assert done.stdout.strip() == ("0 ['portsafe', 'portsafe._cli', 'portsafe._cli.main', "
+        assert done.stdout.strip() == ("0 ['portsafe', 'portsafe._cli', 'portsafe._cli.exits', "
+                                       "'portsafe._cli.main', 'portsafe._cli.reserve', "
                                        "'portsafe._errors', 'portsafe._services', "
                                        "'portsafe._services.keeper_client', "
                                        "'portsafe._settings'] []")

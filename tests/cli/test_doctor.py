@@ -26,10 +26,11 @@ from tests.support.nobody import as_nobody
 
 from portsafe import _platform as backend
 from portsafe._cli import doctor as _doctor
+from portsafe._cli import doctor_common as _doctor_common
 from portsafe._cli import doctor_lockdir as _doctor_lockdir
 from portsafe._cli import doctor_locks as _doctor_locks
 from portsafe._cli import doctor_names as _doctor_names
-from portsafe._cli.doctor import CheckResult
+from portsafe._cli.checks import CheckResult
 from portsafe._locking import holders, names
 from portsafe._services import keeper_client as _keeper_client
 from portsafe._services import portserver as _server
@@ -277,7 +278,7 @@ class TestNames:
     def test_names_bind_here(self) -> None:
         """Names bind and exclude on this machine; the probe is released afterwards
         (this process can bind it again)."""
-        result = _doctor.check_names()
+        result = _doctor_names.check_names()
         assert result.ok, result
         assert result.name == "names.bind"
         probe = _doctor_names._probe()  # retries while another doctor holds it
@@ -313,7 +314,7 @@ class TestNames:
             assert child.stdout is not None
             if child.stdout.readline().strip() != "up":
                 pytest.skip("another doctor holds the probe name right now")
-            result = _doctor.check_names()
+            result = _doctor_names.check_names()
         finally:
             child.communicate(timeout=60)
         assert not result.ok
@@ -359,7 +360,7 @@ class TestNames:
         """Where netlink is refused, names.held says owners are unknown. (Simulated: a
         protocol the kernel does not have.)"""
         monkeypatch.setattr(holders, "_NETLINK_SOCK_DIAG", 99)
-        result = _doctor.check_names_held()
+        result = _doctor_names.check_names_held()
         assert result.ok, result
         assert "netlink sock_diag is refused" in result.detail
 
@@ -369,7 +370,7 @@ class TestNames:
         says what list and who need. (Simulated: an empty directory as /proc.)"""
         monkeypatch.setattr(holders, "_NETLINK_SOCK_DIAG", 99)
         monkeypatch.setattr(holders, "_PROC", str(tmp_path))
-        result = _doctor.check_names_held()
+        result = _doctor_names.check_names_held()
         assert not result.ok
         assert "/proc" in result.advice
 
@@ -392,18 +393,19 @@ class TestNames:
 class TestOtherChecks:
     def test_ranges_checks(self) -> None:
         """The ephemeral range, reserved ports and candidates are described."""
-        for check in (_doctor.check_ephemeral, _doctor.check_reserved,
-                      _doctor.check_candidates):
+        for check in (_doctor_common.check_ephemeral, _doctor_common.check_reserved,
+                      _doctor_common.check_candidates):
             result = check(None)
             assert isinstance(result, CheckResult)
             assert result.detail
         if sys.platform.startswith("linux"):
-            assert "/proc/sys/net/ipv4/ip_local_port_range" in _doctor.check_ephemeral().detail
+            detail = _doctor_common.check_ephemeral().detail
+            assert "/proc/sys/net/ipv4/ip_local_port_range" in detail
 
     def test_too_few_candidates(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A PORTSAFE_RANGE of 10 ports is reported as too few."""
         monkeypatch.setenv("PORTSAFE_RANGE", "20000-20009")
-        result = _doctor.check_candidates()
+        result = _doctor_common.check_candidates()
         assert not result.ok
         assert "PORTSAFE_RANGE" in result.advice
 
@@ -411,7 +413,7 @@ class TestOtherChecks:
         """A bad PORTSAFE_KEEPER_IDLE fails the keeper check, naming it."""
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
         monkeypatch.setenv("PORTSAFE_KEEPER_IDLE", "garbage")
-        result = _doctor.check_keeper()
+        result = _doctor_common.check_keeper()
         assert not result.ok
         assert "PORTSAFE_KEEPER_IDLE" in result.detail
 
@@ -422,7 +424,7 @@ class TestOtherChecks:
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(lock_dir))
         address = _keeper_client.keeper_addresses()[3]
         with as_nobody(_listen(address)):
-            result = _doctor.check_keeper()
+            result = _doctor_common.check_keeper()
         assert not result.ok
         assert f"uid {NOBODY}" in result.detail
         assert address in result.detail
@@ -431,12 +433,12 @@ class TestOtherChecks:
     def test_port_server(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """PORTSERVER_ADDRESS: unset is fine, nobody answering is not, ours is."""
         monkeypatch.delenv("PORTSERVER_ADDRESS", raising=False)
-        assert _doctor.check_port_server().ok
+        assert _doctor_common.check_port_server().ok
         address = f"@portsafe-doctor-test-{os.getpid()}"
         monkeypatch.setenv("PORTSERVER_ADDRESS", address)
-        assert not _doctor.check_port_server().ok
+        assert not _doctor_common.check_port_server().ok
         with _server.bind_unix(address):
-            assert _doctor.check_port_server().ok
+            assert _doctor_common.check_port_server().ok
 
     @needs_root
     @pytest.mark.skipif(not backend.ABSTRACT, reason="abstract names")
@@ -445,7 +447,7 @@ class TestOtherChecks:
         address = f"@portsafe-doctor-test-nobody-{os.getpid()}"
         monkeypatch.setenv("PORTSERVER_ADDRESS", address)
         with as_nobody(_listen(address)):
-            result = _doctor.check_port_server()
+            result = _doctor_common.check_port_server()
         assert not result.ok
         assert f"uid {NOBODY}" in result.detail
 

@@ -7,11 +7,12 @@ next to them.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 
-__all__ = ["CheckResult", "check_files", "check_format", "check_path", "check_setting",
+from portsafe._cli.checks import CheckResult, user_text
+
+__all__ = ["check_files", "check_format", "check_path", "check_setting",
            "check_tmp_cleaner", "check_trust"]
 
 _TMPFILES_DIRS = ("/etc/tmpfiles.d", "/run/tmpfiles.d", "/usr/local/lib/tmpfiles.d",
@@ -20,41 +21,12 @@ _CRON_CLEANERS = ("/etc/cron.daily/tmpreaper", "/etc/cron.daily/tmpwatch")
 _SHARD_PREFIX = "ports-"
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckResult:
-    """The outcome of one doctor check.
-
-    Attributes:
-        name: Short identifier, e.g. ``"lock_dir.trust"``.
-        ok: True when nothing needs doing.
-        detail: What was found, in words.
-        advice: What to do about it (empty when ok).
-
-    Example:
-        >>> CheckResult("x", True, "fine").ok
-        True
-    """
-
-    name: str
-    ok: bool
-    detail: str
-    advice: str = ""
-
 def _lock_dir(path: str | None) -> str:
     if path is not None:
         return path
     from portsafe import _settings
 
     return _settings.lock_dir()
-
-
-def _who(uid: int) -> str:
-    try:
-        import pwd
-
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"
 
 
 def check_setting(path: str | None = None) -> CheckResult:
@@ -151,7 +123,7 @@ def check_trust(path: str | None = None) -> CheckResult:
             info = None
         if info is not None and stat.S_ISDIR(info.st_mode):
             if info.st_uid not in (0, me):
-                problems.append(f"{current} belongs to {_who(info.st_uid)}, who can remove "
+                problems.append(f"{current} belongs to {user_text(info.st_uid)}, who can remove "
                                 "or replace what is in it")
             others = _writers(info)
             if others:
@@ -202,13 +174,13 @@ def check_files(path: str | None = None) -> CheckResult:
                        f"({stat.filemode(info.st_mode)}, {info.st_nlink} links)")
         elif stat.S_IMODE(info.st_mode) & 0o666 != 0o666:
             bad.append(f"{entry} has mode {stat.filemode(info.st_mode)} (owner "
-                       f"{_who(info.st_uid)}): other users cannot lock it")
+                       f"{user_text(info.st_uid)}): other users cannot lock it")
     if bad:
         shown = "; ".join(bad[:5]) + (f"; ... ({len(bad)} in all)" if len(bad) > 5 else "")
         return CheckResult(name, False, shown,
                            "remove those files when no portsafe process runs (they are "
                            "recreated with mode 0666), or set PORTSAFE_LOCK_DIR")
-    who = ", ".join(_who(uid) for uid in sorted(owners)) or "nobody yet"
+    who = ", ".join(user_text(uid) for uid in sorted(owners)) or "nobody yet"
     return CheckResult(name, True, f"{len(names)} lock files, all plain and lockable by "
                        f"every user (created by {who})")
 

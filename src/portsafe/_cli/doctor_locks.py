@@ -20,7 +20,8 @@ try:  # imported here, not in the forked child: a child must not take the import
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from portsafe._cli.doctor_lockdir import CheckResult, _lock_dir
+from portsafe._cli.checks import CheckResult
+from portsafe._cli.doctor_lockdir import _lock_dir
 from portsafe._locking.recordlock import BUSY
 
 __all__ = ["check_record_locks"]

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 
-from portsafe._cli.doctor_lockdir import CheckResult, _who
+from portsafe._cli.checks import CheckResult, user_text
 from portsafe._locking import holders, names
 
 __all__ = ["PROBE_PORT", "check_names", "check_names_held"]
@@ -135,7 +135,7 @@ def check_names_held(path: str | None = None) -> CheckResult:
     if unseen:
         detail += f" and {unseen} holder{'s' * (unseen != 1)} it cannot (other users')"
     if uids:
-        detail += f"; users: {', '.join(_who(uid) for uid in uids)}"
+        detail += f"; users: {', '.join(user_text(uid) for uid in uids)}"
     if mine is None:
         detail += " (what portsafe reads here is unverified: the probe could not be bound)"
     elif mine.uid is None:

@@ -13,16 +13,16 @@ import re
 import signal
 import subprocess
 
-from portsafe._cli.main import (
+from portsafe._cli.exits import (
     EXIT_CANNOT_EXECUTE,
     EXIT_COMMAND_NOT_FOUND,
     UsageError,
     error,
     plural,
-    reserve_kwargs,
 )
+from portsafe._cli.reserve import reserve_kwargs
 
-TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence

@@ -1,10 +1,11 @@
-"""The command line's looking-around verbs: ``list``, ``who``, ``ranges``, and ``serve``.
+"""The command line's verbs that show who holds ports: ``list`` and ``who``.
 
 Text output is for people (no Python reprs); ``--json`` is for programs.
 
 Reservations are read from where they are held: on Linux the ports' names
-(``_locking.holders``: pid, and the uid of another user's holder whose process cannot be
-read), elsewhere the lock files (``_locks.holders()``: pid only).
+(:mod:`portsafe._locking.holders`: pid, and the uid of another user's holder whose
+process cannot be read), elsewhere the lock files (:mod:`portsafe._locking.files`: pid
+only).
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ from __future__ import annotations
 import json
 import socket
 
-from portsafe._cli.main import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK, error
+from portsafe._cli.exits import EXIT_NOT_FOUND, EXIT_OK
 from portsafe._errors import KeeperError
 
-TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     import argparse
 
     from portsafe._locking.holders import Holder
 
-__all__ = ["list_verb", "ranges_text", "ranges_verb", "serve_verb", "who_verb"]
+__all__ = ["list_verb", "who_verb"]
 
 
 def _command_of(pid: int | None) -> str | None:
@@ -40,10 +41,10 @@ def _reservations(only: int | None = None) -> list[Holder]:
 
     if backend.NAMES:
         return holders.holders(only)
-    from portsafe._locking import files as _locks
+    from portsafe._locking import files
 
     # pid 0: the lock's holder is in another pid namespace, or the OS does not say.
-    return [holders.Holder(port, pid or None, None, 0) for port, pid in _locks.holders()
+    return [holders.Holder(port, pid or None, None, 0) for port, pid in files.holders()
             if only is None or port == only]
 
 
@@ -55,10 +56,10 @@ def _holder_text(holder: Holder, command: str | None) -> str:
 
 
 def _keeper_leases() -> tuple[int | None, dict[int, dict[str, object]]]:
-    from portsafe._services import keeper_client as _keeper_client
+    from portsafe._services import keeper_client
 
     try:
-        reply = _keeper_client.call({"op": "list"}, start=False, timeout=2.0)
+        reply = keeper_client.call({"op": "list"}, start=False, timeout=2.0)
     except (KeeperError, OSError, ValueError):
         return None, {}
     leases = reply.get("leases")
@@ -158,106 +159,3 @@ def who_verb(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(infos[0] if len(infos) == 1 else infos, indent=2))
     return EXIT_OK if found else EXIT_NOT_FOUND
-
-
-def _spans(pairs: list[list[int]], limit: int = 8) -> str:
-    shown = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in pairs[:limit])
-    more = f", ... ({len(pairs)} spans)" if len(pairs) > limit else ""
-    return (shown + more) or "none"
-
-
-def _value(value: object) -> str:  # noqa: PLR0911 - one return per kind of value
-    """One value as a person reads it: no ``None``, no brackets, no dict reprs."""
-    if value is None or value in ([], {}):
-        return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (list, tuple)):
-        if all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value):
-            return _spans([list(v) for v in value])
-        if len(value) == 2 and all(isinstance(v, int) for v in value) and value[0] <= value[1]:
-            return f"{value[0]}-{value[1]}"
-        items = ", ".join(_value(v) for v in value[:12])
-        return items + (f", ... ({len(value)} in all)" if len(value) > 12 else "")
-    if isinstance(value, dict):
-        return "; ".join(f"{k.replace('_', ' ')} {_value(v)}" for k, v in value.items())
-    return str(value)
-
-
-def _summary(info: dict[str, object]) -> str:
-    """A ``{"range"/"ranges"/"count", "source", ...}`` entry on one line."""
-    parts = []
-    for key in ("count", "range", "ranges"):
-        if key in info:
-            shown = _value(info[key])
-            parts.append(f"{shown} ports" if key == "count" else shown)
-    if "count" in info and len(parts) > 1:
-        parts[0] += ":"
-    if info.get("source"):
-        parts.append(f"(from {info['source']})")
-    for key, value in info.items():
-        if key not in ("range", "ranges", "count", "source") and value is not None:
-            parts.append(f"[{key.replace('_', ' ')}: {_value(value)}]")
-    return " ".join(parts)
-
-
-def ranges_text(info: dict[str, object]) -> list[str]:
-    """``describe_ranges()`` as readable lines.
-
-    Example:
-        >>> ranges_text({"lock_dir": "/tmp/x", "reserved": {"ranges": [], "source": "/p"},
-        ...              "excluded": {"services": {"count": 264, "source": "/etc/services"},
-        ...                           "PORTSAFE_EXCLUDE": []}})
-        ['lock dir: /tmp/x', 'reserved: none (from /p)', 'excluded:', \
-'  services: 264 ports (from /etc/services)', '  PORTSAFE_EXCLUDE: none']
-    """
-    lines = []
-    for key, value in info.items():
-        label = key.replace("_", " ") if key.islower() else key
-        if isinstance(value, dict) and any(k in value for k in ("range", "ranges", "count")):
-            lines.append(f"{label}: {_summary(value)}")
-        elif isinstance(value, dict):
-            lines.append(f"{label}:")
-            for sub_key, sub in value.items():
-                sub_label = sub_key.replace("_", " ") if sub_key.islower() else sub_key
-                text = _summary(sub) if isinstance(sub, dict) else _value(sub)
-                lines.append(f"  {sub_label}: {text}")
-        else:
-            lines.append(f"{label}: {_value(value)}")
-    return lines
-
-
-def ranges_verb(args: argparse.Namespace) -> int:
-    """``portsafe ranges``: where portsafe picks ports from, and why.
-
-    Example:
-        >>> import argparse
-        >>> ranges_verb(argparse.Namespace(json=False))  # doctest: +SKIP
-        0
-    """
-    from portsafe._core.ranges import describe_ranges
-
-    info = describe_ranges()
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print("\n".join(ranges_text(info)))
-    return EXIT_OK
-
-
-def serve_verb(args: argparse.Namespace) -> int:
-    """``portsafe serve``: a port server speaking portpicker's protocol.
-
-    Example:
-        >>> import argparse  # see tests/cli/test_cli.py::TestServeVerb
-    """
-    from portsafe._services.portserver import ServerAddressInUseError, serve
-
-    ports = range(args.range[0], args.range[1] + 1) if args.range else None
-    try:
-        serve(args.address, ports=ports, verbose=args.verbose)
-    except ServerAddressInUseError as exc:
-        error(str(exc.strerror))
-        return EXIT_ERROR
-    return EXIT_OK
-
