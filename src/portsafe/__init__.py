@@ -15,10 +15,12 @@ Example:
     True
 
 Importing this package is cheap: the submodules load on first use.
-
-(PYTEST_DONT_REWRITE: auto mode's start-up hook imports this package before pytest starts,
-so pytest must neither rewrite it nor warn that it cannot.)
 """
+
+# Auto mode's start-up hook imports this package before pytest starts, so pytest must
+# neither rewrite it nor warn that it cannot. pytest looks for its marker in the module's
+# ``__doc__`` at run time; adding it here keeps it out of the documentation.
+__doc__ = f"{__doc__}\nPYTEST_DONT_REWRITE\n"
 
 # Every name this module binds for itself is private or deleted below, so that the
 # namespace holds the public API only. Both modules were loaded before site ran.
@@ -31,7 +33,7 @@ from _thread import RLock as _RLock
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    from portsafe._core.ranges import ephemeral_port_range
+    from portsafe._core.ranges import COMMON_DEV_PORTS, ephemeral_port_range
     from portsafe._core.reserve import Reservation, ReservationGroup, reserve_port, reserve_ports
     from portsafe._errors import (
         AddressInUseError,
@@ -51,6 +53,7 @@ del TYPE_CHECKING
 __all__ = [
     "AddressInUseError",
     "AddressNotAvailableError",
+    "COMMON_DEV_PORTS",
     "Holder",
     "InvalidSettingError",
     "LockDirError",
@@ -86,6 +89,7 @@ _LAZY = {
     "reserve_port": "portsafe._core.reserve",
     "reserve_ports": "portsafe._core.reserve",
     "ephemeral_port_range": "portsafe._core.ranges",
+    "COMMON_DEV_PORTS": "portsafe._core.ranges",
     "listen": "portsafe._net.handoff",
     "listen_fds": "portsafe._net.handoff",
     "spawn": "portsafe._net.handoff",
