@@ -41,6 +41,7 @@ LAYERS = {
     "_net": 4,
     "_auto": 5, "_services": 5,
     "_cli": 6, "_pytest": 6,
+    "_testing": 6,
 }
 TOP = 6
 APART = {frozenset({"_auto", "_services"})}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import errno
+import importlib
 import re
 import socket
+import types
 import unittest
 
 import pytest
@@ -79,6 +82,48 @@ class TestPortFactory:
             with pytest.raises(portsafe.InvalidSettingError):
                 take(ports=[0])
             assert take.reservations == ()
+
+
+class TestFacade:
+    def test_the_public_names_and_where_they_are_defined(self) -> None:
+        """portsafe.testing exports these names; those it does not define come from a
+        module of portsafe._testing."""
+        assert testing.__all__ == [
+            "INTERNET_ENV", "PortFactory", "ReservedPortsMixin", "internet_enabled",
+            "internet_options", "ipv6_available", "open_tcp_listener", "requires_internet",
+            "requires_ipv6", "requires_unix_socket", "unix_sockets_available",
+        ]
+        for name in ("PortFactory", "ReservedPortsMixin", "internet_enabled",
+                     "internet_options", "open_tcp_listener"):
+            assert getattr(testing, name).__module__.startswith("portsafe._testing."), name
+
+    def test_the_skip_reasons_the_plugin_reads(self) -> None:
+        """The pytest plugin reads the reasons through portsafe.testing."""
+        for name in ("INTERNET_SKIP_REASON", "IPV6_SKIP_REASON", "UNIX_SKIP_REASON"):
+            assert isinstance(getattr(testing, name), str)
+            assert name not in testing.__all__
+
+    @pytest.mark.parametrize(
+        "module", ["factory", "internet", "listener", "mixin"]
+    )
+    def test_each_module_lists_only_what_it_defines(self, module: str) -> None:
+        """Every name in a module's __all__ is defined there, not imported."""
+        loaded = importlib.import_module(f"portsafe._testing.{module}")
+        for name in loaded.__all__:
+            value = getattr(loaded, name)
+            if callable(value):
+                assert value.__module__ == loaded.__name__, name
+            else:
+                assert name in ast_assigned_names(loaded), name
+
+
+def ast_assigned_names(module: types.ModuleType) -> set[str]:
+    """The names a module's own top-level statements assign."""
+    assert module.__file__ is not None
+    with open(module.__file__, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    return {target.id for node in tree.body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)}
 
 
 class TestProbes:
