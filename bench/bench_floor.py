@@ -1,29 +1,25 @@
-"""How far reserve_port()+release() is from the kernel's floor, as ratios to find_unused_port.
+"""How far the lock-file backend's reserve_port()+release() is from the kernel's floor,
+as ratios to find_unused_port.
 
 Run: python bench/bench_floor.py [--python all|3.12.1|PATH ...] [--samples 3000]
 
-Per interpreter (default: the running one), in a fresh process with an installed,
-bytecode-compiled copy of portsafe and its C module (``_env.py``; with
-``PORTSAFE_PURE_PYTHON=1``, the Python claim) and a private lock directory made like the
-default one (right in the temporary directory, and aged, so that it is checked by
-descriptor: ``src/portsafe/_locking/dirwatch.py``),
-each of these is interleaved with CPython's ``find_unused_port`` (``_yardsticks.py``),
-per-call medians, 3 repeats, as ``bench_reserve.py`` measures:
+The lock-file backend is what macOS, the BSDs and Windows run; on Linux, run this inside
+the test suite's channel to it (``main`` prints how). Per interpreter (default: the
+running one), in a fresh process with an installed, bytecode-compiled copy of portsafe
+(``_env.py``) and a private lock directory made like the default one (right in the
+temporary directory), each of these is interleaved with CPython's ``find_unused_port``
+(``_yardsticks.py``), per-call medians, 3 repeats, as ``bench_reserve.py`` measures:
 
 - ``syscalls``: the six system calls of a reservation and its release and nothing
-  else, from Python: the directory check (fstat), lock, socket, bind, close, unlock;
-- ``c_syscalls``: the same six from C: one ``_speedups.claim`` (check, lock, socket,
-  bind, close) and one ``unlock`` (where the C module is in use);
+  else, from Python: the directory check (lstat of its path), lock, socket, bind,
+  close, unlock;
 - ``ideal``: a near-ideal Python version of the whole call and release (one function,
   a Reservation-like object, the in-process mutex and held-port map; no checks of
   arguments or settings);
 - ``portsafe``: ``portsafe.reserve_port().release()``;
-- ``three_syscalls`` / ``three_c_syscalls`` / ``three``: the same for
-  ``reserve_ports(3)+release()`` (one check, three ports' four calls each, one unlock
-  over their span) from Python /
-  from C (three claims, one unlock) / the real call;
-- ``probe_c``: one bind check alone (socket, bind, close), from C: what each port of a
-  group costs at least, whatever the Python around it;
+- ``three_syscalls`` / ``three``: the same for ``reserve_ports(3)+release()`` (one
+  check, three ports' four calls each, one unlock over their span) from Python / the
+  real call;
 - ``unspec_syscalls`` / ``unspec``: the same for ``family=AF_UNSPEC, socktype=0`` (one
   dual-stack ``[::]`` socket per type, with its ``IPV6_V6ONLY=0``) / the real call.
 
@@ -40,7 +36,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -59,8 +54,8 @@ for _ in range(3):
 table = _locks.table()
 lockdir = table.current()
 shard = table._home
-fd, dfd, base = shard.fd, lockdir.fd, shard.index << 8
-lockf, fstat = fcntl.lockf, os.fstat
+fd, path, base = shard.fd, lockdir.path, shard.index << 8
+lockf, lstat = fcntl.lockf, os.lstat
 EXCLUSIVE, UNLOCK = fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_UN
 step = [0]
 
@@ -87,7 +82,7 @@ ports = [port for port in range(max(base, 1024), base + 256)
 def syscalls():
     i = step[0] = (step[0] + 37) % len(ports)
     port = ports[i]
-    fstat(dfd)
+    lstat(path)
     lockf(fd, EXCLUSIVE, 1, port)
     sock = _socket.socket(2, 1)
     try:
@@ -107,11 +102,11 @@ class Held:
 
 
 mutex, held, new = threading.Lock(), {}, object.__new__
-SPEC, ctime = ("127.0.0.1", 2, 1, False), fstat(dfd).st_ctime_ns
+SPEC, ctime = ("127.0.0.1", 2, 1, False), lstat(path).st_ctime_ns
 
 
 def ideal():
-    info = fstat(dfd)
+    info = lstat(path)
     if info.st_ctime_ns != ctime:
         raise RuntimeError("the lock directory changed")
     i = step[0] = (step[0] + 37) % len(ports)
@@ -136,24 +131,12 @@ def ideal():
             lockf(held.pop(made.port).fd, UNLOCK, 1, made.port)
 
 
-from portsafe._locking import claim as _claim
-
-c_claim, c_plan = _probe.targets(None, 2, 1).claim
-
-
-def c_syscalls():  # the same system calls, made from C in one claim call and one unlock
-    i = step[0] = (step[0] + 37) % len(ports)
-    port = ports[i]
-    c_claim(fd, port, c_plan, dfd, ctime)
-    _claim.unlock(fd, port)
-
-
 def whole():
     portsafe.reserve_port().release()
 
 
 def three_syscalls():  # reserve_ports(3)+release(): one check, three ports' four calls
-    fstat(dfd)  # each, and one unlock over their span (this process holds nothing between)
+    lstat(path)  # each, and one unlock over their span (this process holds nothing between)
     taken = []
     for _ in range(3):
         i = step[0] = (step[0] + 37) % len(ports)
@@ -170,24 +153,6 @@ def three_syscalls():  # reserve_ports(3)+release(): one check, three ports' fou
     lockf(fd, UNLOCK, max(taken) - low + 1, low)
 
 
-def three_c_syscalls():  # the same from C: one claim with the check, two without, and
-    taken = []  # one unlock over the span
-    for k in range(3):
-        i = step[0] = (step[0] + 37) % len(ports)
-        taken.append(ports[i])
-        if k:
-            c_claim(fd, ports[i], c_plan)
-        else:
-            c_claim(fd, ports[i], c_plan, dfd, ctime)
-    low = min(taken)
-    _claim.unlock(fd, low, max(taken) - low + 1)
-
-
-def probe_c():  # one bind check, no lock: socket, bind, close from C
-    i = step[0] = (step[0] + 37) % len(ports)
-    c_claim(-1, ports[i], c_plan)
-
-
 def three():
     portsafe.reserve_ports(3).release()
 
@@ -198,7 +163,7 @@ V6 = (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 def unspec_syscalls():  # AF_UNSPEC, socktype=0: one dual-stack [::] bind per type
     i = step[0] = (step[0] + 37) % len(ports)
     port = ports[i]
-    fstat(dfd)
+    lstat(path)
     lockf(fd, EXCLUSIVE, 1, port)
     for kind in (1, 2):
         sock = _socket.socket(socket.AF_INET6, kind)
@@ -215,13 +180,9 @@ def unspec():
     portsafe.reserve_port(family=socket.AF_UNSPEC, socktype=0).release()
 
 
-out = {"python": sys.version.split()[0], "watched": bool(lockdir.watch_ctime),
-       "refused": lockdir.watch_refused, "claim": _claim.IMPLEMENTATION}
+out = {"python": sys.version.split()[0]}
 calls = (("syscalls", syscalls), ("ideal", ideal), ("portsafe", whole),
          ("three_syscalls", three_syscalls), ("three", three))
-if _claim.IMPLEMENTATION == "c":
-    calls += (("c_syscalls", c_syscalls), ("three_c_syscalls", three_c_syscalls),
-              ("probe_c", probe_c))
 if socket.has_ipv6 and _probe.dual_stack_is_stricter():
     calls += (("unspec_syscalls", unspec_syscalls), ("unspec", unspec))
 for name, call in calls:
@@ -257,22 +218,19 @@ def main() -> int:
                         help="interpreter: a path, a pyenv version, or 'all' (repeatable)")
     parser.add_argument("--samples", type=int, default=3000)
     args = parser.parse_args()
-    names = ("syscalls", "c_syscalls", "ideal", "portsafe", "three_syscalls",
-             "three_c_syscalls", "probe_c", "three", "unspec_syscalls", "unspec")
+    names = ("syscalls", "ideal", "portsafe", "three_syscalls", "three", "unspec_syscalls",
+             "unspec")
     print("ratios to find_unused_port, min/median/max of 3 repeats; syscalls: the system "
-          "calls alone, from Python; c_syscalls: the same from C (one claim, one unlock); "
-          "ideal: a near-ideal Python version; three: reserve_ports(3); probe_c: one bind "
-          "check (socket, bind, close) from C; unspec: AF_UNSPEC, "
-          "socktype=0; claim: the claim portsafe ran (c or python)")
-    print(f"{'python':8} {'watched':7} {'claim':6} " + " ".join(f"{name:>15}" for name in names))
+          "calls alone, from Python; ideal: a near-ideal Python version; three: "
+          "reserve_ports(3); unspec: AF_UNSPEC, socktype=0")
+    print(f"{'python':8} " + " ".join(f"{name:>15}" for name in names))
     scratch = tempfile.mkdtemp(prefix="portsafe-floor-")
     try:
         for python in interpreters(args.python):
             row = measure(make(python, scratch), args.samples)
             cells = [f"{row[k]['min']:.2f}/{row[k]['median']:.2f}/{row[k]['max']:.2f}"
                      if k in row else "-" for k in names]
-            print(f"{row['python']:8} {'yes' if row['watched'] else 'no':7} {row['claim']:6} "
-                  + " ".join(f"{cell:>15}" for cell in cells))
+            print(f"{row['python']:8} " + " ".join(f"{cell:>15}" for cell in cells))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
@@ -280,15 +238,14 @@ def main() -> int:
 
 def measure(exe: str, samples: int) -> dict[str, object]:
     """One interpreter's figures, from its installed copy (``_env.make``), in a private
-    lock directory made and aged like the default one."""
+    lock directory made like the default one."""
     lock_dir = tempfile.mkdtemp(prefix="portsafe-floor-locks-")
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PORTSAFE_", "PORTSERVER")) or key == "PORTSAFE_PURE_PYTHON"}
+           if not key.startswith(("PORTSAFE_", "PORTSERVER"))}
     env["PORTSAFE_LOCK_DIR"] = lock_dir
     try:
         subprocess.run([exe, "-c", "import portsafe; portsafe.reserve_port().release()"],
                        env=env, check=True)  # completes it
-        time.sleep(max(0.0, 1.2 - (time.time() - os.stat(lock_dir).st_ctime)))
         done = subprocess.run([exe, "-c", INNER, HERE, str(samples)], env=env,
                               check=False, capture_output=True, text=True)
         if done.returncode:

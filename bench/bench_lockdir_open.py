@@ -2,17 +2,22 @@
 
 Run: python bench/bench_lockdir_open.py [--runs 7] [--lock-dir PATH]
 
+The lock directory is the lock-file backend's (macOS, the BSDs, Windows); on Linux run
+this inside the test suite's channel to it: ``unshare --net -- python
+tests/support/netns.py env _PORTSAFE_SELFTEST_FILE_BACKEND=1 python
+bench/bench_lockdir_open.py``.
+
 Each run is a fresh interpreter with portsafe's modules imported and the lock directory
 already made. In it, the yardstick (plain ``socket()+bind(0)+close()`` on 127.0.0.1) is
 timed in batches before and after the measured call, so both see the same machine. The
 measured calls are the first ``_locks.table().current()`` (open, verify, flock, read the
-marker, announce, check the other users: everything this hardening adds per process)
-and, separately, a whole first ``reserve_port()+release()``. Figures are in units of one
-yardstick call, min/median/max over the runs.
+marker: everything the directory's hardening adds per process) and, separately, a whole
+first ``reserve_port()+release()``. Figures are in units of one yardstick call,
+min/median/max over the runs.
 
 Then the per-reservation check, in one process, interleaved with its yardsticks:
-``table().current()`` (what each reservation now calls) against ``os.lstat`` of the
-directory and 0.1.0's per-call ``lock_dir()``. Nothing here is asserted.
+``table().current()`` (what each reservation calls) against ``os.lstat`` of the
+directory and ``lock_dir()`` (the setting read). Nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import portsafe
 from portsafe._locking import files as _locks
 from portsafe._core import ranges as _ranges
 from portsafe._core import probe as _probe
-from portsafe._locking import announce as _announce
 from portsafe._locking import lockdir as _lockdir
 from portsafe._locking import fileformat as _lockformat
 
@@ -96,9 +100,9 @@ def run(f, n=20000):
     for _ in range(n):
         f()
     return (time.perf_counter_ns() - t) / n / 1000
-rows = {"table().current() (now, per call)": table.current,
+rows = {"table().current() (per call)": table.current,
         "os.lstat(directory)": lambda: os.lstat(path),
-        "lock_dir() (0.1.0, per call)": lock_dir}
+        "lock_dir() (the setting)": lock_dir}
 found = {name: [] for name in rows}
 for _ in range(7):
     for name, call in rows.items():

@@ -519,7 +519,7 @@ class TestFormat:
         assert result.ok, result
 
     def test_a_used_directory_has_format_and_generation(self, lock_dir: Path) -> None:
-        """After a reservation, the marker is there: format 1, a generation, no stale users."""
+        """After a reservation, the marker is there: format 1, a generation."""
         _made_by_a_child(lock_dir)
         result = _doctor_lockdir.check_format(str(lock_dir))
         assert result.ok, result
@@ -533,27 +533,6 @@ class TestFormat:
         assert not result.ok
         assert "format 99" in result.detail
         assert result.advice
-
-    @pytest.mark.skipif(not backend.ABSTRACT, reason="abstract sockets")
-    def test_users_of_a_deleted_copy_are_named(self, lock_dir: Path) -> None:
-        """A live user announced under another generation of the same path (the directory
-        was deleted and made again under it) is named by pid."""
-        from portsafe._locking import announce as _announce
-
-        _made_by_a_child(lock_dir)
-        fd = os.open(lock_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            key = _announce.dir_key(fd, str(lock_dir))
-        finally:
-            os.close(fd)
-        beacon = _announce.announce(key, "f" * 16)
-        assert beacon is not None
-        try:
-            result = _doctor_lockdir.check_format(str(lock_dir))
-        finally:
-            beacon.close()  # type: ignore[attr-defined]
-        assert not result.ok
-        assert str(os.getpid()) in result.detail
 
     def test_doctor_runs_the_format_check(self, lock_dir: Path) -> None:
         """The lock-file checks include lock_dir.format; they are the ones run where

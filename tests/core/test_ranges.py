@@ -8,7 +8,7 @@ import pytest
 
 import portsafe
 from portsafe._core import ranges as _ranges
-from portsafe._locking import files as _locks
+from portsafe._locking import recordlock as _locks
 
 
 class TestParsers:

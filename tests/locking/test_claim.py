@@ -1,5 +1,6 @@
-"""The claim (``portsafe._locking.claim``): the C version and the Python version agree on every
-outcome, and each leaves nothing behind but a claimed lock."""
+"""The claim (``portsafe._locking.claim``): every outcome of the lock-file claim, which
+leaves nothing behind but a claimed lock; the compiled module's bind-check agrees with it;
+the compiled module is used only when it is of this version's contract."""
 
 from __future__ import annotations
 
@@ -35,28 +36,25 @@ SHARED_ENV = dict(os.environ)
 TCP4 = ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", (), ()),)
 
 
-def versions() -> list[Any]:
-    found = [pytest.param("python", id="python")]
-    if _speedups is not None:
-        found.append(pytest.param("c", id="c"))
-    return found
-
-
 Runner = Callable[[int, int, tuple[Any, ...]], int]
 
 
-@pytest.fixture(params=versions())
-def run(request: pytest.FixtureRequest) -> Runner:
-    """claim(lock_fd, port, steps), by one version (the C one compiles the steps first)."""
-    if request.param == "python":
-        return _claim.claim_py
+@pytest.fixture
+def run() -> Runner:
+    """claim(lock_fd, port, steps): the lock-file claim."""
+    return _claim.claim_py
 
-    def c_claim(lock_fd: int, port: int, steps: tuple[Any, ...]) -> int:
-        plan = _speedups.compile(steps)
-        assert plan is not None, steps
-        return _speedups.claim(lock_fd, port, plan)
 
-    return c_claim
+def c_check(port: int, steps: tuple[Any, ...]) -> int:
+    """The compiled bind-check of *steps* on *port* (through ``claim_name``, which binds the
+    port's name first): its code, 0 when every bind succeeded (the name is let go)."""
+    plan = _speedups.compile(steps)
+    assert plan is not None, steps
+    code: int = _speedups.claim_name(port, plan, 0)
+    if code & 15 == CLAIMED:
+        os.close(code >> 8)
+        return CLAIMED
+    return code
 
 
 @pytest.fixture
@@ -171,14 +169,12 @@ class TestOutcomes:
 
 
 @pytest.mark.skipif(not _claim.SPAN_UNLOCK, reason="POSIX record locks")
-@pytest.mark.parametrize("unlock", [pytest.param(_claim.unlock_py, id="python"),
-                                    *([pytest.param(_speedups.unlock, id="c")]
-                                      if _speedups is not None else [])])
-def test_unlock_over_a_span(unlock: Callable[..., int], lock_file: int, tmp_path: Path) -> None:
+def test_unlock_over_a_span(lock_file: int, tmp_path: Path) -> None:
     """unlock(fd, port, length) drops this process's locks on those bytes, and only
     those: a byte it holds no lock on is no error."""
     for port in (20000, 20002, 20003, 20005):
         assert _claim.claim_py(lock_file, port, ()) == CLAIMED
+    unlock = _claim.unlock_py
     assert unlock(lock_file, 20000, 4) == 0
     assert [locked_elsewhere(tmp_path / "shard", port) for port in range(20000, 20006)] == \
         [False, False, False, False, False, True]
@@ -194,7 +190,8 @@ class TestAgreement:
     @pytest.mark.parametrize("reuse", [False, True])
     def test_every_holder_is_seen_alike(self, kind: int, family: int, address: str,
                                         reuse: bool) -> None:
-        """Both versions give the same answer for the probe of every request kind."""
+        """The compiled bind-check (Linux) gives the Python claim's answer for the probe of
+        every request kind."""
         if family == socket.AF_INET6 and not _probe.ipv6_available():
             pytest.skip("no IPv6 on this host")
         with socket.socket(family, kind) as holder:
@@ -208,8 +205,8 @@ class TestAgreement:
                     continue
                 steps = _probe.targets(*request).steps
                 answers = {_claim.claim_py(-1, port, steps)}
-                if _speedups is not None:
-                    answers.add(_speedups.claim(-1, port, _speedups.compile(steps)))
+                if _claim.IMPLEMENTATION == "c":
+                    answers.add(c_check(port, steps))
                 assert len(answers) == 1, (request, answers)
 
 
@@ -219,7 +216,7 @@ class TestCompiled:
         assert _speedups.compile(((socket.AF_INET6, 1, "fe80::1%lo", (0, 0), ()),)) is None
         assert _speedups.compile(((socket.AF_INET, 1, "localhost", (), ()),)) is None
         assert _speedups.compile(((socket.AF_UNIX, 1, "/tmp/x", (), ()),)) is None
-        run, plan = _claim.compile_plan(((socket.AF_INET, 1, "localhost", (), ()),))
+        run, plan = _claim.compile_name_plan(((socket.AF_INET, 1, "localhost", (), ()),))
         assert run is _claim.claim_py
         assert plan[0][2] == "localhost"
 
@@ -227,36 +224,16 @@ class TestCompiled:
         plan = _speedups.compile(TCP4)
         assert plan is not None
         with pytest.raises(TypeError):
-            _speedups.claim(-1, 0, b"short")
+            _speedups.claim_name(0, b"short", 0)
         with pytest.raises(ValueError, match="port"):
-            _speedups.claim(-1, 70000, plan)
+            _speedups.claim_name(70000, plan, 0)
         with pytest.raises(TypeError):
             _speedups.compile([TCP4[0]])  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="port"):
-            _speedups.unlock(-1, 65535, 2)
-        with pytest.raises(ValueError, match="port"):
-            _speedups.unlock(-1, 100, 0)
 
     @pytest.mark.names
     def test_in_use_here(self) -> None:
         assert ("python" if os.environ.get("PORTSAFE_PURE_PYTHON")
                                          == "1" else "c") == _claim.IMPLEMENTATION
-
-
-class TestDirectoryCheck:
-    @pytest.mark.parametrize("version", versions())
-    def test_ctime_then_zero_once_removed(self, version: str, tmp_path: Path) -> None:
-        dir_ctime = _claim.dir_ctime_py if version == "python" else _speedups.dir_ctime
-        path = tmp_path / "locks"
-        path.mkdir()
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            assert dir_ctime(fd) == os.fstat(fd).st_ctime_ns > 0
-            path.rmdir()
-            assert dir_ctime(fd) == 0
-        finally:
-            os.close(fd)
-        assert dir_ctime(fd) == -errno.EBADF
 
 
 class TestPurePython:
@@ -367,29 +344,28 @@ class TestHotPath:
 class TestContract:
     """The C module is used only when it is of this version's contract."""
 
-    @pytest.mark.parametrize("api", [None, 2, 4])
+    @pytest.mark.parametrize("api", [None, 3, 5])
     def test_a_module_of_another_version_is_not_used(self, api: int | None) -> None:
         """A compiled module left from another portsafe version (of another contract: its
         ``API``, 1 before there was one) is passed over whole: the Python version runs,
         nothing is half C, and nothing is called with arguments it does not take."""
         code = ("import sys, types\n"
                 "old = types.ModuleType('portsafe._locking._speedups')\n"
-                "old.claim = old.unlock = old.dir_ctime = old.compile = old.fs_magic = print\n"
-                "old.claim_name = print\n"
+                "old.compile = old.claim_name = print\n"
                 f"if {api!r} is not None: old.API = {api!r}\n"
                 "sys.modules['portsafe._locking._speedups'] = old\n"
                 "from portsafe._locking import claim as _claim\n"
                 "from portsafe._cli import doctor as _doctor\n"
-                "print(_claim.IMPLEMENTATION, _claim.claim is _claim.claim_py, _claim.fs_magic)\n"
+                "print(_claim.IMPLEMENTATION, _claim.compile_name_plan(())[0] is _claim.claim_py)\n"
                 "print(_doctor.check_speedups().detail)")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, env={k: v for k, v in os.environ.items()
                                                if k != "PORTSAFE_PURE_PYTHON"})
         first, said = done.stdout.splitlines()
-        assert first.split() == ["python", "True", "None"]
+        assert first.split() == ["python", "True"]
         assert "from another portsafe version" in said
         assert "reinstall portsafe" in said
-        assert f"contract {api or 1}, not 3" in said  # before API: contract 1
+        assert f"contract {api or 1}, not {_claim._API}" in said  # no API: contract 1
 
     def test_the_built_module_is_of_this_contract(self) -> None:
         if _speedups is None:

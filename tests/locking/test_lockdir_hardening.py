@@ -6,13 +6,11 @@ or a private 1777 directory; none touches the shared default directory.
 
 Tests marked ``files`` reserve through the lock-file backend (macOS, the BSDs; on Linux
 ``nox -s files`` runs them in a private network namespace). The others call
-``_lockdir`` itself, so they run wherever their mechanism exists: announcements need
-abstract names and ``/proc`` (``announcing``), which that run of the backend does not use.
+``_lockdir`` itself, so they run on every POSIX system.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -30,13 +28,9 @@ from tests.support import CHILDREN
 from tests.support.pure import count_locks
 
 import portsafe
-from portsafe._locking import announce as _announce
-from portsafe._locking import claim as _claim
-from portsafe._locking import dirwatch as _dirwatch
 from portsafe._locking import fileformat as _lockformat
 from portsafe._locking import files as _locks
 from portsafe._locking import lockdir as _lockdir
-from portsafe._locking import recordlock as _recordlock
 from portsafe._locking import systemdirs as _systemdirs
 
 AGENT = str(CHILDREN / "agent.py")
@@ -46,9 +40,6 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 needs_root = pytest.mark.skipif(sys.platform == "win32" or os.getuid() != 0,
                                 reason="needs root to run a child as uid 65534")
 files = pytest.mark.files
-ANNOUNCE = "announce" in _lockformat.FEATURES
-announcing = pytest.mark.skipif(not ANNOUNCE, reason="no announcements here: they need "
-                                "abstract names and /proc (portsafe._platform.PROC)")
 
 SHARD = 110  # ports 28160-28415: a shard the tests below use (no other test uses it)
 LEGACY = SHARD_START = SHARD << 8
@@ -58,11 +49,8 @@ SHARD_PORTS = range(max(SHARD << 8, 1024), (SHARD + 1) << 8)
 class Agent:
     """A child process running portsafe calls on command (tests/children/agent.py)."""
 
-    def __init__(self, lock_dir: Path | str, uid: int | None = None,
-                 watch: bool = False) -> None:
+    def __init__(self, lock_dir: Path | str, uid: int | None = None) -> None:
         env = dict(os.environ, PORTSAFE_LOCK_DIR=str(lock_dir))
-        if watch:  # check the directory by descriptor as soon as it is open (_dirwatch)
-            env["AGENT_WATCH_MARGIN_NS"] = "0"
         args = [sys.executable, AGENT] + ([] if uid is None else [str(uid)])
         self.proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd="/")
@@ -157,75 +145,18 @@ if {mtime_back!r}:
 """)
 
 
-HOLD = """
-import sys
-from portsafe._locking import lockdir as _lockdir
-from portsafe._locking import recordlock as _recordlock
-path, port = sys.argv[1], int(sys.argv[2])
-lockdir = _lockdir.open_lockdir(path, explicit=True)
-shard = lockdir.open_shard(port >> 8)
-if shard is None or not _recordlock.try_lock(shard.fd, port):
-    raise SystemExit(f"could not lock {port}")
-print("held", flush=True)
-sys.stdin.read()
-"""
-
-
-class DirHolder:
-    """A process (root) holding *port* in *locks* through ``_lockdir`` itself, whichever
-    backend reservations use: it opens (and announces) the directory and locks the
-    port's byte, until closed."""
-
-    def __init__(self, locks: Path, port: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(locks), str(port)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd="/")
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "held"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def holders() -> Iterator[list[DirHolder]]:
-    """DirHolders made by a test, closed after it."""
-    made: list[DirHolder] = []
-    yield made
-    for holder in made:
-        holder.close()
-
-
 def path_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The paths this process's lock table checks by ``stat`` from now on, as they come."""
-    table = _locks.table()
+    dirs = _locks.table()._dirs
     calls: list[str] = []
-    real = table._last_look
+    real = dirs._last_look
 
     def look(path: str) -> os.stat_result:
         calls.append(path)
         return real(path)  # type: ignore[operator, no-any-return]
 
-    monkeypatch.setattr(table, "_last_look", look)
+    monkeypatch.setattr(dirs, "_last_look", look)
     return calls
-
-
-def watching(agent: Agent) -> None:
-    """Make *agent* check its directory by descriptor (``_dirwatch``); skip where refused."""
-    state = agent.ask(op="watched")  # a check after the first: it may switch
-    if not state.get("watched"):
-        pytest.skip(f"checked by path here: {state.get('refused') or state}")
-    time.sleep(0.05)  # later changes land on later timestamps, however coarse the clock
-
-
-BY = pytest.mark.parametrize("watch", [False, True], ids=["by-path", "by-descriptor"])
 
 
 def fill(held: list[portsafe.Reservation], ports: list[int], most: int) -> None:
@@ -341,15 +272,12 @@ class TestNoWriteOutsideTheDirectory:
 class TestDeletion:
     """Item 2: deleting lock state never hands a held port out again silently."""
 
-    @BY
-    def test_rm_of_a_shard_file(self, tmp_path, agents, watch):
+    def test_rm_of_a_shard_file(self, tmp_path, agents):
         """After `rm` of the file holding a port, nobody else gets that port, and its
-        holder is told at its next call (whether it checks by path or by descriptor)."""
+        holder is told at its next call."""
         locks = tmp_path / "locks"
-        agents.append(holder := Agent(locks, watch=watch))
+        agents.append(holder := Agent(locks))
         port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
-        if watch:
-            watching(holder)
         shard_file(locks, port).unlink()
         agents.append(other := Agent(locks))
         answer = other.reserve(ports=[port, port + 1])
@@ -376,25 +304,14 @@ class TestDeletion:
         assert "port" not in answer, "a held port was handed out again"
         assert "after the directory was completed" in answer["message"]
 
-    @BY
-    def test_rm_rf_of_the_directory(self, tmp_path, agents, watch):
-        """After `rm -rf` of the directory, the holder is told at its next call; where
-        announcements exist, a new process refuses to reserve while the old holder lives
-        (naming its pid); it reserves again once the holder is gone."""
+    def test_rm_rf_of_the_directory(self, tmp_path, agents):
+        """After `rm -rf` of the directory, the holder is told at its next call; it
+        reserves again once it holds nothing there (docs/design.md, "Threat model": a
+        new process cannot tell)."""
         locks = tmp_path / "locks"
-        agents.append(holder := Agent(locks, watch=watch))
+        agents.append(holder := Agent(locks))
         port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
-        if watch:
-            watching(holder)
         shutil.rmtree(locks)
-        if ANNOUNCE:  # else only the holder can tell (docs/design.md, "Threat model")
-            agents.append(other := Agent(locks))
-            answer = other.reserve(ports=[port, port + 1])
-            assert "port" not in answer, "a held port was handed out again"
-            assert answer["error"] == "LockDirError"
-            assert str(holder.pid) in answer["message"]
-            other.close()
-            agents.remove(other)
         assert holder.reserve()["error"] == "LockDirError"  # told at its next call
         holder.ask(op="release", port=port)
         assert "port" in holder.reserve()  # holding nothing: it moves to the new directory
@@ -418,19 +335,16 @@ class TestDeletion:
 class TestReplacedMarker:
     """A lock file or the format marker replaced under a live holder, by the directory's
     owner (uid 65534 here), with the marker's generation kept: the holder is told at its
-    next call (TestAnnouncedMarker: new processes, where announcements exist)."""
+    next call."""
 
-    @BY
-    def test_marker_replaced_under_a_holder(self, shared_parent, agents, watch):
+    def test_marker_replaced_under_a_holder(self, shared_parent, agents):
         """The owner replaces the marker with an identical one (same generation): root's
         holder raises at its next call, naming its port; once it releases it, it opens
         the directory afresh and reserves again."""
         locks = shared_parent / "locks"
         nobody_completes(locks)
-        agents.append(holder := Agent(locks, watch=watch))
+        agents.append(holder := Agent(locks))
         port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
-        if watch:
-            watching(holder)
         tamper(locks, port, shard=False)
         told = holder.reserve()
         assert told.get("error") == "LockDirError", told
@@ -439,17 +353,14 @@ class TestReplacedMarker:
         holder.ask(op="release", port=port)
         assert "port" in holder.reserve()
 
-    @BY
-    def test_mtime_set_back_after_a_replacement(self, shared_parent, agents, watch):
+    def test_mtime_set_back_after_a_replacement(self, shared_parent, agents):
         """The owner replaces the holder's lock file and the marker (same generation),
         then sets the directory's mtime back with utime: the ctime, which nobody but
         root can set, still tells the holder at its next call."""
         locks = shared_parent / "locks"
         nobody_completes(locks)
-        agents.append(holder := Agent(locks, watch=watch))
+        agents.append(holder := Agent(locks))
         port = holder.reserve(ports=[SHARD_PORTS.start, SHARD_PORTS.stop])["port"]
-        if watch:
-            watching(holder)
         mtime = locks.stat().st_mtime_ns
         tamper(locks, port, shard=True, mtime_back=True)
         assert locks.stat().st_mtime_ns == mtime, "the premise: the mtime looks unchanged"
@@ -473,92 +384,6 @@ class TestReplacedMarker:
         answer = other.reserve(ports=[port, port + 1])
         assert "port" not in answer, "a held port was handed out again"
         assert holder.reserve().get("error") == "LockDirError"
-
-
-@announcing
-@needs_root
-class TestAnnouncedMarker:
-    """Where users announce themselves (Linux, with /proc), a new process refuses a
-    directory whose users read another marker: made again, forged, or its marker
-    replaced or rewritten with the same generation. Through ``_lockdir`` itself, with
-    real processes as holders, so it runs whichever backend reservations use."""
-
-    @pytest.mark.parametrize("marker", ["replaced", "in place"])
-    @pytest.mark.parametrize("owner", ["nobody's directory", "root's directory"])
-    def test_marker_rewritten_under_a_holder(self, shared_parent, holders, owner, marker):
-        """uid 65534 (owning the directory, or only its files: it completed root's
-        directory) replaces the lock file of root's held port, then rewrites the marker
-        with the same generation so that the new file looks older than it: a new root
-        process refuses the directory, naming the holder, instead of locking the port
-        in the new file; once the holder is gone, it opens it."""
-        locks = shared_parent / "locks"
-        if owner == "root's directory":
-            locks.mkdir()
-            locks.chmod(0o1777)
-        nobody_completes(locks)
-        port = SHARD_PORTS.start + 3
-        holders.append(holder := DirHolder(locks, port))
-        time.sleep(0.02)  # the replacements land clock ticks after the holder's read
-        tamper(locks, port, shard=True, marker=marker)
-        fd = os.open(shard_file(locks, port), os.O_RDWR)
-        try:  # the premise: the port is free to lock in the new file
-            assert _recordlock.try_lock(fd, port)
-        finally:
-            os.close(fd)
-        with pytest.raises(portsafe.LockDirError, match="format marker") as caught:
-            _lockdir.open_lockdir(str(locks), explicit=True)
-        assert str(holder.pid) in str(caught.value)
-        holders.remove(holder)
-        holder.close()
-        _lockdir.open_lockdir(str(locks), explicit=True).close()
-
-    def test_owner_cannot_forge_a_complete_directory(self, shared_parent, holders):
-        """uid 65534 owns the directory, moves it away under root's holder and puts a
-        complete, valid-looking one in its place: a new root process refuses it, naming
-        the holder, instead of handing out the holder's port."""
-        locks = shared_parent / "locks"
-        nobody_completes(locks)
-        holders.append(holder := DirHolder(locks, SHARD_PORTS.start + 5))
-        names = [_locks.shard_name(i) for i in range(_lockformat.SHARD_COUNT)]
-        as_nobody(f"""
-locks = {str(locks)!r}
-os.rename(locks, locks + ".old")
-os.mkdir(locks)
-os.chmod(locks, 0o1777)
-for name in {names!r}:
-    fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT, 0o666)
-    os.fchmod(fd, 0o666)
-    os.close(fd)
-with open(os.path.join(locks, {_lockformat.MARKER!r}), "wb") as marker:
-    marker.write(b"portsafe lock directory\\nformat 1\\ngeneration ffffffffffffffff\\n")
-""")
-        with pytest.raises(portsafe.LockDirError, match="deleted and made again") as caught:
-            _lockdir.open_lockdir(str(locks), explicit=True)
-        assert str(holder.pid) in str(caught.value)
-
-    def test_rm_rf_of_the_directory(self, tmp_path, holders):
-        """After `rm -rf` of the directory, a new process that makes it again refuses to
-        use it while the old holder lives, naming its pid."""
-        locks = tmp_path / "locks"
-        holders.append(holder := DirHolder(locks, SHARD_PORTS.start + 7))
-        shutil.rmtree(locks)
-        with pytest.raises(portsafe.LockDirError, match="deleted and made again") as caught:
-            _lockdir.open_lockdir(str(locks), explicit=True)
-        assert str(holder.pid) in str(caught.value)
-
-    def test_users_of_one_marker_share_it(self, tmp_path, holders):
-        """Processes that read the same marker announce the same token: a new process
-        of another user's directory sees them, and opens it."""
-        locks = tmp_path / "locks"
-        holders.append(DirHolder(locks, SHARD_PORTS.start + 9))
-        holders.append(DirHolder(locks, SHARD_PORTS.start + 10))
-        lockdir = _lockdir.open_lockdir(str(locks), explicit=True)
-        try:
-            tokens = {token for token, pid in _announce.announced(
-                _announce.dir_key(lockdir.fd, str(locks)), None)}
-            assert tokens == {lockdir.marker.token}
-        finally:
-            lockdir.close()
 
 
 SCRATCH_ROOT = """
@@ -962,38 +787,16 @@ class TestPlatforms:
     """What each OS gets (selection logic, tested here for all)."""
 
     @pytest.mark.parametrize(("platform", "dir_fd", "expected"), [
-        ("linux", True, {"openat", "flock", "announce"}),
+        ("linux", True, {"openat", "flock"}),
         ("darwin", True, {"openat", "flock"}),
         ("freebsd14", True, {"openat", "flock"}),
         ("darwin", False, {"flock"}),
         ("win32", False, set()),
     ])
     def test_features(self, platform, dir_fd, expected):
-        """Linux has every mechanism; macOS/BSD no announcements; Windows none."""
+        """POSIX systems have both mechanisms (openat where os.open takes dir_fd);
+        Windows none."""
         assert _lockformat.features(platform, dir_fd=dir_fd) == expected
-
-    def test_announcement_parsing(self):
-        """/proc/net/unix rows are parsed for one directory key; others are ignored."""
-        table = (b"Num RefCount Protocol Flags Type St Inode Path\n"
-                 b"0: 00000002 00000000 00000000 0002 01 1 @portsafe-lockdir-1/aa/g1/10\n"
-                 b"0: 00000002 00000000 00000000 0002 01 2 @portsafe-lockdir-1/bb/g1/11\n"
-                 b"0: 00000002 00000000 00000000 0002 01 3 /run/other.sock\n"
-                 b"0: 00000002 00000000 00000000 0002 01 4 @portsafe-lockdir-1/aa/g2/12")
-        assert _announce.announced(b"aa", None, table) == [("g1", 10), ("g2", 12)]
-        assert _announce.announced(b"aa", "g2", table) == [("g2", 12)]
-
-    def test_dir_key_is_the_same_for_every_alias(self, tmp_path):
-        """The announcement key comes from the directory itself, not its spelling."""
-        (tmp_path / "d").mkdir()
-        (tmp_path / "link").symlink_to(tmp_path / "d")
-        keys = set()
-        for spelling in (tmp_path / "d", tmp_path / "link"):
-            fd = os.open(spelling, os.O_RDONLY)
-            try:
-                keys.add(_announce.dir_key(fd, str(spelling)))
-            finally:
-                os.close(fd)
-        assert len(keys) == (1 if os.path.isdir("/proc/self/fd") else 2)
 
 
 @files
@@ -1002,9 +805,7 @@ class TestLockTableUse:
     """How a process uses the directory once open: one stat a call, fork, half-written markers."""
 
     def test_one_stat_per_reservation(self, tmp_path, monkeypatch):
-        """The per-call check is a single stat of the path (the hot path's only addition),
-        until the directory may be checked by its descriptor (TestCheckedByDescriptor)."""
-        monkeypatch.setattr(_dirwatch, "MARGIN_NS", 10**18)  # stay on the path
+        """The per-call check is a single stat of the path (the hot path's only addition)."""
         monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
         portsafe.reserve_port().release()
         calls = path_checks(monkeypatch)
@@ -1014,8 +815,8 @@ class TestLockTableUse:
 
     @linux_only
     def test_fork_child_keeps_the_parents_flock(self, tmp_path, monkeypatch):
-        """A fork child closes its copies of the directory and announcement descriptors;
-        the parent's shared flock (which keeps tmp cleaners away) stays."""
+        """A fork child closes its copies of the directory's descriptors; the parent's
+        shared flock (which keeps tmp cleaners away) stays."""
         import fcntl
 
         locks = tmp_path / "locks"
@@ -1058,229 +859,3 @@ class TestLockTableUse:
             assert (locks / _lockformat.MARKER).read_bytes().endswith(b"\n")
         finally:
             lockdir.close()
-
-
-@pytest.fixture
-def watched_dir(tmp_path, monkeypatch) -> Path:
-    """A lock directory this process checks by descriptor (skipped where refused)."""
-    monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
-    locks = tmp_path / "locks"
-    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(locks))
-    portsafe.reserve_port().release()  # opens it
-    portsafe.reserve_port().release()  # the first check after opening may switch
-    lockdir = _locks.table().current()
-    if not lockdir.watch_ctime:
-        pytest.skip(f"checked by path here: {lockdir.watch_refused}")
-    time.sleep(0.05)  # later changes land on later timestamps, however coarse the clock
-    return locks
-
-
-@files
-@linux_only
-class TestCheckedByDescriptor:
-    """Where ``_dirwatch`` allows, the per-call check is an fstat of the directory's
-    descriptor; it must see everything the check by path sees."""
-
-    def test_no_walk_of_the_path(self, watched_dir, monkeypatch):
-        calls = path_checks(monkeypatch)
-        for _ in range(10):
-            portsafe.reserve_port().release()
-        assert calls == []
-
-    def test_rename_swap_under_a_held_port(self, watched_dir):
-        """The directory moved away and another put in its place: told at the next call."""
-        held = portsafe.reserve_port()
-        try:
-            os.rename(watched_dir, str(watched_dir) + ".old")
-            os.mkdir(watched_dir, 0o1777)
-            with pytest.raises(portsafe.LockDirError, match=f"ports {held.port}"):
-                portsafe.reserve_port()
-        finally:
-            held.release()
-
-    def test_a_change_goes_back_to_the_path_then_watches_again(self, watched_dir):
-        """A chmod changes the ctime: the path is checked (all is well), and once the
-        change is old enough the descriptor is trusted again."""
-        os.chmod(watched_dir, 0o1777)
-        portsafe.reserve_port().release()
-        lockdir = _locks.table().current()
-        assert lockdir.watch_ctime == 0 or lockdir.watch_ctime == os.stat(watched_dir).st_ctime_ns
-        portsafe.reserve_port().release()
-        assert _locks.table().current().watch_ctime == os.stat(watched_dir).st_ctime_ns
-
-    def test_recent_change_waits_for_the_margin(self, tmp_path, monkeypatch):
-        """A directory changed less than MARGIN_NS ago is checked by path (a change in
-        the same clock tick would not move its timestamp)."""
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
-        for _ in range(3):
-            portsafe.reserve_port().release()
-        lockdir = _locks.table().current()
-        assert lockdir.watch_ctime == 0
-        if lockdir.watch_refused:
-            pytest.skip(f"checked by path here: {lockdir.watch_refused}")
-        assert lockdir.watch_at == os.stat(tmp_path / "locks").st_ctime_ns + \
-            _dirwatch.MARGIN_NS
-
-    def test_parent_someone_else_could_rename_means_the_path(self, tmp_path, monkeypatch):
-        """Where a user could rename a directory above the lock directory (it sits in one
-        they own), the path is checked at every call: renaming it is seen."""
-        monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
-        owned = tmp_path / "owned"
-        (owned / "parent").mkdir(parents=True)
-        if os.getuid() == 0:
-            os.chown(owned, NOBODY, NOBODY)
-        parent = owned / "parent"
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(parent / "locks"))
-        portsafe.reserve_port().release()
-        held = portsafe.reserve_port()
-        try:
-            lockdir = _locks.table().current()
-            assert lockdir.watch_ctime == 0
-            assert "owned by uid" in (lockdir.watch_refused or "")
-            os.rename(parent, owned / "moved")
-            with pytest.raises(portsafe.LockDirError, match=f"ports {held.port}"):
-                portsafe.reserve_port()
-        finally:
-            held.release()
-
-    def test_an_alias_is_judged_on_its_own(self, watched_dir, tmp_path, monkeypatch):
-        """Watched by its real path, then named through a link (an alias of the same
-        open directory): the link is checked by path, so retargeting it is seen."""
-        alias = tmp_path / "alias"
-        alias.symlink_to(watched_dir)
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(alias))
-        held = portsafe.reserve_port()
-        try:
-            portsafe.reserve_port().release()
-            lockdir = _locks.table().current()
-            assert lockdir.watch_ctime == 0
-            assert "symbolic link" in (lockdir.watch_refused or "")
-            other = tmp_path / "other"
-            other.mkdir()
-            alias.unlink()
-            alias.symlink_to(other)
-            with pytest.raises(portsafe.LockDirError, match=f"ports {held.port}"):
-                portsafe.reserve_port()
-        finally:
-            held.release()
-
-    def test_symlink_in_the_path_means_the_path(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(_dirwatch, "MARGIN_NS", 0)
-        (tmp_path / "real").mkdir()
-        (tmp_path / "link").symlink_to(tmp_path / "real")
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "link" / "locks"))
-        for _ in range(3):
-            portsafe.reserve_port().release()
-        lockdir = _locks.table().current()
-        assert lockdir.watch_ctime == 0
-        assert "symbolic link" in (lockdir.watch_refused or "")
-
-
-class TestDirwatchRules:
-    """The rules of ``_dirwatch``, on made-up file systems and paths (every OS)."""
-
-    MOUNTINFO = (
-        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
-        "23 22 0:21 / /tmp rw,nosuid,nodev shared:2 master:1 - tmpfs tmpfs rw\n"
-        "24 22 0:22 / /mnt/nfs rw - nfs4 server:/export rw\n"
-        "25 22 0:23 / /var/lib/docker/x rw - overlay overlay rw,lowerdir=/a\n"
-        "26 22 0:24 / /weird\\040name rw - xfs /dev/sdb rw\n"
-    )
-
-    @pytest.mark.parametrize(("dev", "expected"), [
-        ((8, 1), "ext4"), ((0, 21), "tmpfs"), ((0, 22), "nfs4"), ((0, 23), "overlay"),
-        ((0, 24), "xfs"), ((9, 9), None)])
-    def test_fs_type(self, dev, expected):
-        assert _dirwatch.fs_type(self.MOUNTINFO, os.makedev(*dev)) == expected
-
-    @pytest.mark.parametrize(("dev", "allowed"), [
-        ((8, 1), True), ((0, 21), True), ((0, 22), False), ((0, 23), False), ((9, 9), False)])
-    def test_only_local_file_systems(self, dev, allowed, monkeypatch):
-        monkeypatch.setattr(_dirwatch, "ancestors_fixed", lambda path: None)
-        why = _dirwatch.unwatchable("/tmp/locks", os.makedev(*dev), platform="linux",
-                                    read=lambda: self.MOUNTINFO, proc=True)
-        assert (why is None) is allowed
-        if not allowed:
-            assert "file system" in why
-
-    @pytest.mark.parametrize(("number", "why"), [
-        (0xEF53, None), (0x01021994, None), (0x58465342, None), (0x9123683E, None),
-        (0x6969, "file system is nfs"), (0x794C7630, "file system is overlay"),
-        (0x1234, "file system is type 0x1234"), (-errno.EBADF, "cannot check it")])
-    def test_by_the_descriptors_file_system(self, number, why, monkeypatch):
-        """With the C module, the type is fstatfs's magic number of the descriptor."""
-        monkeypatch.setattr(_dirwatch, "ancestors_fixed", lambda path: None)
-
-        def unreadable() -> str:
-            raise AssertionError("mountinfo read although the descriptor's type is known")
-
-        found = _dirwatch.unwatchable("/tmp/locks", 0, platform="linux", read=unreadable,
-                                      fd=3, magic=lambda fd: number, proc=True)
-        assert found is None if why is None else why in found
-
-    @pytest.mark.skipif(_claim.fs_magic is None, reason="no fstatfs here (pure Python)")
-    @pytest.mark.parametrize("where", ["/", "tmp_path", "/proc", "/dev/shm"])
-    def test_the_descriptor_and_mountinfo_agree(self, where, tmp_path):
-        path = str(tmp_path) if where == "tmp_path" else where
-        if not os.path.isdir(path):
-            pytest.skip(f"no {path} here")
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            dev = os.fstat(fd).st_dev
-            by_descriptor = _dirwatch.unwatchable(path, dev, fd=fd, magic=_claim.fs_magic)
-            by_mountinfo = _dirwatch.unwatchable(path, dev)
-        finally:
-            os.close(fd)
-        assert (by_descriptor is None) == (by_mountinfo is None), (by_descriptor, by_mountinfo)
-
-    @pytest.mark.parametrize("platform", ["darwin", "freebsd13", "win32"])
-    def test_elsewhere_the_path(self, platform):
-        assert _dirwatch.unwatchable("/tmp/locks", 0, platform=platform) is not None
-
-    def test_without_proc_the_path(self, monkeypatch):
-        """A Linux process that may not read /proc (the file backend's test-only run:
-        what macOS runs) checks by path, as macOS does."""
-        monkeypatch.setattr(_dirwatch, "ancestors_fixed", lambda path: None)
-        why = _dirwatch.unwatchable("/tmp/locks", 0, platform="linux", proc=False,
-                                    read=lambda: TestDirwatchRules.MOUNTINFO)
-        assert why is not None
-        assert "no /proc" in why
-
-    @staticmethod
-    def fake(tree: dict[str, tuple[int, int]]):
-        """An lstat over {path: (uid, mode with file type)}."""
-        def lstat(path: str) -> os.stat_result:
-            uid, mode = tree[path]
-            return os.stat_result((mode, 0, 0, 2, uid, 0, 0, 0, 0, 0))
-        return lstat
-
-    DIR, LINK = stat.S_IFDIR, stat.S_IFLNK
-
-    @pytest.mark.parametrize(("tree", "path", "why"), [
-        ({"/": (0, DIR | 0o755), "/tmp": (0, DIR | 0o1777)}, "/tmp/locks", None),
-        ({"/": (0, DIR | 0o755), "/tmp": (0, DIR | 0o1777), "/tmp/u": (1000, DIR | 0o700)},
-         "/tmp/u/locks", "/tmp is writable by others"),
-        ({"/": (0, DIR | 0o755), "/home": (0, DIR | 0o755), "/home/u": (1000, DIR | 0o755)},
-         "/home/u/locks", None),  # u can move the lock directory itself: that is seen
-        ({"/": (0, DIR | 0o755), "/home": (0, DIR | 0o755), "/home/u": (1000, DIR | 0o755),
-          "/home/u/app": (1000, DIR | 0o755)}, "/home/u/app/locks",
-         "/home/u is owned by uid 1000"),
-        ({"/": (0, DIR | 0o755), "/srv": (0, DIR | 0o775)}, "/srv/x/locks",
-         "/srv is writable by others"),
-        ({"/": (0, DIR | 0o755), "/tmp": (0, LINK | 0o777)}, "/tmp/locks",
-         "/tmp is not a directory"),
-        ({"/": (1000, DIR | 0o755), "/tmp": (0, DIR | 0o1777)}, "/tmp/locks",
-         "/ is owned by uid 1000"),
-    ])
-    def test_ancestors(self, tree, path, why):
-        tree.setdefault("/srv/x", (0, self.DIR | 0o755))
-        found = _dirwatch.ancestors_fixed(path, lstat=self.fake(tree))
-        if why is None:
-            assert found is None
-        else:
-            assert found is not None
-            assert found.startswith(why)
-
-    @pytest.mark.parametrize("path", ["tmp/locks", "/tmp//locks", "/tmp/./locks", "//tmp/x"])
-    def test_odd_spellings_are_refused(self, path):
-        assert _dirwatch.ancestors_fixed(path) is not None

@@ -186,15 +186,13 @@ def check_files(path: str | None = None) -> CheckResult:
 
 
 def check_format(path: str | None = None) -> CheckResult:
-    """The directory's format marker, and no users left of a deleted earlier copy of it,
-    or of a marker replaced since they read it (announcements: Linux).
+    """The directory's format marker: this version's format, with its generation.
 
     Example:
         >>> check_format("/nonexistent/portsafe").ok
         True
     """
     from portsafe._errors import LockDirError
-    from portsafe._locking import announce as _announce
     from portsafe._locking import fileformat as _lockformat
 
     name = "lock_dir.format"
@@ -218,19 +216,10 @@ def check_format(path: str | None = None) -> CheckResult:
             return CheckResult(name, True, f"no {_lockformat.MARKER} yet (made by portsafe "
                                f"0.1.0, or being completed): the next reservation completes "
                                f"it in place, sharing it with 0.1.0 processes")
-        generation = marker.generation
-        others = [user for user in _announce.announced(_announce.dir_key(fd, where), None)
-                  if user[0] != marker.token] if "announce" in _lockformat.FEATURES else []
     finally:
         os.close(fd)
-    if others:
-        refusal = _announce.stale_users(where, others, generation).strerror
-        return CheckResult(name, False, f"format {_lockformat.FORMAT}, generation "
-                           f"{generation}, but {refusal}",
-                           "let them finish or stop them; find what deleted the directory "
-                           "or replaced its marker (a tmp cleaner, an rm -rf, its owner)")
-    return CheckResult(name, True, f"format {_lockformat.FORMAT}, generation {generation}; "
-                       f"no users of an earlier copy")
+    return CheckResult(name, True, f"format {_lockformat.FORMAT}, generation "
+                       f"{marker.generation}")
 
 
 def _tmpfiles_rules(where: str) -> tuple[list[str], list[str]]:

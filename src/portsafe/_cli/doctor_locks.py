@@ -12,8 +12,6 @@ list`` relies on) and whether the lock goes with its process.
 from __future__ import annotations
 
 import os
-import struct
-import sys
 
 try:  # imported here, not in the forked child: a child must not take the import lock
     import fcntl
@@ -22,7 +20,7 @@ except ImportError:  # pragma: no cover - Windows
 
 from portsafe._cli.checks import CheckResult
 from portsafe._cli.doctor_lockdir import _lock_dir
-from portsafe._locking.recordlock import BUSY
+from portsafe._locking.recordlock import BUSY, fcntl_lock
 
 __all__ = ["check_record_locks"]
 
@@ -72,20 +70,8 @@ def _probe_dir(where: str) -> str | None:
 
 def _lockf(fd: int, kind: int, start: int, *, query: bool = False) -> int | None:
     """Set (or, with *query*, test) a one-byte record lock; the holder's pid if any."""
-    # struct flock: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid
-    layout = "hhqqi" if sys.platform.startswith("linux") else "qqihh"
-    if layout == "hhqqi":
-        raw = struct.pack(layout, kind, os.SEEK_SET, start, 1, 0)
-    else:  # BSD/macOS order: l_start, l_len, l_pid, l_type, l_whence
-        raw = struct.pack(layout, start, 1, 0, kind, os.SEEK_SET)
-    out = fcntl.fcntl(fd, fcntl.F_GETLK if query else fcntl.F_SETLK, raw)
-    if not query:
-        return None
-    if layout == "hhqqi":
-        l_type, _w, _s, _l, pid = struct.unpack(layout, out)
-    else:
-        _s, _l, pid, l_type, _w = struct.unpack(layout, out)
-    return None if l_type == fcntl.F_UNLCK else int(pid)
+    seen, _, _, pid = fcntl_lock(fd, fcntl.F_GETLK if query else fcntl.F_SETLK, kind, start, 1)
+    return None if not query or seen == fcntl.F_UNLCK else pid
 
 
 _BYTE = 7  # the byte of the probe file that both processes ask for

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 
-from portsafe._locking.files import SHARD_BITS
+from portsafe._locking.fileformat import SHARD_BITS
 
 TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
 if TYPE_CHECKING:

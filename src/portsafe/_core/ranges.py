@@ -13,7 +13,7 @@ import sys
 
 from portsafe._core.candidates import CandidateSet, collapse, describe, spans_of, subtract
 from portsafe._errors import InvalidSettingError
-from portsafe._locking.files import SHARD_BITS
+from portsafe._locking.fileformat import SHARD_BITS
 from portsafe._settings import (
     EXCLUDE,
     RANGE,

@@ -1,13 +1,15 @@
-/* portsafe._locking._speedups: one candidate's claim (lock, bind-check) in one call, in C.
+/* portsafe._locking._speedups: one candidate's claim (hold its name, bind-check) in one
+ * call, in C.
  *
- * The optional compiled half of portsafe/_locking/claim.py, which documents the contract and
- * holds the pure-Python version with the same results (tests/locking/test_claim.py runs both
- * against each other). Built on Linux only; elsewhere, or where it is not built, or
- * with PORTSAFE_PURE_PYTHON=1, portsafe runs the Python version.
+ * The optional compiled half of the name claim: portsafe/_locking/claim.py documents the
+ * plan and result codes, portsafe/_locking/names.py holds the pure-Python version with the
+ * same results (tests/locking/test_claim.py runs both against each other). Built on Linux
+ * only, where reservations are names; elsewhere, or where it is not built, or with
+ * PORTSAFE_PURE_PYTHON=1, portsafe runs the Python version.
  *
- * Every call here makes only non-blocking system calls (F_SETLK, socket, setsockopt,
- * bind, close, fstat) and keeps the GIL: callers hold portsafe's own mutex around a
- * claim, and nothing here runs Python code.
+ * Every call here makes only non-blocking system calls (socket, setsockopt, bind, close,
+ * fcntl) and keeps the GIL: callers hold portsafe's own mutex around a claim, and nothing
+ * here runs Python code.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,18 +22,15 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 
-/* Results of claim(), as in _claim.py: kind | step << 4 | errno << 8. */
+/* Results of claim_name(), as in claim.py: kind | step << 4 | errno << 8. */
 #define CLAIMED 0
-#define HELD 1      /* the lock is someone else's */
+#define HELD 1      /* the name is someone else's */
 #define REFUSED 2   /* a setsockopt or bind failed (errno, step): in use, or worse */
 #define NO_SOCKET 3 /* socket() failed (errno, step) */
-#define LOCK_ERROR 4 /* F_SETLK failed otherwise (errno) */
-#define CHANGED 5    /* the lock directory is not the one checked (claim's dir_fd) */
+#define LOCK_ERROR 4 /* socket() or bind() of the name failed otherwise (errno) */
 
 #define MAX_OPTIONS 4
 
@@ -63,7 +62,7 @@ as_int(PyObject *obj, int *out)
     return 0;
 }
 
-/* compile(steps) -> bytes | None: _probe's steps as claim() runs them; None for any it
+/* compile(steps) -> bytes | None: _probe's steps as claim_name() runs them; None for any it
  * cannot (a host that is not a numeric address, such as one with a %scope, or another
  * family), which then take the Python way. */
 static PyObject *
@@ -154,19 +153,6 @@ error:
     return NULL;
 }
 
-/* F_SETLK of type *type* on the *length* bytes from *port*: 0, or the errno. */
-static int
-set_lock(int fd, long port, long length, short type)
-{
-    struct flock lock;
-    memset(&lock, 0, sizeof(lock));
-    lock.l_type = type;
-    lock.l_whence = SEEK_SET;
-    lock.l_start = (off_t)port;
-    lock.l_len = (off_t)length;
-    return fcntl(fd, F_SETLK, &lock) == 0 ? 0 : errno;
-}
-
 /* Bind and close each of the *count* steps of *plan* on *port*: CLAIMED, or the code of
  * the first that failed (REFUSED or NO_SOCKET, with its step and errno). */
 static long
@@ -210,60 +196,6 @@ check_binds(const step_t *plan, Py_ssize_t count, long port)
     return CLAIMED;
 }
 
-/* claim(lock_fd, port, plan[, dir_fd, dir_ctime]) -> int: (with *dir_fd*: CHANGED unless
- * dir_ctime(dir_fd) == *dir_ctime*, then) lock byte *port* of *lock_fd* (none if it is
- * below 0), then bind and close each step of *plan* on *port*. CLAIMED leaves the lock held;
- * anything else leaves nothing (the lock, if taken, is released). */
-static PyObject *
-speedups_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3 && nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "claim(lock_fd, port, plan[, dir_fd, dir_ctime])");
-        return NULL;
-    }
-    if (nargs == 5) { /* first: is the lock directory unchanged (as _claim.dir_ctime)? */
-        int dir_fd;
-        long long expected = PyLong_AsLongLong(args[4]);
-        struct stat info;
-        if (as_int(args[3], &dir_fd) < 0 || (expected == -1 && PyErr_Occurred())) {
-            return NULL;
-        }
-        if (fstat(dir_fd, &info) != 0 || info.st_nlink == 0 ||
-                (long long)info.st_ctim.tv_sec * 1000000000LL +
-                (long long)info.st_ctim.tv_nsec != expected) {
-            return PyLong_FromLong(CHANGED);
-        }
-    }
-    int fd;
-    long port = PyLong_AsLong(args[1]);
-    if (as_int(args[0], &fd) < 0 || (port == -1 && PyErr_Occurred())) {
-        return NULL;
-    }
-    if (port < 0 || port > 65535) {
-        PyErr_SetString(PyExc_ValueError, "port must be 0-65535");
-        return NULL;
-    }
-    if (!PyBytes_Check(args[2]) || PyBytes_GET_SIZE(args[2]) % sizeof(step_t)) {
-        PyErr_SetString(PyExc_TypeError, "plan must come from compile()");
-        return NULL;
-    }
-    const step_t *plan = (const step_t *)PyBytes_AS_STRING(args[2]);
-    Py_ssize_t count = PyBytes_GET_SIZE(args[2]) / (Py_ssize_t)sizeof(step_t);
-
-    int failed = fd < 0 ? 0 : set_lock(fd, port, 1, F_WRLCK);
-    if (failed) {
-        if (failed == EAGAIN || failed == EACCES || failed == EDEADLK) {
-            return PyLong_FromLong(HELD);
-        }
-        return PyLong_FromLong(LOCK_ERROR | (long)failed << 8);
-    }
-    long code = check_binds(plan, count, port);
-    if (code != CLAIMED && fd >= 0) {
-        set_lock(fd, port, 1, F_UNLCK);
-    }
-    return PyLong_FromLong(code);
-}
-
 /* The abstract name of a held port, as _locking/names.py makes it: "\0portsafe1:" and the
  * port in three six-bit digits of ALPHABET, most significant first. */
 static const char ALPHABET[] =
@@ -277,7 +209,7 @@ static const char ALPHABET[] =
  * << 8 (kind CLAIMED), moved to the lowest free descriptor from *high* when it is at or
  * above LOW_FDS and *high* is above 0 (where that fails it stays). Else, with nothing
  * left open: HELD (the name is bound: someone holds the port), LOCK_ERROR with the errno
- * of socket() or bind() of the name, or the failed step's code as claim(). */
+ * of socket() or bind() of the name, or the failed step's code (REFUSED or NO_SOCKET). */
 static PyObject *
 speedups_claim_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -335,90 +267,19 @@ speedups_claim_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong((long)fd << 8);
 }
 
-/* unlock(lock_fd, port[, length]) -> int: 0, or the errno of F_SETLK. With *length*, the
- * bytes port .. port+length-1: this process's locks there, whatever else they cover. */
-static PyObject *
-speedups_unlock(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2 && nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "unlock(lock_fd, port[, length])");
-        return NULL;
-    }
-    int fd;
-    long port = PyLong_AsLong(args[1]);
-    if (as_int(args[0], &fd) < 0 || (port == -1 && PyErr_Occurred())) {
-        return NULL;
-    }
-    long length = 1;
-    if (nargs == 3) {
-        length = PyLong_AsLong(args[2]);
-        if (length == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-        if (length < 1 || port < 0 || port + length > 65536) {
-            PyErr_SetString(PyExc_ValueError, "port .. port+length-1 must lie in 0-65535");
-            return NULL;
-        }
-    }
-    return PyLong_FromLong(set_lock(fd, port, length, F_UNLCK));
-}
-
-/* dir_ctime(fd) -> int: the st_ctime in ns of *fd*; 0 once it has no links; -errno. */
-static PyObject *
-speedups_dir_ctime(PyObject *module, PyObject *arg)
-{
-    int fd;
-    struct stat info;
-    if (as_int(arg, &fd) < 0) {
-        return NULL;
-    }
-    if (fstat(fd, &info) != 0) {
-        return PyLong_FromLong(-(long)errno);
-    }
-    if (info.st_nlink == 0) {
-        return PyLong_FromLong(0);
-    }
-    return PyLong_FromLongLong((long long)info.st_ctim.tv_sec * 1000000000LL +
-                               (long long)info.st_ctim.tv_nsec);
-}
-
-/* fs_magic(fd) -> int: the file system type (statfs f_type) of *fd*; -errno on error. */
-static PyObject *
-speedups_fs_magic(PyObject *module, PyObject *arg)
-{
-    int fd;
-    struct statfs info;
-    if (as_int(arg, &fd) < 0) {
-        return NULL;
-    }
-    if (fstatfs(fd, &info) != 0) {
-        return PyLong_FromLong(-(long)errno);
-    }
-    return PyLong_FromUnsignedLong((unsigned long)info.f_type & 0xFFFFFFFFUL);
-}
-
 static PyMethodDef speedups_methods[] = {
     {"compile", speedups_compile, METH_O,
-     "compile(steps) -> bytes | None: a probe plan as claim() runs it."},
-    {"claim", (PyCFunction)(void (*)(void))speedups_claim, METH_FASTCALL,
-     "claim(lock_fd, port, plan[, dir_fd, dir_ctime]) -> int: lock and bind-check one port."},
+     "compile(steps) -> bytes | None: a probe plan as claim_name() runs it."},
     {"claim_name", (PyCFunction)(void (*)(void))speedups_claim_name, METH_FASTCALL,
      "claim_name(port, plan, high) -> int: hold a port's name and bind-check the port."},
-    {"unlock", (PyCFunction)(void (*)(void))speedups_unlock, METH_FASTCALL,
-     "unlock(lock_fd, port[, length]) -> int: release a port's lock (or length ports'); "
-     "0 or the errno."},
-    {"dir_ctime", speedups_dir_ctime, METH_O,
-     "dir_ctime(fd) -> int: st_ctime in ns, 0 if unlinked, -errno on error."},
-    {"fs_magic", speedups_fs_magic, METH_O,
-     "fs_magic(fd) -> int: the statfs f_type of fd, -errno on error."},
     {NULL, NULL, 0, NULL},
 };
 
-/* The version of this module's contract with _claim.py, which uses the module only when
+/* The version of this module's contract with claim.py, which uses the module only when
  * it is the one it expects: a module built from another portsafe version (an editable
  * install not rebuilt) is left unused, not called with arguments it does not take.
- * 2: unlock() takes a length. 3: claim_name(). */
-#define API 3
+ * 4: compile() and claim_name() only. */
+#define API 4
 
 static int
 speedups_exec(PyObject *module)
@@ -440,7 +301,8 @@ static PyModuleDef_Slot speedups_slots[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "portsafe._locking._speedups",
-    .m_doc = "One candidate's claim (lock, bind-check) in one call; see portsafe._locking.claim.",
+    .m_doc = "One candidate's name claim (hold its name, bind-check) in one call; see "
+             "portsafe._locking.names.",
     .m_size = 0,
     .m_methods = speedups_methods,
     .m_slots = speedups_slots,

@@ -2,32 +2,27 @@
 
 A reservation's system calls are few (lock, socket, bind, close; unlock at release) and
 cheap; in Python each costs a call, an object and its error handling as well, which is
-most of a reservation's time. So the sequence is one function, :func:`claim`, written
-twice with the same results:
+most of a reservation's time. So the sequence is one function: :func:`claim_py` here,
+with the lock a record lock on a lock file (macOS, the BSDs, Windows: ``_locking.files``)
+or none at all (*lock_fd* below 0: only the binds, ``_probe.is_free``), and
+``_locking.names.claim_name_py`` where the lock is a port's name (Linux).
 
-* ``portsafe._locking._speedups`` (``_speedups.c``), built where a C compiler is at hand on
-  Linux; it makes the system calls directly;
-* the Python version here, everywhere else, and with ``PORTSAFE_PURE_PYTHON=1``
-  (``tests/locking/test_claim.py`` runs both through every outcome and compares them).
-
-Both return an int: ``kind | step << 4 | errno << 8``, where *kind* is :data:`CLAIMED`
+Each returns an int: ``kind | step << 4 | errno << 8``, where *kind* is :data:`CLAIMED`
 (0: the lock is held and every bind succeeded), :data:`HELD` (someone holds the lock),
 :data:`REFUSED` (bind or setsockopt of *step* failed with *errno*: in use, or worse),
-:data:`NO_SOCKET` (``socket()`` of *step* failed), :data:`LOCK_ERROR` (the lock call
-failed otherwise) or :data:`CHANGED` (given the lock directory's descriptor and its
-ctime as checked, it is not that directory any more: ``_locks``, ``_dirwatch``).
-Anything but CLAIMED leaves nothing behind: a lock taken is dropped.
-A *lock_fd* below 0 means no lock, only the binds (``_probe.is_free``).
+:data:`NO_SOCKET` (``socket()`` of *step* failed) or :data:`LOCK_ERROR` (the lock call
+failed otherwise). Anything but CLAIMED leaves nothing behind: a lock taken is dropped.
 
-A plan is :func:`compile` of ``_probe``'s steps: bytes for the C version, which declines
-(None) what it does not do itself, such as a host with a ``%scope``; the steps
-themselves for the Python version.
+A plan is :func:`compile_plan` of ``_probe``'s steps: the steps themselves. The name
+claim has a compiled version too, ``portsafe._locking._speedups.claim_name`` (built on
+Linux where a C compiler is at hand; not with ``PORTSAFE_PURE_PYTHON=1``), whose plans
+are bytes: :func:`compile_name_plan` makes them (``tests/locking/test_claim.py`` runs
+both versions through every outcome and compares them).
 """
 
 from __future__ import annotations
 
 import _socket
-import os
 
 from portsafe._locking.recordlock import BUSY, EXCLUSIVE, LOCKF, UNLOCK
 from portsafe._locking.recordlock import try_lock as _try_lock
@@ -44,23 +39,19 @@ if TYPE_CHECKING:
     #: (family, type, host, rest of the sockaddr or (), options)
     Step = tuple[int, int, str, tuple[int, ...], tuple[Option, ...]]
     Plan = bytes | tuple[Step, ...]
-    Claim = Callable[..., int]  # (lock_fd, port, plan[, dir_fd, dir_ctime]) -> int
+    Claim = Callable[..., int]  # (lock_fd, port, plan) -> int, or a name claim's
 
-__all__ = ["CHANGED", "CLAIMED", "HELD", "IMPLEMENTATION", "LOCK_ERROR", "NO_SOCKET", "PURE",
-           "REFUSED", "SPAN_UNLOCK", "STALE", "claim_py", "compile_plan", "dir_ctime_py",
-           "unlock_py"]
+__all__ = ["CLAIMED", "HELD", "IMPLEMENTATION", "LOCK_ERROR", "NO_SOCKET", "PURE",
+           "REFUSED", "SPAN_UNLOCK", "STALE", "claim", "claim_py", "compile_name_plan",
+           "compile_plan", "unlock", "unlock_py"]
 
-CLAIMED, HELD, REFUSED, NO_SOCKET, LOCK_ERROR, CHANGED = 0, 1, 2, 3, 4, 5
+CLAIMED, HELD, REFUSED, NO_SOCKET, LOCK_ERROR = 0, 1, 2, 3, 4
 
 _new_socket = _socket.socket
-_fstat = os.fstat
 
 
-def claim_py(lock_fd: int, port: int, plan: Plan, dir_fd: int = -1, dir_ctime: int = 0) -> int:
+def claim_py(lock_fd: int, port: int, plan: Plan) -> int:
     """Lock *port* in *lock_fd* (unless it is below 0), then bind and close each step.
-
-    With *dir_fd*, first :data:`CHANGED` (nothing done) unless :func:`dir_ctime_py` of
-    it is *dir_ctime*: the lock directory's check by descriptor, in the same call.
 
     Example:
         >>> import socket
@@ -71,8 +62,6 @@ def claim_py(lock_fd: int, port: int, plan: Plan, dir_fd: int = -1, dir_ctime: i
         >>> code & 15 == REFUSED
         True
     """
-    if dir_fd >= 0 and dir_ctime_py(dir_fd) != dir_ctime:
-        return CHANGED
     if lock_fd >= 0:
         if LOCKF is not None:
             try:
@@ -124,45 +113,25 @@ def unlock_py(lock_fd: int, port: int, length: int = 1) -> int:
     return 0
 
 
-def dir_ctime_py(fd: int) -> int:
-    """*fd*'s ``st_ctime_ns``; 0 once it has no links (deleted); ``-errno`` on error.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as path:
-        ...     fd = os.open(path, os.O_RDONLY)
-        ...     print(dir_ctime_py(fd) > 0)
-        True
-        >>> print(dir_ctime_py(fd)); os.close(fd)
-        0
-    """
-    try:
-        info = _fstat(fd)
-    except OSError as exc:
-        return -(exc.errno or 1)
-    return info.st_ctime_ns if info.st_nlink else 0
-
-
 def _compile_py(steps: tuple[Step, ...]) -> Plan | None:
     return steps
 
 
+#: The lock file claim: always the Python version (the compiled module is Linux's, where
+#: reservations are names).
 claim: Claim = claim_py
 unlock: Callable[..., int] = unlock_py  # (lock_fd, port[, length]) -> int
-dir_ctime: Callable[[int], int] = dir_ctime_py
 _compile: Callable[[tuple[Step, ...]], Plan | None] = _compile_py
-
-#: ``fstatfs(fd).f_type`` (``_dirwatch``), or None: Python has no ``statfs``.
-fs_magic: Callable[[int], int] | None = None
+_claim_name: Claim | None = None
 
 #: Whether :func:`unlock` with a length may span bytes this process holds no lock on
 #: (POSIX record locks: it unlocks only this process's own). Windows' locks may not.
 SPAN_UNLOCK = LOCKF is not None
 
-#: "c" when ``portsafe._locking._speedups`` is in use, else "python".
+#: "c" when ``portsafe._locking._speedups`` (the name claim) is in use, else "python".
 IMPLEMENTATION = "python"
 #: The contract of ``portsafe._locking._speedups`` this version uses (its ``API``).
-_API = 3
+_API = 4
 #: Why a compiled module that is there is not used (it is another version's), or "".
 STALE = ""
 #: Whether ``PORTSAFE_PURE_PYTHON`` asked for the Python version (read once, here), or
@@ -176,9 +145,8 @@ if not PURE:
         # All or nothing, and only the module of this version's contract: one left from
         # another portsafe version (an editable install not rebuilt) may lack a function,
         # or take other arguments. The C claim takes only its own (bytes) plans:
-        # compile_plan pairs them so.
-        _compiled = (_speedups.claim, _speedups.unlock, _speedups.dir_ctime,
-                     _speedups.compile, _speedups.fs_magic) \
+        # compile_name_plan pairs them so.
+        _compiled = (_speedups.compile, _speedups.claim_name) \
             if getattr(_speedups, "API", None) == _API else None
         if _compiled is None:
             STALE = f"contract {getattr(_speedups, 'API', 1)}, not {_API}"  # 1: no API
@@ -187,12 +155,12 @@ if not PURE:
     except ImportError:  # not built here (no compiler, not Linux)
         _compiled = None
     if _compiled is not None:
-        claim, unlock, dir_ctime, _compile, fs_magic = _compiled
+        _compile, _claim_name = _compiled
         IMPLEMENTATION = "c"
 
 
 def compile_plan(steps: tuple[Step, ...]) -> tuple[Claim, Plan]:
-    """(claim function, plan) for *steps*: the C version's where it takes them.
+    """(claim function, plan) for *steps*: :func:`claim_py` and the steps.
 
     Example:
         >>> import socket
@@ -201,7 +169,22 @@ def compile_plan(steps: tuple[Step, ...]) -> tuple[Claim, Plan]:
         >>> run(-1, 0, plan)
         0
     """
+    return claim_py, steps
+
+
+def compile_name_plan(steps: tuple[Step, ...]) -> tuple[Claim, Plan]:
+    """(claim function, plan) for *steps* as a name claim runs them: the compiled
+    ``claim_name`` and its bytes where it takes them, else :func:`claim_py` and the steps
+    (``_locking.names.compile_claim`` then runs the Python name claim).
+
+    Example:
+        >>> import socket
+        >>> run, plan = compile_name_plan(((socket.AF_INET, socket.SOCK_STREAM,
+        ...                                 "127.0.0.1", (), ()),))
+        >>> run is claim_py or type(plan) is bytes
+        True
+    """
     plan = _compile(steps)
-    if type(plan) is bytes:  # the C version's
-        return claim, plan
+    if _claim_name is not None and type(plan) is bytes:
+        return _claim_name, plan
     return claim_py, steps

@@ -22,7 +22,7 @@ repairing needs the exclusive one, so it never happens under anyone's feet.
 The marker as a process read it (:class:`Marker`) is its generation *and* the marker
 file's identity (inode number, ctime): the directory's owner can replace the marker, or
 its own owner rewrite it in place, with the same generation text, and only the identity
-tells (``_lockdir`` checks it when the directory changes; announcements carry it).
+tells (``_lockdir`` checks it when the directory changes).
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ import stat
 import sys
 import time
 
-from portsafe import _platform as backend
 from portsafe._errors import LockDirError
-from portsafe._locking.announce import announced, dir_key, pids, stale_users
 
 __all__ = ["FEATURES", "FLAGS_FILE", "FORMAT", "MARKER", "NOFOLLOW", "SHARD_BITS",
            "SHARD_COUNT", "Marker", "complete", "features", "flock", "open_in",
@@ -60,20 +58,13 @@ FLAGS_FILE = os.O_RDWR | NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | \
 _WAIT = 5.0  # seconds to wait for another process's upgrade of the directory
 
 
-def features(platform: str, *, dir_fd: bool = True, proc: bool = True) -> frozenset[str]:
+def features(platform: str, *, dir_fd: bool = True) -> frozenset[str]:
     """Which of the hardening mechanisms *platform* has.
 
     ``openat``: files are opened relative to the verified directory's descriptor;
-    ``flock``: users hold a shared ``flock`` on it (tmp cleaners, repairs);
-    ``announce``: users are listed as abstract unix sockets in ``/proc/net/unix`` (Linux,
-    where this process may use abstract names and read ``/proc``: *proc*; not in the
-    test-only run of this backend on Linux, which runs what macOS runs).
+    ``flock``: users hold a shared ``flock`` on it (tmp cleaners, repairs).
 
     Example:
-        >>> sorted(features("linux"))
-        ['announce', 'flock', 'openat']
-        >>> sorted(features("linux", proc=False))
-        ['flock', 'openat']
         >>> sorted(features("darwin"))
         ['flock', 'openat']
         >>> sorted(features("win32"))
@@ -81,16 +72,10 @@ def features(platform: str, *, dir_fd: bool = True, proc: bool = True) -> frozen
     """
     if platform == "win32":
         return frozenset()
-    found = {"flock"}
-    if dir_fd:
-        found.add("openat")
-    if platform.startswith("linux") and proc:
-        found.add("announce")
-    return frozenset(found)
+    return frozenset({"flock", "openat"} if dir_fd else {"flock"})
 
 
-FEATURES = features(sys.platform, dir_fd=os.open in os.supports_dir_fd,
-                    proc=backend.PROC and backend.ABSTRACT)
+FEATURES = features(sys.platform, dir_fd=os.open in os.supports_dir_fd)
 
 
 class Marker:
@@ -113,7 +98,7 @@ class Marker:
 
     @property
     def token(self) -> str:
-        """``<generation>.<ino hex>.<ctime hex>``: what users announce (``_announce``).
+        """``<generation>.<ino hex>.<ctime hex>``: the marker as read, in one string.
         Two processes that read the same marker file, unchanged, have the same token."""
         return f"{self.generation}.{self.ino:x}.{self.ctime:x}"
 
@@ -247,8 +232,6 @@ def complete(fd: int, path: str, repair: bool) -> Marker:
     until every user is gone.
     """
     locking = "flock" in FEATURES and fd >= 0
-    announcing = "announce" in FEATURES and fd >= 0
-    users: list[tuple[str, int]] = []
     got = not locking or flock(fd, path, exclusive=True, wait=0.0)
     deadline, pause = time.monotonic() + _WAIT, 0.0005
     while not got:
@@ -258,15 +241,12 @@ def complete(fd: int, path: str, repair: bool) -> Marker:
             marker = read_marker(fd, path) or marker
             if marker is not None:
                 return marker
-        if not users and announcing:
-            users = announced(dir_key(fd, path), None)
-        if users or time.monotonic() >= deadline:
-            # Users that stay (they announce themselves) never let go: fail at once then.
+        if time.monotonic() >= deadline:
             flock(fd, path, exclusive=False)
             raise LockDirError(errno.EBUSY, f"the lock directory {path} has no format "
-                               f"marker while processes that use it, or a deleted one at "
-                               f"this path, still run{pids(users)}: someone deletes files "
-                               f"there. Let them finish (or stop them), then retry")
+                               f"marker while processes that use it still run: someone "
+                               f"deletes files there. Let them finish (or stop them), then "
+                               f"retry")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
         got = flock(fd, path, exclusive=True, wait=0.0)
@@ -274,12 +254,6 @@ def complete(fd: int, path: str, repair: bool) -> Marker:
         marker = read_marker(fd, path)
         if marker is not None and stat_dir(fd, path).st_mtime_ns <= marker.ctime:
             return marker  # another process did it while we waited
-        if announcing:
-            # Under the exclusive lock nobody uses this directory: announcers use another
-            # one that had this path (deleted since) and may hold ports in it.
-            users = announced(dir_key(fd, path), None)
-            if users:
-                raise stale_users(path, users)
         for index in range(SHARD_COUNT):
             _make_shard(fd, path, index)
         _write_marker(fd, path, os.urandom(8).hex())

@@ -1,15 +1,17 @@
-"""The cross-process lock behind a reservation: one byte per port in sharded lock files.
+"""The cross-process lock behind a reservation on macOS, the BSDs and Windows: one byte
+per port in sharded lock files.
 
 Port ``p`` is locked by a one-byte record lock at offset ``p`` of the lock file of its
 shard (``p >> 8``: 256 ports a file) in a shared lock directory (``_lockdir``: how it is
-opened, verified, completed and watched). Why this shape:
+opened, verified, completed and watched; ``_lockdirs``: which one is in use). Why this
+shape:
 
 * POSIX record locks (``lockf``/``F_SETLK``) belong to the process: the kernel drops
   them when it dies, even by SIGKILL (G4); a ``fork()`` child does not inherit them
   (so it never silently shares its parent's ports), and ``F_GETLK`` reports the
   holder's pid (``portsafe list``).
 * One file descriptor holds any number of ports, so 10,000 reservations cost a few
-  dozen fds, not 10,000 (abstract unix sockets would cost one fd each).
+  dozen fds, not 10,000.
 * The kernel keeps a file's locks in a linear list; sharding caps that list at 256
   entries, so the cost of one more lock does not grow with the number held. A file
   whose list someone floods with locks outside its ports' range is detected after a
@@ -27,6 +29,7 @@ when the process exits); it cannot name holders, so :func:`holders` reports pid 
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
@@ -34,20 +37,10 @@ from portsafe._errors import LockDirError
 from portsafe._locking.claim import HELD, LOCK_ERROR, compile_plan
 from portsafe._locking.claim import SPAN_UNLOCK as _SPAN_UNLOCK
 from portsafe._locking.claim import unlock as _unlock_port
-from portsafe._locking.lockdir import (
-    SHARD_BITS,
-    SHARD_COUNT,
-    LockDir,
-    Shard,
-    shard_name,
-    unusable_error,
-)
-from portsafe._locking.lockdirs import DirectoryTable
-from portsafe._locking.recordlock import (
-    flock_layout,
-    foreign_locks,
-    query_shard,
-)
+from portsafe._locking.fileformat import SHARD_BITS, SHARD_COUNT, shard_name
+from portsafe._locking.lockdir import LockDir, Shard
+from portsafe._locking.lockdirs import LockDirs
+from portsafe._locking.recordlock import foreign_locks, query_shard
 from portsafe._platform import NAMES
 from portsafe._settings import LOCK_DIR, getenv, lock_dir
 
@@ -59,15 +52,14 @@ if TYPE_CHECKING:
 #: A claim that only locks (no probe binds): what try_acquire is.
 _LOCK_ONLY = compile_plan(())
 
-__all__ = ["SHARD_BITS", "LockDir", "LockTable", "Table", "flock_layout", "holders", "lock_dir",
-           "shard_name", "table", "unusable_error"]
+__all__ = ["MISS_LIMIT", "LockTable", "Table", "holders", "table", "unusable_error"]
 
 _SHARD_SIZE = 1 << SHARD_BITS
 #: Misses in a row in one shard after which its file is checked for a flood.
 MISS_LIMIT = 16
 
 
-class LockTable(DirectoryTable):
+class LockTable:
     """This process's locks: open lock directories and shard files, the held ports.
 
     One instance per process (:func:`table`); it resets itself in a ``fork()`` child,
@@ -85,11 +77,51 @@ class LockTable(DirectoryTable):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        self._mutex = threading.Lock()
+        #: port -> the shard file it is locked in, for every port this process holds
+        #: (read-only outside the lock table)
+        self.held: dict[int, Shard] = {}
+        self._dirs = LockDirs(self.held)
+        self._home: Shard | None = None  # the shard used last (its file kept open)
         self._miss_dir: LockDir | None = None
         self._miss_index = self._misses = 0
         self._warned: set[tuple[str, int]] = set()
         self.pid = os.getpid()
+
+    # -- the directory ---------------------------------------------------------------
+
+    def current(self, path: str | None = None) -> LockDir:
+        """The lock directory to reserve in now (``PORTSAFE_LOCK_DIR``, or *path*),
+        opened once and checked by one ``stat`` of its path at each call.
+
+        Raises:
+            LockDirError: unusable, or changed under ports this process holds there.
+
+        Example:
+            >>> table().current() is table().current()
+            True
+        """
+        if path is None:
+            path = lock_dir()  # the same str object each call while the setting stays
+        found = self._dirs.cached(path)
+        if found is not None:
+            return found
+        with self._mutex:
+            try:
+                return self._dirs.lookup(path)
+            finally:
+                self._forget_home_if_closed()
+
+    def _resolve(self, where: object) -> LockDir:
+        try:
+            return self._dirs.resolve(where)
+        finally:
+            self._forget_home_if_closed()
+
+    def _forget_home_if_closed(self) -> None:
+        home = self._home
+        if home is not None and home.lockdir.shards.get(home.index) is not home:
+            self._home = None
 
     # -- ports -----------------------------------------------------------------------
 
@@ -115,7 +147,7 @@ class LockTable(DirectoryTable):
     @property
     def open_fds(self) -> int:
         """How many lock files this process has open."""
-        return sum(len(lockdir.shards) for lockdir in self._dirs.values())
+        return self._dirs.open_fds
 
     def try_acquire(self, port: int, where: object = None) -> bool:
         """Lock *port* for this process; False if any process (this one too) holds it,
@@ -228,7 +260,8 @@ class LockTable(DirectoryTable):
         if shard is not self._home:
             self._close_if_idle(shard)
         if lockdir.retired and not lockdir.holding():
-            self._drop(lockdir)
+            self._dirs.drop(lockdir)
+            self._forget_home_if_closed()
 
     def release(self, port: int, wait: bool = True) -> bool:
         """Unlock *port* if this process holds it (idempotent); True once done.
@@ -351,7 +384,7 @@ class LockTable(DirectoryTable):
             return self.pid
         with self._mutex:
             try:
-                lockdir = self._current_locked(lock_dir())
+                lockdir = self._resolve(None)
             except LockDirError:
                 return None
             return next((pid for p, pid in self._query(lockdir, port >> SHARD_BITS, port)
@@ -363,7 +396,7 @@ class LockTable(DirectoryTable):
         if not os.path.isdir(path):
             return []
         with self._mutex:
-            lockdir = self._current_locked(path)
+            lockdir = self._resolve(path)
             found = [(port, self.pid) for port, shard in self.held.items()
                      if shard.lockdir is lockdir]
             for index in range(SHARD_COUNT):
@@ -375,11 +408,7 @@ class LockTable(DirectoryTable):
     def after_fork_in_child(self) -> None:
         """Forget the parent's locks: the kernel did not give them to this process."""
         self._mutex = threading.Lock()
-        for lockdir in self._dirs.values():
-            lockdir.forget()  # closes our copies only: the parent keeps its locks
-        self._dirs.clear()
-        self._paths.clear()
-        self._last_path = self._last_dir = None
+        self._dirs.clear(close=False)  # closes our copies only: the parent keeps its locks
         self.held.clear()
         self._home = self._miss_dir = None
         self.pid = os.getpid()
@@ -391,6 +420,21 @@ class LockTable(DirectoryTable):
     def after_fork_in_parent(self) -> None:
         """Give back the mutex taken in :meth:`before_fork`."""
         self._mutex.release()
+
+
+def unusable_error(lockdir: LockDir, unusable: dict[int, str]) -> LockDirError:
+    """The error when every candidate's lock file is skipped (:meth:`LockTable.unusable`
+    names them, with why): nothing usable is left.
+
+    Example:
+        >>> unusable_error(table().current(), {80: "it is missing"}).errno == errno.EPERM
+        True
+    """
+    shown = "; ".join(f"{shard_name(index)}: {why}" for index, why in sorted(unusable.items())[:3])
+    more = f" (and {len(unusable) - 3} more)" if len(unusable) > 3 else ""
+    return LockDirError(errno.EPERM, f"no usable lock file for these ports in {lockdir.path}: "
+                        f"{shown}{more}. Remove the lock directory when no portsafe process "
+                        f"runs (it is then made again), or set PORTSAFE_LOCK_DIR")
 
 
 if TYPE_CHECKING:

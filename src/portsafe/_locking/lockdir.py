@@ -1,7 +1,8 @@
-"""The shared lock directory: opened once per process, verified, completed, announced.
+"""The shared lock directory: opened once per process, verified, completed, watched.
 
-A reservation is only as good as the directory its lock lives in: a lock in a file that
-was deleted, or in a directory that another user swapped, excludes nobody. This module
+Lock files are the reservations of macOS, the BSDs and Windows. A reservation is only as
+good as the directory its lock lives in: a lock in a
+file that was deleted, or in a directory that another user swapped, excludes nobody. This module
 opens that directory once per process and keeps it honest:
 
 1. **Opened, never followed.** The directory is opened with ``O_DIRECTORY|O_NOFOLLOW``
@@ -13,30 +14,22 @@ opens that directory once per process and keeps it honest:
    they rename or link.
 2. **Complete and versioned.** A directory in format 1 holds every one of its 256 shard
    files and a marker, ``portsafe-format`` (format number and a random generation),
-   written last. A directory without a marker (portsafe 0.1.0, or new) is completed in
-   place under an exclusive ``flock``: same file names, same byte layout, so 0.1.0
-   processes and this version keep excluding each other. A higher format is refused.
+   written last. A directory without a marker (new, or made by a version that wrote
+   none) is completed in place under an exclusive ``flock``: same file names, same byte
+   layout, so processes of both keep excluding each other. A higher format is refused.
    Because the marker is written after every shard, a directory whose mtime is newer
    than the marker's ctime has been changed since: only then are its files checked one
    by one, and a shard file newer than the marker (deleted and made again, maybe while
    someone held locks in the old one) is skipped, never trusted.
 3. **Held while used.** Each user holds a shared ``flock`` on the directory for as long
-   as it has it open. Age-based tmp cleaners (systemd-tmpfiles) skip a directory locked
-   so; a repair, which needs the exclusive lock, can only happen when nobody uses it.
-4. **Announced (Linux).** Each user binds an abstract unix socket named after the
-   directory's path and its marker as read (generation, inode number and ctime: listed
-   in ``/proc/net/unix``, scoped per network namespace, like the ports themselves). A
-   process that completes a directory (or opens one whose directory or marker another
-   user owns, who could have made it complete without looking, or replaced its marker)
-   and finds users of another marker at the same path (the directory was deleted and
-   made again under them, or its marker replaced) raises :class:`LockDirError` naming
-   their pids instead of reserving ports they may hold.
-5. **Watched.** The caller compares the path's ``stat`` (ctime, which no user can set,
+   as it has it open. Age-based tmp cleaners skip a directory locked so; a repair, which
+   needs the exclusive lock, can only happen when nobody uses it.
+4. **Watched.** The caller compares the path's ``stat`` (ctime, which no user can set,
    unlike the mtime) with what it opened at every reservation (:meth:`LockDir.changed`):
    one system call. When it changed, each open lock file and the marker must still be
    the files opened (:meth:`LockDir.recheck`).
 
-macOS and the BSDs have 1-3 and 5; Windows has none of 1-4 (paths are opened by name).
+macOS and the BSDs have all four; Windows has only 4 (paths are opened by name).
 docs/design.md ("Threat model") says what each gap leaves open.
 """
 
@@ -49,18 +42,13 @@ import stat
 import sys
 
 from portsafe._errors import LockDirError
-from portsafe._locking.announce import announce, announced, dir_key, stale_users
 from portsafe._locking.fileformat import (
     FEATURES,
     FLAGS_FILE,
-    FORMAT,
     MARKER,
     NOFOLLOW,
-    SHARD_BITS,
-    SHARD_COUNT,
     Marker,
     complete,
-    features,
     flock,
     open_in,
     read_marker,
@@ -69,8 +57,7 @@ from portsafe._locking.fileformat import (
 )
 from portsafe._locking.systemdirs import refuse_system_directory
 
-__all__ = ["FEATURES", "FORMAT", "MARKER", "SHARD_BITS", "SHARD_COUNT", "LockDir", "Shard",
-           "features", "open_lockdir", "shard_name", "unusable_error"]
+__all__ = ["REPLACED_FILE", "REPLACED_MARKER", "LockDir", "Shard", "open_lockdir"]
 
 _FLAGS_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -106,14 +93,11 @@ class LockDir:
             this process holds there may be given to others (raised at each reservation).
         retired: no longer at its path, or its marker replaced (closed, and opened again
             if still at its path, once the ports held here are released).
-        watch_ctime, watch_at, watch_refused, watch_path: how ``_locks`` checks it at each
-            reservation (by descriptor where ``_dirwatch`` allows for that path, else by
-            path).
+        via_link: opened through a symbolic link (so checked with ``stat``, not ``lstat``).
     """
 
-    __slots__ = ("announcement", "broken", "ctime", "dev", "fd", "generation", "ino",
-                 "marker", "marker_ctime", "path", "poisoned", "retired", "shards",
-                 "via_link", "watch_at", "watch_ctime", "watch_path", "watch_refused")
+    __slots__ = ("broken", "ctime", "dev", "fd", "generation", "ino", "marker",
+                 "marker_ctime", "path", "poisoned", "retired", "shards", "via_link")
 
     def __init__(self, path: str, fd: int, info: os.stat_result, marker: Marker) -> None:
         self.path = path
@@ -126,15 +110,7 @@ class LockDir:
         self.poisoned: dict[int, str] = {}
         self.broken: dict[int, str] = {}
         self.retired = False  # replaced at its path while ports were held here
-        self.via_link = False  # opened through a symlink (so checked with stat, not lstat)
-        self.announcement: object = None  # the socket that announces us, kept open
-        # Checked by descriptor (``_dirwatch``): the ctime its fstat must still show (0:
-        # checked by path); when to try that next (a time.time_ns(); 0: never); whether
-        # it may be (None: not yet asked, "": yes, else why not).
-        self.watch_ctime = 0
-        self.watch_at = 1 if fd >= 0 else 0
-        self.watch_refused: str | None = None
-        self.watch_path = path  # the spelling of it that watch_refused was judged for
+        self.via_link = False
 
     def holding(self) -> bool:
         """Whether this process holds a port here (off the hot path: a walk of the open
@@ -240,10 +216,6 @@ class LockDir:
         for shard in self.shards.values():
             os.close(shard.fd)
         self.shards.clear()
-        sock = self.announcement
-        if sock is not None:
-            sock.close()  # type: ignore[attr-defined]
-            self.announcement = None
         if self.fd >= 0:
             os.close(self.fd)  # drops our shared flock
             self.fd = -1
@@ -255,10 +227,6 @@ class LockDir:
         """
         for shard in self.shards.values():
             _close_quietly(shard.fd)
-        sock = self.announcement
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()  # type: ignore[attr-defined]
         if self.fd >= 0:
             _close_quietly(self.fd)
 
@@ -266,15 +234,6 @@ class LockDir:
 def _close_quietly(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
-
-
-def unusable_error(lockdir: LockDir, unusable: dict[int, str]) -> LockDirError:
-    """The error when every candidate's lock file is skipped: nothing usable is left."""
-    shown = "; ".join(f"{shard_name(index)}: {why}" for index, why in sorted(unusable.items())[:3])
-    more = f" (and {len(unusable) - 3} more)" if len(unusable) > 3 else ""
-    return LockDirError(errno.EPERM, f"no usable lock file for these ports in {lockdir.path}: "
-                        f"{shown}{more}. Remove the lock directory when no portsafe process "
-                        f"runs (it is then made again), or set PORTSAFE_LOCK_DIR")
 
 
 # -- opening ---------------------------------------------------------------------------
@@ -285,7 +244,7 @@ class _RetryError(Exception):
 
 
 def open_lockdir(path: str, *, explicit: bool) -> LockDir:
-    """Open, verify, complete if needed, lock and announce the lock directory at *path*.
+    """Open, verify, complete if needed and lock the lock directory at *path*.
 
     *explicit* (``PORTSAFE_LOCK_DIR`` set) allows *path* to be a symlink owned by this
     user or root; the default directory must be the directory itself. ``/`` and the
@@ -409,22 +368,6 @@ def _prepare(path: str, fd: int, follow: bool, created: bool) -> LockDir:
         marker = complete(fd, path, repair=marker is not None)
         info = stat_dir(fd, path)
     lockdir = LockDir(path, fd, info, marker)
-    if "announce" in FEATURES and fd >= 0:
-        key = dir_key(fd, path)
-        lockdir.announcement = announce(key, marker.token)
-        # Whoever completes a directory has checked that no user of an older one at this
-        # path is alive (lockformat.complete); only another user who can replace the
-        # marker (the directory's owner or the marker's) could have made a complete one
-        # without that check, or replaced the marker under its users, so only then look
-        # again (reading /proc/net/unix costs O(unix sockets on the machine)).
-        me = os.getuid()
-        foreign = info.st_uid not in (0, me) or marker.uid not in (0, me)
-        users = [(token, pid) for token, pid in (announced(key, None) if foreign else ())
-                 if token != marker.token and pid != os.getpid()]
-        if users:
-            lockdir.fd = -1  # the caller closes fd
-            lockdir.close()
-            raise stale_users(path, users, marker.generation)
     now = os.stat(path) if follow else os.lstat(path)
     if not lockdir.same_directory(now):
         lockdir.fd = -1  # the caller closes fd
@@ -433,8 +376,3 @@ def _prepare(path: str, fd: int, follow: bool, created: bool) -> LockDir:
     lockdir.ctime = now.st_ctime_ns
     lockdir.via_link = follow
     return lockdir
-
-
-# -- announcing (Linux) ----------------------------------------------------------------
-
-

@@ -25,7 +25,8 @@ import _socket
 import errno
 import os
 
-from portsafe._locking.claim import HELD, IMPLEMENTATION, LOCK_ERROR, claim_py, compile_plan
+from portsafe._locking.claim import HELD, IMPLEMENTATION, LOCK_ERROR, claim_py
+from portsafe._locking.claim import compile_name_plan as compile_plan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

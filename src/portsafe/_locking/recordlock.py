@@ -13,8 +13,8 @@ import sys
 
 from portsafe._locking.fileformat import SHARD_BITS
 
-__all__ = ["BUSY", "LOCKF", "flock_layout", "foreign_locks", "query_shard", "try_lock",
-           "unlock"]
+__all__ = ["BUSY", "EXCLUSIVE", "LOCKF", "UNLOCK", "fcntl_lock", "flock_layout", "foreign_locks",
+           "query_shard", "query_shard_windows", "try_lock", "unlock"]
 
 _WINDOWS = sys.platform == "win32"
 #: The errnos of a lock taken by someone else.
@@ -65,12 +65,41 @@ else:
 
 
 def flock_layout(platform: str) -> tuple[str, int, int, int]:
-    """``struct flock`` as (format, index of l_type, l_start, l_pid) for F_GETLK."""
+    """``struct flock`` of *platform* as (``struct`` format, index of l_type, of l_start,
+    of l_pid); l_len follows l_start, and l_whence is left 0 (``SEEK_SET``).
+
+    Example:
+        >>> flock_layout("darwin")
+        ('qqihh', 3, 0, 2)
+    """
     if platform.startswith("linux"):
         return "hhqqi4x", 0, 2, 4
     if platform.startswith("freebsd"):
         return "qqihhi", 3, 0, 2
     return "qqihh", 3, 0, 2  # macOS and the other BSDs
+
+
+def fcntl_lock(fd: int, command: int, kind: int, start: int, length: int,
+               ) -> tuple[int, int, int, int]:
+    """``fcntl(fd, command, struct flock)`` on bytes [start, start+length) (0: to the
+    end) with l_type *kind*: the answer's (l_type, l_start, l_len, l_pid). POSIX only.
+
+    Raises:
+        OSError: as ``fcntl`` does (``F_SETLK`` on a byte held elsewhere: :data:`BUSY`).
+
+    Example:
+        >>> import fcntl, tempfile
+        >>> with tempfile.TemporaryFile() as file:
+        ...     fcntl_lock(file.fileno(), fcntl.F_GETLK, fcntl.F_WRLCK, 7, 1)[0] == fcntl.F_UNLCK
+        True
+    """
+    layout, type_at, start_at, pid_at = flock_layout(sys.platform)
+    fields = [0] * len(layout.replace("4x", ""))
+    fields[type_at] = kind
+    fields[start_at] = start
+    fields[start_at + 1] = length
+    answer = struct.unpack(layout, fcntl.fcntl(fd, command, struct.pack(layout, *fields)))
+    return answer[type_at], answer[start_at], answer[start_at + 1], answer[pid_at]
 
 
 def foreign_locks(fd: int, shard: int) -> bool:
@@ -95,41 +124,27 @@ def _conflict(fd: int, start: int, length: int) -> tuple[int, int, int] | None:
     """F_GETLK on [start, start+length) (0: to the end): (start, length, pid) or None."""
     if length == 0 and start == 0:
         return None
-    layout, type_at, start_at, pid_at = flock_layout(sys.platform)
-    fields = [0] * len(layout.replace("4x", ""))
-    fields[type_at] = fcntl.F_WRLCK
-    fields[start_at] = start
-    fields[start_at + 1] = length  # l_len follows l_start in every layout
-    answer = struct.unpack(layout, fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(layout, *fields)))
-    if answer[type_at] == fcntl.F_UNLCK:
-        return None
-    return answer[start_at], answer[start_at + 1], answer[pid_at]
+    kind, lock_start, lock_len, pid = fcntl_lock(fd, fcntl.F_GETLK, fcntl.F_WRLCK, start, length)
+    return None if kind == fcntl.F_UNLCK else (lock_start, lock_len, pid)
 
 
 def query_shard(fd: int, shard: int, only: int | None = None) -> list[tuple[int, int]]:
     """The (port, pid) locks other processes hold in one shard file (or on port *only*)."""
     if _WINDOWS:
         return query_shard_windows(fd, shard, only)
-    layout, type_at, start_at, pid_at = flock_layout(sys.platform)
-    field_count = len(layout.replace("4x", ""))
     found: list[tuple[int, int]] = []
     # F_GETLK answers with *a* conflicting lock, not the lowest: split around each answer.
     pending = [(shard << SHARD_BITS, (shard + 1) << SHARD_BITS) if only is None
                else (only, only + 1)]
     while pending:
         start, end = pending.pop()
-        fields = [0] * field_count
-        fields[type_at] = fcntl.F_WRLCK
-        fields[start_at] = start
-        fields[start_at + 1] = end - start  # l_len follows l_start in every layout
-        answer = struct.unpack(layout, fcntl.fcntl(fd, fcntl.F_GETLK,
-                                                   struct.pack(layout, *fields)))
-        if answer[type_at] == fcntl.F_UNLCK:
+        kind, at, lock_len, pid = fcntl_lock(fd, fcntl.F_GETLK, fcntl.F_WRLCK, start,
+                                             end - start)
+        if kind == fcntl.F_UNLCK:
             continue
-        lock_start, lock_len = answer[start_at], answer[start_at + 1]
-        lock_start = max(start, lock_start)
-        lock_end = end if lock_len == 0 else min(end, answer[start_at] + lock_len)
-        found.extend((port, answer[pid_at]) for port in range(lock_start, lock_end))
+        lock_start = max(start, at)
+        lock_end = end if lock_len == 0 else min(end, at + lock_len)
+        found.extend((port, pid) for port in range(lock_start, lock_end))
         if start < lock_start:
             pending.append((start, lock_start))
         if lock_end < end:
@@ -138,6 +153,8 @@ def query_shard(fd: int, shard: int, only: int | None = None) -> list[tuple[int,
 
 
 def query_shard_windows(fd: int, shard: int, only: int | None) -> list[tuple[int, int]]:
+    """:func:`query_shard` where locks cannot name their holder (Windows): a lock tried
+    on each byte, pid 0 for every one held."""
     found: list[tuple[int, int]] = []
     ports = range(max(shard << SHARD_BITS, 1), (shard + 1) << SHARD_BITS) if only is None \
         else (only,)
