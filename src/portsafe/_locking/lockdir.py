@@ -84,7 +84,7 @@ class Shard:
 class LockDir:
     """One open lock directory (per process, whatever alias named it).
 
-    Attributes (read-only outside ``_locks``):
+    Attributes (read-only outside the lock table):
         path: the path it was opened by; ``fd`` its descriptor (-1 without ``openat``).
         dev, ino: its identity, the key of the lock table; ``ctime``: its last seen ctime.
         marker: the format marker as read; ``generation``: its generation.
