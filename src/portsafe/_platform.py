@@ -3,11 +3,12 @@
 One network namespace must have one lock system: a process holding port P by a name and
 another holding P by a lock file would not see each other. So on Linux portsafe always
 uses names (``_locking.names``), and nothing a user can set chooses files there:
-``PORTSAFE_LOCK_DIR`` has no effect (``_locks`` warns once that it is ignored). If names
+``PORTSAFE_LOCK_DIR`` has no effect (``_locking.files`` warns once that it is ignored). If names
 cannot be bound (a seccomp filter, an AppArmor profile), reservations raise an error
 that says so; they do not fall back to files.
 
-macOS, the BSDs and Windows use the lock directory (``_lockdir``, ``_locks``).
+macOS, the BSDs and Windows use the lock directory (``_locking.lockdir``,
+``_locking.files``).
 
 Portsafe's own test suite runs that file backend on Linux too, through a channel that is
 not a setting: :data:`SELFTEST` set to ``1``, accepted only in a network namespace with

@@ -9,8 +9,7 @@ Values are read from the environment at call time (tests and the keeper change t
 mid-process), through :func:`getenv`, which skips ``os.environ``'s per-call key encoding
 on the hot path. Parsing is cached per raw value where it costs anything.
 
-This module sits at the bottom of the core: it imports nothing of portsafe but
-``_errors``.
+This module is part of the base: it imports nothing of portsafe but ``_errors``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Whose request is it? Process identity, pid namespaces and ancestry, for the port server.
+"""Processes as the OS shows them: identity, ancestry, command lines, and ``/proc`` reads.
+
+:func:`read_proc` is the one reader of ``/proc`` files (None where one cannot be read),
+and :func:`command_line` the one way to name a process's command.
 
 A port server grants a port to a *process* and takes it back when that process is gone.
 Three things make that safe:
