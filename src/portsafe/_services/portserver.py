@@ -7,8 +7,8 @@ newline; a closed connection (or ``0``) means "none". There is no release messag
 grant is taken back when the process it was made for is gone.
 
 portsafe adds one request, ``take <port>``: the grantee asks the server to hand over its
-hold on a grant so that the grantee holds the port itself (see ``_pool``). How depends on
-the lock table (``_locks.table().passes_descriptors``):
+hold on a grant so that the grantee holds the port itself (see ``_core.grants``). How
+depends on the lock table (``_locking.files.table().passes_descriptors``):
 
 * names (Linux): the server answers ``fd`` with the descriptor that holds the port's name
   (``SCM_RIGHTS``), after taking it out of its table (``detach``). It closes its own copy
@@ -24,14 +24,14 @@ and so does any answer the client does not expect (an ``ok`` to a client of name
 cannot lock a port that another process's name still holds; an ``fd`` without a
 descriptor; an ``fd`` to a client of lock files, whose kernel closes what it was sent).
 
-Layering: this module, its client (``_server_client``), ``_owners`` and ``_unixserver``
-sit on the core's bottom layer (``_errors``, ``_settings``, ``_locks``, ``_ranges``,
-``_probe``) and never import ``_reserve`` or anything above it; ``_pool`` builds on the
-client, ``_reserve`` on ``_pool``. So there is no import cycle, even inside functions.
+Layering: this module is a service, above the core. Its client is in the core
+(``_core.serverclient``, used by ``_core.grants``), and both use only the base's
+unix-socket plumbing (``_unixsock``) and process identity (``_system``);
+``tests/test_layering.py`` keeps it so.
 
 Theory of operation of :class:`PortServer`:
 
-1. Every grant is a lock taken *through the core* (``_locks``) and held by the server
+1. Every grant is a lock taken *through the core* (``_locking.files``) and held by the server
    until the grantee takes it over or the grant is reclaimed, so local portsafe users
    never get a port the server handed out, and the server never hands out a port some
    portsafe user holds. Ports in the grant book are never handed out twice, whoever
@@ -40,7 +40,7 @@ Theory of operation of :class:`PortServer`:
    before the reply is written (the client gave up, the server is stopping) undoes it.
 3. A grant belongs to one process, identified by pid *and* start time, and only to the
    sender or one of its ancestors of the sender's own user, unless the sender is root
-   (``_owners.resolve_owner``): pid 2 or the server's own pid, which never exit, get
+   (``_system.resolve_owner``): pid 2 or the server's own pid, which never exit, get
    nothing, and nobody can make the server hold ports for another user's long-lived
    process. One owner holds at most ``max_per_owner``.
 4. Grants are booked per owner. Once a second, and when no port is left, each owner is
@@ -51,7 +51,7 @@ Theory of operation of :class:`PortServer`:
 
 A portsafe client never relies on the server's lock while it uses a port: it holds its
 own (via ``take``), so a server killed with SIGKILL, and a new one started in its place,
-leave every port in use covered (G1). Clients that take no locks (portpicker's) are
+leave every port in use covered. Clients that take no locks (portpicker's) are
 covered only while the server that granted their port lives, as with portpicker's own
 server.
 """
