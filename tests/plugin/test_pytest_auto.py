@@ -356,7 +356,23 @@ class TestAutoPlainFunctions:
             {"reserved": "x"},
         ])
         assert merged == {"reserved": 7, "fallbacks": 1, "leases_held": 2, "fixtures": 2,
+                          "probes_leased": 0, "refused_by_lease": 0, "uncovered": [],
                           "fallback_reasons": ["a", "a", "b"], "processes": 3}
+
+    def test_uncovered_pickers_are_summed_by_place_and_never_hidden(self) -> None:
+        """The same place from two workers is one line with the counts summed; the first
+        line says how many uncovered pickers ran even with 0 fallbacks."""
+        seen = {"what": "connect probe", "where": "t.py:3", "count": 2}
+        merged = _pytest_auto.merge_stats([
+            {"reserved": 1, "probes_leased": 4, "refused_by_lease": 2, "uncovered": [seen]},
+            {"uncovered": [seen, {"what": "explicit bind", "where": "u.py:9"}]},
+        ])
+        lines = _pytest_auto.summary_lines("--portsafe-auto", merged, workers=2)
+        assert lines[0].endswith("0 fallbacks; 2 uncovered pickers (below)")
+        assert lines[1] == ("explicit-port probes covered: 4 probes leased to its family, "
+                            "2 binds refused because another family's probe held the port")
+        assert lines[3:] == ["  - t.py:3: connect probe (4 times)",
+                             "  - u.py:9: explicit bind (1 time)"]
 
     def test_summary_lists_distinct_reasons_capped(self) -> None:
         """Each distinct reason once, at most five, then how many more."""
@@ -372,3 +388,47 @@ class TestAutoPlainFunctions:
         lines = _pytest_auto.summary_lines("--portsafe-auto", merged, workers=1)
         assert lines[0].endswith("1 port reserved, summed over 1 xdist worker; 1 fallback")
         assert lines[1].startswith("1 bind to port 0 fell back")
+
+
+CONNECT_SCANNER_TEST = """
+import socket
+
+
+def test_connect_scanner():
+    for port in range(21000, 21100):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                break  # refused: taken as free
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen()
+
+
+def test_bind_scanner():
+    for port in range(21100, 21200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            break
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen()
+"""
+
+
+class TestSummaryNamesWhatItCannotCover:
+    def test_connect_scanner_named_with_its_line_bind_scanner_counted(
+        self, pytester: pytest.Pytester, auto_env: None
+    ) -> None:
+        """A connect_ex scanner is named with file:line; a bind scanner is covered."""
+        pytester.makepyfile(test_scanners=CONNECT_SCANNER_TEST)
+        result = pytester.runpytest("-p", "no:cacheprovider", "--portsafe-auto")
+        result.assert_outcomes(passed=2)
+        result.stdout.fnmatch_lines([
+            "auto mode was on (--portsafe-auto): * 0 fallbacks; 1 uncovered picker (below)",
+            "explicit-port probes covered: 1 probe leased to its family, *",
+            "port pickers auto mode saw and could not cover (not race-free):",
+            "  - test_scanners.py:7: connect probe (connect_ex refused, then bound): *",
+        ])

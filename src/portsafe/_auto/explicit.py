@@ -17,8 +17,15 @@ at close, so every explicit bind of an AF_INET/AF_INET6 TCP/UDP socket in auto m
 The three names held together are the *probe lease*; the markers come first, so that
 whoever finds P's reservation taken finds the markers of a lease already bound. The
 lease is dropped when the socket listens, connects or sends (the bound socket protects
-P from then on) or when its bind fails; a socket closed unused keeps it for
-:data:`LEASE_SECONDS`, long enough for the scanner's server to bind P. The family is a
+P from then on) or when its bind fails. A socket closed unused keeps it, long enough for
+the scanner's server to bind P, but no longer than the holder says: at the close the
+probe name is replaced by a *period name*, ``\0portsafe1-probe:<P>:t<N>`` with N the
+wall-clock time divided by :data:`LEASE_SECONDS` (bound before the probe name is
+closed), and step 2 looks for the period names of now and the period before. So a
+closed probe's lease refuses other families for LEASE_SECONDS to twice that, then is
+ignored even while the holder, which expires leases lazily, still has it: another
+family's fixed-port server then finds a reservation without markers and binds as it
+would without auto mode. The family is a
 token in ``PORTSAFE_AUTO_FAMILY`` (``portsafe._auto.switch``): fresh per run and per
 xdist worker, inherited through the environment.
 
@@ -51,8 +58,9 @@ __all__ = ["BOUND", "FAMILY_VARIABLE", "LEASE_SECONDS", "bind", "closed", "famil
            "forget_in_child", "refused", "release_all", "reset", "set_family", "stats",
            "uncovered", "unnamed", "used"]
 
-#: How long a port stays leased to its family after an unused explicit bind closed.
-LEASE_SECONDS = 3.0
+#: How long a port stays leased to its family after an unused explicit bind closed: at
+#: least this, at most twice this (see the module's text).
+LEASE_SECONDS = 2.0
 _MAX_REFUSED = 256
 _MAX_WHERE = 50
 _AF_UNIX, _SOCK_DGRAM = _socket.AF_UNIX, _socket.SOCK_DGRAM
@@ -71,6 +79,7 @@ _counts = {"probes_leased": 0, "refused_by_lease": 0}
 _uncovered: dict[tuple[str, str], int] = {}
 _said: set[tuple[str, str]] = set()
 _monotonic = time.monotonic
+_clock = time.time  # the periods of closed leases: one clock for every process
 
 
 #: The environment variable that carries the family token to child processes.
@@ -190,8 +199,10 @@ def _take(port: int) -> list[_socket.socket] | None:
     if own is None:
         return None  # this family leases it
     probe = _hold(_marker(port, None))
-    if probe is None:
+    if probe is None or _closed_lease(port):
         own.close()
+        if probe is not None:
+            probe.close()
         return _BUSY
     try:
         if table().try_acquire(port):
@@ -203,6 +214,22 @@ def _take(port: int) -> list[_socket.socket] | None:
     own.close()
     probe.close()
     return None
+
+
+def _bucket(port: int, period: int) -> bytes:
+    return _marker(port, None) + b":t" + str(period).encode()
+
+
+def _closed_lease(port: int) -> bool:
+    """Whether another family's probe closed unused on *port* in this period or the one
+    before (its lease is honoured from LEASE_SECONDS to twice that, then ignored)."""
+    period = int(_clock() // LEASE_SECONDS)
+    for address in (_bucket(port, period), _bucket(port, period - 1)):
+        sock = _hold(address)
+        if sock is None:
+            return True
+        sock.close()
+    return False
 
 
 def used(sock: socket.socket) -> None:
@@ -233,7 +260,15 @@ def closed(sock: socket.socket) -> None:
         lease[1].discard(id(sock))
         if not lease[1]:
             _counts["probes_leased"] += 1
-            _leases[port] = (lease[0], lease[1], _monotonic() + LEASE_SECONDS)
+            markers = lease[0]
+            # the period's name first, then the probe name goes: never neither bound
+            until = _hold(_bucket(port, int(_clock() // LEASE_SECONDS)))
+            if until is not None and len(markers) == 2:
+                markers[1].close()
+                markers[1] = until
+            elif until is not None:
+                until.close()
+            _leases[port] = (markers, lease[1], _monotonic() + 2 * LEASE_SECONDS)
 
 
 def unnamed(sock: socket.socket, port: int) -> None:
@@ -264,6 +299,12 @@ def uncovered(kind: str, where: str, instead: str) -> None:
 
 
 def _note_uncovered(kind: str, where: str, instead: str) -> None:
+    try:
+        here = os.getcwd() + os.sep
+    except OSError:
+        here = ""
+    if here and where.startswith(here):
+        where = where[len(here):]
     key = (f"{kind}: {instead}", where)
     if key not in _uncovered and len(_uncovered) >= _MAX_WHERE:
         return

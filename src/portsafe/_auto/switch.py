@@ -215,19 +215,25 @@ def stats() -> dict[str, object]:
 
     Returns:
         ``{"reserved": int, "fallbacks": int, "fallback_reasons": list[str],
-        "leases_held": int}``: ports reserved (binds and known pickers), binds that
-        fell back to the kernel's pick, their distinct reasons (at most 10), and the
-        leases held right now (expired ones dropped first).
+        "leases_held": int, "probes_leased": int, "refused_by_lease": int,
+        "uncovered": list[dict]}``: ports reserved (binds and known pickers), binds that
+        fell back to the kernel's pick, their distinct reasons (at most 10), the leases
+        held right now (expired ones dropped first), explicit-port probes leased to
+        this family, explicit binds refused because another family's probe held the
+        port, and the pickers seen and not covered (``what``, ``where`` as
+        ``file:line``, ``count``).
 
     Example:
-        >>> sorted(stats())
-        ['fallback_reasons', 'fallbacks', 'leases_held', 'reserved']
+        >>> sorted(stats())  # doctest: +NORMALIZE_WHITESPACE
+        ['fallback_reasons', 'fallbacks', 'leases_held', 'probes_leased',
+         'refused_by_lease', 'reserved', 'uncovered']
     """
     if "portsafe._auto.sockets" in sys.modules:
         from portsafe._auto import sockets as _autosock
 
         return _autosock.stats()
-    return {"reserved": 0, "fallbacks": 0, "fallback_reasons": [], "leases_held": 0}
+    return {"reserved": 0, "fallbacks": 0, "fallback_reasons": [], "leases_held": 0,
+            "probes_leased": 0, "refused_by_lease": 0, "uncovered": []}
 
 
 def hook_installed() -> bool:

@@ -24,6 +24,7 @@ __all__ = ["OFF_SOURCE", "decide", "header_lines", "merge_stats", "summary_lines
 #: What :func:`decide` names when ``PORTSAFE_AUTO=0`` turned auto mode off.
 OFF_SOURCE = "PORTSAFE_AUTO=0"
 _MAX_REASONS = 5  # distinct fallback reasons shown; the rest are counted
+_MAX_UNCOVERED = 20  # places of uncovered pickers shown; the rest are counted
 
 
 def decide(
@@ -79,8 +80,10 @@ def merge_stats(per_process: Iterable[Mapping[str, object]]) -> dict[str, object
         >>> merged["reserved"], merged["fallbacks"], merged["fallback_reasons"], merged["processes"]
         (5, 1, ['x'], 2)
     """
-    totals: dict[str, int] = {"reserved": 0, "fallbacks": 0, "leases_held": 0, "fixtures": 0}
+    totals: dict[str, int] = {"reserved": 0, "fallbacks": 0, "leases_held": 0, "fixtures": 0,
+                              "probes_leased": 0, "refused_by_lease": 0}
     reasons: list[str] = []
+    uncovered: dict[tuple[str, str], int] = {}
     processes = 0
     for stats in per_process:
         processes += 1
@@ -90,7 +93,16 @@ def merge_stats(per_process: Iterable[Mapping[str, object]]) -> dict[str, object
         more = stats.get("fallback_reasons", ())
         if isinstance(more, (list, tuple)):
             reasons.extend(str(reason) for reason in more)
-    return {**totals, "fallback_reasons": reasons, "processes": processes}
+        seen = stats.get("uncovered", ())
+        for item in seen if isinstance(seen, (list, tuple)) else ():
+            if isinstance(item, dict):
+                place = (str(item.get("what", "")), str(item.get("where", "")))
+                count = item.get("count", 1)
+                uncovered[place] = (uncovered.get(place, 0)
+                                    + (count if isinstance(count, int) else 1))
+    return {**totals, "fallback_reasons": reasons, "processes": processes,
+            "uncovered": [{"what": what, "where": where, "count": count}
+                          for (what, where), count in uncovered.items()]}
 
 
 def _plural(count: int, word: str) -> str:
@@ -106,8 +118,9 @@ def summary_lines(source: str, merged: Mapping[str, object], *, workers: int) ->
         workers: How many xdist workers reported (0 without xdist).
 
     Returns:
-        The lines, without the section rule: the count, then each distinct reason a
-        bind fell back to the kernel's pick.
+        The lines, without the section rule: the count, the explicit-port probes covered,
+        each picker seen and not covered (``file:line``, what it was, what to do
+        instead), then each distinct reason a bind fell back to the kernel's pick.
 
     Example:
         >>> merged = merge_stats([{"reserved": 41, "fixtures": 1}])
@@ -124,10 +137,27 @@ def summary_lines(source: str, merged: Mapping[str, object], *, workers: int) ->
     where = f", summed over {_plural(workers, 'xdist worker')}" if workers else ""
     split = (f" ({binds} by binds and known pickers, {fixtures} by pytest-asyncio "
              "fixtures)" if fixtures else "")
+    seen = merged.get("uncovered", [])
+    uncovered = [item for item in (seen if isinstance(seen, list) else [])
+                 if isinstance(item, dict)]
     lines = [
         (f"auto mode was on ({source}): {_plural(binds + fixtures, 'port')} reserved"
-         f"{split}{where}; {_plural(fallbacks, 'fallback')}")
+         f"{split}{where}; {_plural(fallbacks, 'fallback')}"
+         + (f"; {_plural(len(uncovered), 'uncovered picker')} (below)" if uncovered else ""))
     ]
+    leased, refused = count("probes_leased"), count("refused_by_lease")
+    if leased or refused:
+        lines.append(
+            f"explicit-port probes covered: {_plural(leased, 'probe')} leased to its family, "
+            f"{_plural(refused, 'bind')} refused because another family's probe held the "
+            "port")
+    if uncovered:
+        lines.append("port pickers auto mode saw and could not cover (not race-free):")
+        lines.extend(f"  - {item.get('where')}: {item.get('what')} "
+                     f"({_plural(int(item.get('count', 1)), 'time')})"
+                     for item in uncovered[:_MAX_UNCOVERED])
+        if len(uncovered) > _MAX_UNCOVERED:
+            lines.append(f"  ... and {len(uncovered) - _MAX_UNCOVERED} other places")
     if fallbacks:
         lines.append(
             f"{_plural(fallbacks, 'bind')} to port 0 fell back to the kernel's pick (no "
