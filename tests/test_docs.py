@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -71,9 +72,14 @@ class TestRunnerParts:
         assert docrunner.FILE_COMMENT.match("# a test_cli.py file\n") is None
 
     def test_child_env_is_private(self, tmp_path):
-        """Shell blocks get their own lock directory and this interpreter's tools first."""
+        """Shell blocks get a marker of their own (and a lock directory where reservations
+        are lock files), and this interpreter's tools first."""
         env = docrunner.child_env(tmp_path, "locks-x")
-        assert env["PORTSAFE_LOCK_DIR"] == str(tmp_path / "locks-x")
+        assert env[docrunner.BLOCK_MARKER] == str(tmp_path / "locks-x")
+        if docrunner.LOCK_FILES:
+            assert env["PORTSAFE_LOCK_DIR"] == str(tmp_path / "locks-x")
+        else:  # Linux's names ignore the setting, and warn that it is set
+            assert env.get("PORTSAFE_LOCK_DIR") == os.environ.get("PORTSAFE_LOCK_DIR")
         first, second = env["PATH"].split(":")[:2]
         assert first == str(docrunner.BIN)
         assert second == str(Path(sys.executable).parent)

@@ -24,9 +24,12 @@ Every document gets a fresh work directory (its current directory while its bloc
 run) holding copies of the stand-ins next to this file (``myapp.py``: a WSGI app,
 ``myasgi.py``: an ASGI app, ``mypkg``: a package with a command line), and a throw-away
 ``server.pem`` when the document mentions it or ``openssl s_server`` (made with
-``openssl`` at test time: no key is committed). Python blocks and each
-shell block get a private ``PORTSAFE_LOCK_DIR`` under it, and shell blocks find
-``portsafe`` (the test interpreter's) and the stand-in programs of ``bin/`` on ``PATH``.
+``openssl`` at test time: no key is committed). Where reservations are lock files (not
+Linux), Python blocks and each shell block get a private ``PORTSAFE_LOCK_DIR`` under it;
+on Linux, which ignores that setting, they use the network namespace's names. Shell
+blocks find ``portsafe`` (the test interpreter's) and the stand-in programs of ``bin/``
+on ``PATH``, and carry ``PORTSAFE_DOCS_BLOCK`` in their environment, by which whatever
+they leave running is found and stopped.
 No block may send traffic off the machine.
 
 Blocks run in document order even under pytest-xdist, which may hand a document's
@@ -68,6 +71,10 @@ FILE_COMMENT = re.compile(r"\A# (?P<name>[\w.-]+\.py)[ \t]*\n")
 _DONE = "__docrunner_done__"
 _WORKDIR = "__docrunner_workdir__"
 _SAVED = "__docrunner_saved__"
+BLOCK_MARKER = "PORTSAFE_DOCS_BLOCK"
+# Only the lock-file backend reads PORTSAFE_LOCK_DIR; Linux's names warn that it is set.
+LOCK_FILES = (not sys.platform.startswith("linux")
+              or os.environ.get("_PORTSAFE_SELFTEST_FILE_BACKEND") == "1")
 
 
 # -- per-document set-up ---------------------------------------------------------------
@@ -85,7 +92,8 @@ def setup(namespace: dict[str, Any]) -> None:
     namespace[_WORKDIR] = workdir
     namespace[_SAVED] = (os.getcwd(), os.environ.get("PORTSAFE_LOCK_DIR"))
     os.chdir(workdir)
-    os.environ["PORTSAFE_LOCK_DIR"] = str(workdir / "locks")
+    if LOCK_FILES:
+        os.environ["PORTSAFE_LOCK_DIR"] = str(workdir / "locks")
 
 
 def teardown(namespace: dict[str, Any]) -> None:
@@ -124,7 +132,9 @@ def _make_certificate(path: Path) -> None:
 def child_env(workdir: Path, lock_name: str) -> dict[str, str]:
     """The environment of a shell block or a pytest child: private locks, our tools first."""
     env = dict(os.environ)
-    env["PORTSAFE_LOCK_DIR"] = str(workdir / lock_name)
+    if LOCK_FILES:
+        env["PORTSAFE_LOCK_DIR"] = str(workdir / lock_name)
+    env[BLOCK_MARKER] = str(workdir / lock_name)
     env["PORTSAFE_KEEPER_IDLE"] = "1"  # a block's lease keeper must not outlive the test long
     env["PATH"] = os.pathsep.join([str(BIN), str(Path(sys.executable).parent), env["PATH"]])
     env.pop("PYTEST_XDIST_WORKER", None)
@@ -169,7 +179,7 @@ def _run_script(example: Example, script: str) -> tuple[int, str]:
             rc = None
         finally:
             _kill_group(proc.pid)
-            _kill_by_lock_dir(str(workdir / lock_name))
+            _kill_by_marker(env[BLOCK_MARKER])
             proc.wait()
     text = log.read_text(errors="replace")
     if rc is None:
@@ -182,9 +192,9 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _kill_by_lock_dir(lock_dir: str) -> None:
-    """Stop what a block left detached (its lease keeper): processes with its lock dir."""
-    marker = f"PORTSAFE_LOCK_DIR={lock_dir}".encode()
+def _kill_by_marker(value: str) -> None:
+    """Stop what a block left detached (its lease keeper): processes with its marker."""
+    marker = f"{BLOCK_MARKER}={value}".encode()
     proc_dir = Path("/proc")
     if not proc_dir.is_dir():
         return
