@@ -8,7 +8,13 @@ Run: python bench/bench_auto.py [--quick] [--rounds N]
    auto/plain. Leases are at their cap before timing starts, so every pick also pays
    for the release of the oldest lease: the steady state of a long suite.
    Targets: at most 2.5x (no reuse option) and 4x (SO_REUSEADDR).
-2. ``python -c pass``: a venv with portsafe's wheel installed (the start-up hook in
+2. An explicit bind: ``socket()+bind(("127.0.0.1", P))+listen()+close()`` of a free
+   port P, auto mode on against off, in the same alternating batches. On Linux auto
+   mode makes one reservation attempt per explicit bind (the family's marker name, the
+   probe name, the two period names' check only when the probe name is taken, and P's
+   reservation; all dropped at ``listen()``): printed as the ratio and as microseconds
+   added per bind (median round).
+3. ``python -c pass``: a venv with portsafe's wheel installed (the start-up hook in
    site-packages), PORTSAFE_AUTO unset and set, against a venv without portsafe, both
    made from the same interpreter (default ~/.pyenv/versions/3.11.7/bin/python) and
    bytecode-compiled. The three are run in turn, in rotating order; each round's
@@ -80,6 +86,34 @@ def bench_bind(rounds, batch):
     return results
 
 
+def server_loop(count, port):
+    new = socket.socket
+    start = time.perf_counter()
+    for _ in range(count):
+        sock = new()
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        sock.close()
+    return time.perf_counter() - start
+
+
+def bench_explicit(rounds, batch):
+    """(auto/plain ratios, microseconds added per bind) of explicit server binds."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    ratios, added = [], []
+    for _ in range(rounds):
+        plain = server_loop(batch, port)
+        _auto.enable()
+        auto = server_loop(batch, port)
+        _auto.disable()
+        ratios.append(auto / plain)
+        added.append((auto - plain) / batch * 1e6)
+    return ratios, added
+
+
 def make_venvs(python, where):
     """(venv without portsafe, venv with portsafe's wheel), bytecode-compiled."""
     wheels = os.path.join(where, "wheels")
@@ -135,6 +169,11 @@ def report_binds(rounds, batch):
     print(f"  no reuse option: {spread(binds[False])}  target <= 2.5x: "
           f"{verdict(binds[False], 2.5)}")
     print(f"  SO_REUSEADDR:    {spread(binds[True])}  target <= 4x: {verdict(binds[True], 4)}")
+    ratios, added = bench_explicit(rounds, batch)
+    print(f"socket()+bind(explicit port)+listen()+close(), auto mode / off: {spread(ratios)}")
+    print(f"  added per explicit bind (one reservation attempt): "
+          f"{statistics.median(added):.1f} us (median round; min {min(added):.1f}, "
+          f"max {max(added):.1f})")
 
 
 def main():
