@@ -51,7 +51,7 @@ from portsafe._core.reservation import (
     held,
     held_group,
 )
-from portsafe._core.walk import Search
+from portsafe._core.walk import Search, take
 from portsafe._errors import InvalidSettingError
 from portsafe._locking import files as _locks
 from portsafe._settings import EXCLUDE, LOCK_DIR, PORTSERVER, RANGE, reservation_settings, shown
@@ -213,7 +213,8 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         candidates, (path, server) = explicit_candidates(ports), reservation_settings()
     if candidates.fallback:
         _warn_fallback(candidates.fallback)
-    directory = _locks.table().current(path)  # LockDirError if changed
+    table = _locks.table()
+    directory = table.current(path)  # LockDirError if changed
     excluded = _excluded(exclude) if exclude else _NOTHING
     if server and ports is None:
         from portsafe._core import grants as _pool
@@ -222,11 +223,11 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         if granted is not None:
             return Reservation(granted, probes[0][2] if host is None else host, family,
                                socktype, granted=True)
-    search = Search(candidates, probes, excluded, directory)
-    taken = search.take(1)
+    taken, search = take(1, candidates, probes, excluded, directory, table)
     if taken:
         return held(taken[0], _DEFAULT_SPEC if plain else
                     (probes[0][2] if host is None else host, family, socktype, False))
+    assert search is not None  # take() makes one when it found too few
     raise search.failure("free port")
 
 
@@ -264,7 +265,12 @@ def reserve_ports(n: int, *, contiguous: bool = False, host: str | None = None,
     if n > search.candidates.count:  # impossible: say so before locking anything
         raise search.too_many(n, contiguous)
     chosen_host = search.probes[0][2] if host is None else host
-    taken = search.take_run(n) if contiguous else search.take(n)
+    if contiguous:
+        taken = search.take_run(n)
+    else:
+        taken, found = take(n, search.candidates, search.probes, search.excluded,
+                            search.directory, search.table)
+        search = found or search
     if len(taken) < n:
         search.table.release_all(taken)
         raise search.failure(f"{n} {'contiguous ' if contiguous else ''}free ports", len(taken))

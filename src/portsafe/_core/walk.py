@@ -2,11 +2,11 @@
 
 The walk visits one shard at a time, the home shard first: the shard of this process's
 last success, whose walk (a :class:`Cursor`) goes on from where the last call left off.
-:meth:`Search.take` is the one search loop of every reservation (``reserve_port``,
-``reserve_ports``): each candidate is claimed through ``table.try_claim(port, where,
-claim)``, tried at most once per call (G5), and a failure says how many were held, in
-use, or refused for lack of privilege (a :class:`Tally`).
-"""
+:meth:`Cursor.claim` is the one search loop of every reservation (``reserve_port`` and
+``reserve_ports`` through :func:`take`, the rest through :meth:`Search.take`): each
+candidate is claimed through ``table.try_claim(port, where, claim)``, tried at most once
+per call (G5), and a failure says how many were held, in use, or refused for lack of
+privilege (a :class:`Tally`)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from portsafe._core import probe as _probe
     from portsafe._core.candidates import CandidateSet
+    from portsafe._locking.files import Table
     from portsafe._locking.lockdir import LockDir
     from portsafe._locking.nametable import Namespace
 
-__all__ = ["Cursor", "Search", "Tally", "rng"]
+__all__ = ["Cursor", "Search", "Tally", "rng", "take"]
 
 rng = random.Random()  # noqa: S311 - spreading picks, not secrecy
 if hasattr(os, "register_at_fork"):
@@ -59,7 +60,8 @@ class Cursor:
 
     __slots__ = ("candidates", "count", "index", "key", "ports", "stride", "where")
 
-    def __init__(self, where: object, candidates: CandidateSet, key: int) -> None:
+    def __init__(self, where: LockDir | Namespace, candidates: CandidateSet,
+                 key: int) -> None:
         self.where = where  # the lock directory (or namespace) the walk claims in
         self.candidates = candidates
         self.key = key  # the shard
@@ -72,13 +74,57 @@ class Cursor:
         self.index = (self.index + self.stride) % self.count
         return port
 
+    def claim(self, n: int, taken: list[int], search: Search | None,  # noqa: PLR0917
+              table: Table, probes: _probe.Probes, excluded: frozenset[int]) -> Search | None:
+        """The search loop: go once round this walk from where it is, claiming each
+        candidate not *excluded* through ``table.try_claim`` and adding what it gets to
+        *taken*, until it holds *n*; the walk then stops after the last one got, and is
+        kept for the next call (unless it passed more than _CROWDED taken ports: the next
+        call starts elsewhere). Returns *search*, the Search that counts why the others
+        were passed over: made at the first one when *search* is None (the hot path
+        makes none while every candidate it tries is free).
+
+        Positional arguments, as in :func:`take`: this is the hot path, where keywords
+        cost more.
+        """
+        global _cursor
+        ports = self.ports
+        stride = self.stride
+        count = self.count
+        index = self.index
+        where = self.where
+        try_claim = table.try_claim
+        claim = probes.claim
+        passed = 0  # candidates of this shard not free
+        for _ in range(count):
+            port = ports[index]
+            index = (index + stride) % count
+            if port in excluded:
+                continue
+            code = try_claim(port, where, claim)
+            if code:  # nothing held: why not?
+                if search is None:
+                    search = Search(self.candidates, probes, excluded, where, table)
+                    search.attempts = len(taken)
+                search.passed(code)
+                passed += 1
+                continue
+            taken.append(port)
+            if search is not None:
+                search.attempts += 1
+            if len(taken) == n:
+                self.index = index
+                _cursor = self if passed <= _CROWDED else None
+                return search
+        return search
+
 
 # The walk of this process's last success, to go on with (see Cursor); None before the
 # first, and after a walk that found its shard crowded.
 _cursor: Cursor | None = None
 
 
-def _resume(candidates: CandidateSet, where: object) -> Cursor | None:
+def _resume(candidates: CandidateSet, where: LockDir | Namespace) -> Cursor | None:
     """The home shard's walk for *candidates* in *where*: the last one, or a fresh one of
     the same shard for other candidates that have it; None when there is no home."""
     cursor = _cursor
@@ -138,62 +184,46 @@ class Search(Tally):
     __slots__ = ("candidates", "claim", "directory", "excluded", "probes", "table")
 
     def __init__(self, candidates: CandidateSet, probes: _probe.Probes,
-                 excluded: frozenset[int], directory: LockDir | Namespace) -> None:
+                 excluded: frozenset[int], directory: LockDir | Namespace,
+                 table: Table | None = None) -> None:
         self.candidates = candidates
         self.probes = probes
         self.claim = probes.claim
         self.steps = probes.steps
         self.excluded = excluded
-        self.table = _locks.table()
+        self.table = table or _locks.table()
         self.directory = directory
         self.attempts = self.held = self.in_use = self.denied = 0
 
-    def take(self, n: int) -> list[int]:
-        """Claim up to *n* ports, in walk order: the home shard's walk first, going on
-        from where the last call left off, then the other shards in a random order. Each
-        candidate is tried at most once (G5); what is returned is held, nothing else.
+    def take(self, n: int, taken: list[int] | None = None,
+             walked: int | None = None) -> list[int]:
+        """Claim up to *n* ports into *taken*, in walk order: the home shard's walk first,
+        going on from where the last call left off, then the other shards in a random
+        order. Each candidate is tried at most once (G5); what is returned is held,
+        nothing else. *walked*: the home shard :func:`take` already went round.
         """
-        taken: list[int] = []
-        candidates, directory = self.candidates, self.directory
+        if taken is None:
+            taken = []
+        candidates, directory, table = self.candidates, self.directory, self.table
+        probes, excluded = self.probes, self.excluded
         try:
-            cursor = _resume(candidates, directory)
-            if cursor is not None and self._claim(cursor, n, taken):
-                return taken
-            for key in candidates.rest(rng, None if cursor is None else cursor.key):
-                if self._claim(Cursor(directory, candidates, key), n, taken):
+            home = walked
+            if walked is None:
+                cursor = _resume(candidates, directory)
+                if cursor is not None:
+                    cursor.claim(n, taken, self, table, probes, excluded)
+                    if len(taken) == n:
+                        return taken
+                    home = cursor.key
+            for key in candidates.rest(rng, home):
+                Cursor(directory, candidates, key).claim(n, taken, self, table, probes,
+                                                         excluded)
+                if len(taken) == n:
                     return taken
         except BaseException:
-            self.table.release_all(taken)
+            table.release_all(taken)
             raise
         return taken
-
-    def _claim(self, cursor: Cursor, n: int, taken: list[int]) -> bool:
-        """The search loop: walk *cursor*'s shard once round, claiming through
-        ``table.try_claim`` and adding what it gets to *taken*; True at *n*, when the
-        walk is kept for the next call (unless it passed more than _CROWDED taken ports).
-        """
-        global _cursor
-        ports, stride, count, index = cursor.ports, cursor.stride, cursor.count, cursor.index
-        try_claim, where, claim, excluded = self.table.try_claim, cursor.where, \
-            self.claim, self.excluded
-        first, had = self.attempts, len(taken)
-        for _ in range(count):
-            port = ports[index]
-            index = (index + stride) % count
-            if port in excluded:
-                continue
-            code = try_claim(port, where, claim)
-            if code:  # nothing held: why not?
-                self.passed(code)
-                continue
-            taken.append(port)
-            if len(taken) == n:
-                cursor.index = index
-                _cursor = cursor if self.attempts - first <= _CROWDED else None
-                self.attempts += n - had
-                return True
-        self.attempts += len(taken) - had
-        return False
 
     def take_run(self, n: int) -> list[int]:
         """Claim *n* contiguous ports ``p .. p+n-1``, or nothing."""
@@ -254,3 +284,42 @@ class Search(Tally):
             f"or widen the range (ports=..., PORTSAFE_RANGE)",
             attempts=0, candidates=candidates.count)
 
+
+def take(n: int, candidates: CandidateSet, probes: _probe.Probes,  # noqa: PLR0917
+         excluded: frozenset[int], directory: LockDir | Namespace,
+         table: Table) -> tuple[list[int], Search | None]:
+    """Claim *n* ports: ``reserve_port``'s and ``reserve_ports``' walk (:meth:`Search.take`,
+    with no Search made while the home shard's next candidates are free).
+
+    Returns the ports claimed and the Search that counted those passed over (None if
+    none was): fewer than *n* ports (then the Search is there to raise its
+    :meth:`~Search.failure`; the caller releases them) when every candidate was tried.
+
+    Example:
+        >>> from portsafe._core import probe as _probe, ranges as _ranges
+        >>> t = _locks.table()
+        >>> ports, search = take(2, _ranges.explicit_candidates(range(30000, 30010)),
+        ...                      _probe.targets(None, 2, 1), frozenset(), t.current(), t)
+        >>> len(ports)
+        2
+        >>> t.release_all(ports)
+    """
+    taken: list[int] = []
+    cursor = _cursor
+    if cursor is None or cursor.candidates is not candidates or cursor.where is not directory:
+        cursor = _resume(candidates, directory)
+    search = walked = None
+    if cursor is not None:
+        try:
+            search = cursor.claim(n, taken, None, table, probes, excluded)
+        except BaseException:
+            table.release_all(taken)
+            raise
+        if len(taken) == n:
+            return taken, search
+        walked = cursor.key
+    if search is None:
+        search = Search(candidates, probes, excluded, directory, table)
+        search.attempts = len(taken)
+    search.take(n, taken, walked)
+    return taken, search
