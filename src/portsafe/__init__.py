@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 del TYPE_CHECKING
 
 __all__ = [
+    "COMMON_DEV_PORTS",
     "AddressInUseError",
     "AddressNotAvailableError",
-    "COMMON_DEV_PORTS",
     "Holder",
     "InvalidSettingError",
     "LockDirError",
