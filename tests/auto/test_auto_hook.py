@@ -66,7 +66,8 @@ class TestHookLine:
         result = run_child(hook_env(tmp_path, PORTSAFE_AUTO=value))
         assert result["enabled"] is False
         assert result["stats"] == {"reserved": 0, "fallbacks": 0, "fallback_reasons": [],
-                                   "leases_held": 0}
+                                   "leases_held": 0, "probes_leased": 0,
+                                   "refused_by_lease": 0, "uncovered": []}
 
     def test_invalid_value_says_so(self, tmp_path: Path) -> None:
         """A value that is not a boolean leaves auto mode off with one line on stderr."""
