@@ -25,7 +25,7 @@ from portsafe._auto import explicit as _explicit
 from portsafe._auto import switch as _auto
 from portsafe._platform import NAMES
 
-pytestmark = pytest.mark.skipif(not NAMES, reason="explicit probes are covered on Linux names")
+linux_names = pytest.mark.skipif(not NAMES, reason="explicit probes are covered on Linux names")
 
 CHILD = r'''
 import os, socket, subprocess, sys, time
@@ -112,6 +112,7 @@ def child(tmp_path: Path, port: int, mode: str, **env: str) -> str:
     raise AssertionError(f"{mode}: no answer")
 
 
+@linux_names
 @pytest.mark.usefixtures("auto")
 class TestOwnFamily:
     def test_same_process(self, port: int) -> None:
@@ -138,6 +139,7 @@ class TestOwnFamily:
         assert out.read_text() == "ok"
 
 
+@linux_names
 @pytest.mark.usefixtures("auto")
 class TestOtherFamily:
     def test_probe_lease_refuses_another_family(self, tmp_path: Path, port: int) -> None:
@@ -183,3 +185,30 @@ def test_off_nothing_changes(port: int) -> None:
     assert socket.socket.bind is socket._socket.socket.bind  # type: ignore[attr-defined]
     probe(port)
     assert not _explicit._leases
+
+
+@pytest.mark.usefixtures("auto")
+class TestNamed:
+    def test_a_readiness_poll_is_not_named(self, port: int) -> None:
+        """A refused connect_ex to a port this process never binds: nothing named."""
+        with socket.socket() as poll:
+            assert poll.connect_ex(("127.0.0.1", port)) != 0
+        assert _auto.stats()["uncovered"] == []
+
+    def test_a_connect_probe_is_named_with_its_line(self, port: int) -> None:
+        with socket.socket() as poll:
+            poll.connect_ex(("127.0.0.1", port)); line = sys._getframe().f_lineno  # noqa: E702
+        probe(port)
+        [seen] = _auto.stats()["uncovered"]  # type: ignore[misc]
+        assert seen["where"].endswith(f"test_auto_explicit.py:{line}")
+        assert seen["what"].startswith("connect probe")
+
+    def test_without_names_an_unused_explicit_bind_is_named(self) -> None:
+        """Where reservations are lock files, a probe closed unused is named, not leased."""
+        sock = socket.socket()
+        _explicit.unnamed(sock, 1); line = sys._getframe().f_lineno  # noqa: E702
+        _explicit.closed(sock)
+        sock.close()
+        [seen] = _auto.stats()["uncovered"]  # type: ignore[misc]
+        assert seen["where"].endswith(f"test_auto_explicit.py:{line}")
+        assert "explicit probe not covered" in seen["what"]
