@@ -274,6 +274,7 @@ def closed(sock: socket.socket) -> None:
 def unnamed(sock: socket.socket, port: int) -> None:
     """Where names are not the lock system: remember where *sock* bound *port*, so that
     closing it unused names the line as an explicit probe auto mode does not cover."""
+    _note_connect_probe(port)
     if len(_bound) < _MAX_REFUSED:
         _bound[id(sock)] = _caller()
 
