@@ -14,6 +14,7 @@ import pytest
 
 import portsafe
 from portsafe import testing
+from portsafe._testing import probes
 from portsafe.testing import (
     PortFactory,
     ReservedPortsMixin,
@@ -86,16 +87,17 @@ class TestPortFactory:
 
 class TestFacade:
     def test_the_public_names_and_where_they_are_defined(self) -> None:
-        """portsafe.testing exports these names; those it does not define come from a
-        module of portsafe._testing."""
+        """portsafe.testing exports these names, each defined in a module of
+        portsafe._testing."""
         assert testing.__all__ == [
             "INTERNET_ENV", "PortFactory", "ReservedPortsMixin", "internet_enabled",
             "internet_options", "ipv6_available", "open_tcp_listener", "requires_internet",
             "requires_ipv6", "requires_unix_socket", "unix_sockets_available",
         ]
-        for name in ("PortFactory", "ReservedPortsMixin", "internet_enabled",
-                     "internet_options", "open_tcp_listener"):
-            assert getattr(testing, name).__module__.startswith("portsafe._testing."), name
+        for name in testing.__all__:
+            value = getattr(testing, name)
+            if name != "INTERNET_ENV":
+                assert value.__module__.startswith("portsafe._testing."), name
 
     def test_the_skip_reasons_the_plugin_reads(self) -> None:
         """The pytest plugin reads the reasons through portsafe.testing."""
@@ -104,7 +106,7 @@ class TestFacade:
             assert name not in testing.__all__
 
     @pytest.mark.parametrize(
-        "module", ["factory", "internet", "listener", "mixin"]
+        "module", ["factory", "internet", "listener", "mixin", "probes", "skips"]
     )
     def test_each_module_lists_only_what_it_defines(self, module: str) -> None:
         """Every name in a module's __all__ is defined there, not imported."""
@@ -131,7 +133,7 @@ class TestProbes:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The answer equals binding ::1 directly; the second call does not probe again."""
-        monkeypatch.setattr(testing, "_ipv6_cache", None)
+        monkeypatch.setattr(probes, "_ipv6_cache", None)
         expected = True
         try:
             with socket.socket(socket.AF_INET6) as sock:
@@ -139,21 +141,21 @@ class TestProbes:
         except OSError:
             expected = False
         assert testing.ipv6_available() is expected
-        monkeypatch.setattr(testing, "_probe_ipv6", lambda: not expected)
+        monkeypatch.setattr(probes, "_probe_ipv6", lambda: not expected)
         assert testing.ipv6_available() is expected
 
     def test_ipv6_unavailable_when_the_bind_fails(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A host that cannot bind ::1 (Docker's default network) reports False."""
-        monkeypatch.setattr(testing, "_ipv6_cache", None)
+        monkeypatch.setattr(probes, "_ipv6_cache", None)
         monkeypatch.setattr("portsafe._core.probe._ipv6", None)  # the core probes for everyone
         monkeypatch.setattr(socket, "has_ipv6", False)
         assert testing.ipv6_available() is False
 
     def test_unix_sockets_available(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Where AF_UNIX exists and binds, the probe says so; without AF_UNIX it says no."""
-        monkeypatch.setattr(testing, "_unix_cache", None)
+        monkeypatch.setattr(probes, "_unix_cache", None)
         assert testing.unix_sockets_available() is hasattr(socket, "AF_UNIX")
-        monkeypatch.setattr(testing, "_unix_cache", None)
+        monkeypatch.setattr(probes, "_unix_cache", None)
         monkeypatch.delattr(socket, "AF_UNIX", raising=False)
         assert testing.unix_sockets_available() is False
 
@@ -309,10 +311,10 @@ class TestSkipDecorators:
             def test_it(self) -> None:
                 pass
 
-        monkeypatch.setattr(testing, "_ipv6_cache", False)
+        monkeypatch.setattr(probes, "_ipv6_cache", False)
         result = run_case(Case, "test_it")
         assert [reason for _, reason in result.skipped] == [testing.IPV6_SKIP_REASON]
-        monkeypatch.setattr(testing, "_ipv6_cache", True)
+        monkeypatch.setattr(probes, "_ipv6_cache", True)
         result = run_case(Case, "test_it")
         assert result.wasSuccessful()
         assert not result.skipped
@@ -330,12 +332,12 @@ class TestSkipDecorators:
             def test_it(self) -> None:
                 calls.append("test")
 
-        monkeypatch.setattr(testing, "_unix_cache", False)
+        monkeypatch.setattr(probes, "_unix_cache", False)
         result = run_case(Case)
         assert result.testsRun <= 1
         assert calls == []
         assert [reason for _, reason in result.skipped] == [testing.UNIX_SKIP_REASON]
-        monkeypatch.setattr(testing, "_unix_cache", True)
+        monkeypatch.setattr(probes, "_unix_cache", True)
         result = run_case(Case)
         assert result.wasSuccessful()
         assert calls == ["setUpClass", "test"]
@@ -356,7 +358,7 @@ class TestSkipDecorators:
             def test_it(self) -> None:
                 pass
 
-        monkeypatch.setattr(testing, "_ipv6_cache", True)
+        monkeypatch.setattr(probes, "_ipv6_cache", True)
         assert run_case(Case).wasSuccessful()
         assert calls == ["Case"]
 
@@ -369,10 +371,10 @@ class TestSkipDecorators:
             async def test_it(self) -> None:
                 ran.append(True)
 
-        monkeypatch.setattr(testing, "_ipv6_cache", True)
+        monkeypatch.setattr(probes, "_ipv6_cache", True)
         assert run_case(Case, "test_it").wasSuccessful()
         assert ran == [True]
-        monkeypatch.setattr(testing, "_ipv6_cache", False)
+        monkeypatch.setattr(probes, "_ipv6_cache", False)
         assert len(run_case(Case, "test_it").skipped) == 1
         assert ran == [True]
 

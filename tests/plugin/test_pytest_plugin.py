@@ -18,6 +18,7 @@ import pytest
 import portsafe
 from portsafe import pytest_plugin, testing
 from portsafe._pytest.names import clashing_plugins
+from portsafe._testing import probes
 
 
 def read_ports(pytester: pytest.Pytester, name: str = "ports.txt") -> list[int]:
@@ -413,7 +414,7 @@ def test_it():
         self, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Without IPv6 the test is skipped (reason names ::1), and no fixture is set up."""
-        monkeypatch.setattr(testing, "_ipv6_cache", False)
+        monkeypatch.setattr(probes, "_ipv6_cache", False)
         pytester.makepyfile(
             """
 import pytest
@@ -438,7 +439,7 @@ def test_v4(reserved_tcp_port):
         self, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """With IPv6 the marked test runs."""
-        monkeypatch.setattr(testing, "_ipv6_cache", True)
+        monkeypatch.setattr(probes, "_ipv6_cache", True)
         pytester.makepyfile(
             "import pytest\n@pytest.mark.requires_ipv6\ndef test_v6():\n    pass\n"
         )
@@ -472,11 +473,11 @@ def test_v6(reserved_port_factory):
         pytester.makepyfile(
             "import pytest\n@pytest.mark.requires_unix_socket\ndef test_u():\n    pass\n"
         )
-        monkeypatch.setattr(testing, "_unix_cache", False)
+        monkeypatch.setattr(probes, "_unix_cache", False)
         result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
         result.assert_outcomes(skipped=1)
         result.stdout.fnmatch_lines(["*AF_UNIX*"])
-        monkeypatch.setattr(testing, "_unix_cache", True)
+        monkeypatch.setattr(probes, "_unix_cache", True)
         pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
     def test_requires_internet_skipped_unless_opted_in(
@@ -595,7 +596,7 @@ class TestMarkerClash:
         self, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A project's own requires_ipv6 wins: portsafe does not skip it and warns once."""
-        monkeypatch.setattr(testing, "_ipv6_cache", False)
+        monkeypatch.setattr(probes, "_ipv6_cache", False)
         pytester.makeini("[pytest]\nmarkers =\n    requires_ipv6: the project's own meaning\n")
         pytester.makepyfile(
             """
@@ -843,8 +844,8 @@ class TestPlainFunctions:
         self, monkeypatch: pytest.MonkeyPatch, no_internet_env: None
     ) -> None:
         """Each missing requirement gives its own reason; nothing missing gives None."""
-        monkeypatch.setattr(testing, "_ipv6_cache", False)
-        monkeypatch.setattr(testing, "_unix_cache", True)
+        monkeypatch.setattr(probes, "_ipv6_cache", False)
+        monkeypatch.setattr(probes, "_unix_cache", True)
         reason = pytest_plugin.skip_reason
         assert reason({"requires_internet"}, internet_opt_in=False) == (
             testing.INTERNET_SKIP_REASON
