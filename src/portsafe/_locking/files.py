@@ -441,36 +441,33 @@ if TYPE_CHECKING:
     #: What :func:`table` returns: this platform's lock table.
     Table = LockTable | NameTable
 
-_table: Table | None = None
-_table_mutex = threading.Lock()
+def _make_table() -> Table:
+    """This process's lock table, made once, at import: a
+    :class:`~portsafe._locking.nametable.NameTable` on Linux (ports held by names), a
+    :class:`LockTable` elsewhere (lock files). Made at import rather than on first use,
+    so that no thread can be half-way through making it when another forks (a child
+    would then wait for ever on the lock that guarded it)."""
+    made: Table
+    if NAMES:
+        from portsafe._locking.nametable import NameTable
+
+        made = NameTable()
+        _warn_lock_dir_ignored()
+    else:
+        made = LockTable()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=made.before_fork, after_in_parent=made.after_fork_in_parent,
+                            after_in_child=made.after_fork_in_child)
+    return made
 
 
 def table() -> Table:
-    """This process's lock table, made on first use: a
-    :class:`~portsafe._locking.nametable.NameTable` on Linux (ports held by names), a
-    :class:`LockTable` elsewhere (lock files).
+    """This process's lock table: names on Linux, lock files elsewhere.
 
     Example:
         >>> table() is table()
         True
     """
-    global _table
-    if _table is None:
-        with _table_mutex:
-            if _table is None:
-                made: Table
-                if NAMES:
-                    from portsafe._locking.nametable import NameTable
-
-                    made = NameTable()
-                    _warn_lock_dir_ignored()
-                else:
-                    made = LockTable()
-                if hasattr(os, "register_at_fork"):
-                    os.register_at_fork(before=made.before_fork,
-                                        after_in_parent=made.after_fork_in_parent,
-                                        after_in_child=made.after_fork_in_child)
-                _table = made
     return _table
 
 
@@ -497,3 +494,6 @@ def holders() -> list[tuple[int, int]]:
         True
     """
     return table().holders()
+
+
+_table: Table = _make_table()
