@@ -55,7 +55,7 @@ def _build_speedups(exe: str, package: str) -> None:
             "print(s.get_paths()['include']); print(s.get_config_var('EXT_SUFFIX'))")
     cc, include, suffix = subprocess.run([exe, "-c", code], capture_output=True, text=True,
                                          check=True).stdout.splitlines()
-    source = os.path.join(ROOT, "src", "portsafe", "_speedups.c")
+    source = os.path.join(ROOT, "src", "portsafe", "_locking", "_speedups.c")
     out = os.path.join(package, "_speedups" + suffix)
     built = subprocess.run([*cc.split(), "-O2", "-shared", "-fPIC", "-I", include, source,
                             "-o", out], capture_output=True, text=True, check=False)
@@ -76,7 +76,7 @@ def make(python: str, parent: str) -> str:
                     ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     targets = [os.path.join(purelib, "portsafe")]
     if sys.platform.startswith("linux"):
-        _build_speedups(exe, os.path.join(purelib, "portsafe"))
+        _build_speedups(exe, os.path.join(purelib, "portsafe", "_locking"))
     spec = importlib.util.find_spec("portpicker")
     if spec is not None and spec.origin and spec.origin.endswith(".py"):
         shutil.copy(spec.origin, purelib)

@@ -36,10 +36,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-AGED = 1.2  # seconds: a lock directory this old is checked by descriptor (_dirwatch)
 
 
 def inner(args: argparse.Namespace) -> dict:
@@ -89,10 +87,8 @@ def outer(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="portsafe-bench-") as scratch:
         for python in interpreters(args.python):
             exe = make(python, scratch)
-            # Private (other users' locks do not count), and like the shared default one:
-            # right in the temporary directory, complete, and not changed for a while, so
-            # that it is checked by descriptor as that one is
-            # (see src/portsafe/_locking/dirwatch.py).
+            # Private (other users' locks do not count) where lock files are used (macOS,
+            # the BSDs); names ignore it.
             lock_dir = tempfile.mkdtemp(prefix="portsafe-bench-locks-")
             out = os.path.join(scratch, "inner.json")
             env = {key: value for key, value in os.environ.items()
@@ -101,7 +97,6 @@ def outer(args: argparse.Namespace) -> int:
             env["PORTSAFE_LOCK_DIR"] = lock_dir
             subprocess.run([exe, "-c", "import portsafe; portsafe.reserve_port().release()"],
                            env=env, check=True)  # completes it
-            time.sleep(max(0.0, AGED - (time.time() - os.stat(lock_dir).st_ctime)))
             command = [exe, os.path.join(HERE, "bench_reserve.py"), "--inner", "--json", out]
             if args.quick:
                 command.append("--quick")

@@ -9,9 +9,6 @@ one JSON line:
 * ``{"op": "flood", "path": P, "start": S, "count": C, "hold": [ports]}`` -> ``{}``:
   lock C separate bytes from offset S of file P, and the bytes of *hold* (as a hostile
   user would)
-* ``{"op": "watched"}`` -> ``{"watched": bool, "refused": why}``: whether the lock
-  directory is checked by its descriptor (``_dirwatch``); with ``AGENT_WATCH_MARGIN_NS``
-  in the environment, that module's margin is set to it (0: watch a new directory at once)
 
 An exception answers ``{"error": "<class name>", "message": "..."}``.
 """
@@ -50,11 +47,6 @@ def warm_up() -> None:
 
 
 def main() -> None:
-    margin = os.environ.get("AGENT_WATCH_MARGIN_NS")
-    if margin is not None:
-        from portsafe._locking import dirwatch as _dirwatch
-
-        _dirwatch.MARGIN_NS = int(margin)
     warm_up()
     if len(sys.argv) > 1:
         uid = int(sys.argv[1])
@@ -95,11 +87,6 @@ def run(command: dict, held: dict[int, portsafe.Reservation], files: list[int]) 
         for port in command.get("hold", []):
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
         return {}
-    if op == "watched":
-        from portsafe._locking import files as _locks
-
-        lockdir = _locks.table().current()
-        return {"watched": bool(lockdir.watch_ctime), "refused": lockdir.watch_refused}
     raise ValueError(f"unknown op {op!r}")
 
 

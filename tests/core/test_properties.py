@@ -116,8 +116,8 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="need
 
 @pytest.fixture(autouse=True, scope="module")
 def _lock_directory_open() -> None:
-    """Open the lock directory before counting fds: its descriptor and this process's
-    announcement socket stay open for the life of the process, by design."""
+    """Reserve once before counting fds: where lock files are used, the lock directory's
+    descriptor stays open for the life of the process, by design."""
     portsafe.reserve_port().release()
 
 RESERVE_ERRORS = (portsafe.PortsafeError, TypeError)
