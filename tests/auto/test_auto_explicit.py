@@ -9,11 +9,13 @@ process started with the family in its environment) bind it as the kernel lets t
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +214,21 @@ class TestNamed:
         [seen] = _auto.stats()["uncovered"]  # type: ignore[misc]
         assert seen["where"].endswith(f"test_auto_explicit.py:{line}")
         assert "explicit probe not covered" in seen["what"]
+
+
+@linux_names
+@pytest.mark.usefixtures("auto")
+def test_a_probe_collected_without_close_ends_like_a_closed_one(tmp_path: Path, port: int,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """``s.bind((h, p)); return p`` without close: the collected socket starts the lease's
+    last seconds, so the port is not refused to other families for the process's life."""
+    monkeypatch.setattr(_explicit, "_clock", lambda: time.time() - 2 * _explicit.LEASE_SECONDS)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del sock  # collected unclosed: the descriptor closes with the object
+        gc.collect()
+    assert not _explicit.BOUND
+    assert child(tmp_path, port, "serve", PORTSAFE_AUTO_FAMILY="other") == "ok"

@@ -44,6 +44,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 
 from portsafe._locking.files import table
 from portsafe._locking.names import name
@@ -74,6 +75,9 @@ _leases: dict[int, tuple[list[_socket.socket], set[int], float | None]] = {}
 _bound: dict[int, int | str] = {}
 #: Whether any socket is bound explicitly now (the socket patches ask before calling in).
 BOUND = _bound
+_refs: dict[int, weakref.ref[socket.socket]] = {}  # id(socket) -> its weak reference
+# sockets collected while the mutex was held: handled by the next call
+_collected: list[tuple[int, weakref.ref[socket.socket]]] = []
 _refused: dict[int, str] = {}  # port -> file:line of a refused loopback connect_ex
 _counts = {"probes_leased": 0, "refused_by_lease": 0}
 _uncovered: dict[tuple[str, str], int] = {}
@@ -157,13 +161,14 @@ def bind(sock: socket.socket, address: tuple[object, ...],
     _note_connect_probe(port)
     key = id(sock)
     with _mutex:
+        _drain()
         if _leases:
             _expire(_monotonic())
         lease = _leases.get(port)
         if lease is not None:  # this process leases it: its own server, or a re-probe
             c_bind(sock, address)
             lease[1].add(key)
-            _bound[key] = port
+            _watch(sock, key, port)
             return
         try:
             taken = _take(port)
@@ -184,7 +189,26 @@ def bind(sock: socket.socket, address: tuple[object, ...],
             _drop(port)
             raise
         _leases[port] = (taken, {key}, None)
-        _bound[key] = port
+        _watch(sock, key, port)
+
+
+def _watch(sock: socket.socket, key: int, port: int) -> None:
+    """Track *sock* on *port*; a socket collected without close() counts as closed."""
+    _bound[key] = port
+
+    def gone(ref: weakref.ref[socket.socket]) -> None:
+        if _refs.get(key) is not ref:
+            return
+        if _mutex.acquire(False):  # the collector may have interrupted this module
+            try:
+                del _refs[key]
+                _unused(key)
+            finally:
+                _mutex.release()
+        else:
+            _collected.append((key, ref))
+
+    _refs[key] = weakref.ref(sock, gone)
 
 
 _BUSY: list[_socket.socket] = []
@@ -235,6 +259,7 @@ def _closed_lease(port: int) -> bool:
 def used(sock: socket.socket) -> None:
     """*sock* listened, connected or sent: drop its port's lease (the socket holds it)."""
     port = _bound.pop(id(sock), None)
+    _refs.pop(id(sock), None)
     if not isinstance(port, int):
         return
     with _mutex:
@@ -245,19 +270,26 @@ def used(sock: socket.socket) -> None:
 
 def closed(sock: socket.socket) -> None:
     """*sock* closed unused: its port's lease runs out in a few seconds."""
-    port = _bound.pop(id(sock), None)
-    if isinstance(port, str):
+    key = id(sock)
+    _refs.pop(key, None)
+    if isinstance(_bound.get(key), str):
         _note_uncovered("explicit probe not covered (bound, then closed unused; no "
-                        "names on this platform)", port,
+                        "names on this platform)", str(_bound.pop(key)),
                         "bind port 0 and read the port back, or use portsafe.reserve_port()")
         return
-    if port is None:
-        return
     with _mutex:
+        _unused(key)
+
+
+def _unused(key: int) -> None:
+    """The socket *key* is gone unused: start its lease's last seconds. Under the mutex."""
+    _drain()
+    port = _bound.pop(key, None)
+    if isinstance(port, int):
         lease = _leases.get(port)
-        if lease is None or id(sock) not in lease[1]:
+        if lease is None or key not in lease[1]:
             return
-        lease[1].discard(id(sock))
+        lease[1].discard(key)
         if not lease[1]:
             _counts["probes_leased"] += 1
             markers = lease[0]
@@ -269,6 +301,15 @@ def closed(sock: socket.socket) -> None:
             elif until is not None:
                 until.close()
             _leases[port] = (markers, lease[1], _monotonic() + 2 * LEASE_SECONDS)
+
+
+def _drain() -> None:
+    """The sockets collected while the mutex was held. Under the mutex."""
+    while _collected:
+        key, ref = _collected.pop()
+        if _refs.get(key) is ref:
+            del _refs[key]
+            _unused(key)
 
 
 def unnamed(sock: socket.socket, port: int) -> None:
@@ -355,6 +396,8 @@ def release_all() -> None:
         for port in list(_leases):
             _drop(port)
         _bound.clear()
+        _refs.clear()
+        _collected.clear()
 
 
 def forget_in_child() -> None:
@@ -367,4 +410,6 @@ def forget_in_child() -> None:
             sock.close()
     _leases.clear()
     _bound.clear()
+    _refs.clear()
+    _collected.clear()
     reset()
