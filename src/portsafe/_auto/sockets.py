@@ -6,8 +6,9 @@ Theory of operation
 While the patches are installed (``portsafe._auto.switch.enable()``), ``socket.socket.bind``
 of an AF_INET/AF_INET6 TCP or UDP socket to port 0 reserves a port through
 :func:`portsafe.reserve_port` on the caller's address, family and socket type, and
-binds the caller's socket to it. Everything else (explicit ports, AF_UNIX, raw
-sockets, other protocols) goes straight to the C ``bind``. The rules:
+binds the caller's socket to it. An explicit port on those sockets is
+``portsafe._auto.explicit``'s (a probe lease for this family, on Linux); everything else
+(AF_UNIX, raw sockets, other protocols) goes straight to the C ``bind``. The rules:
 
 1. **Held while open.** The reservation belongs to the socket. It is released when
    the socket closes (``close()``, ``with``, ``makefile`` references dropped) or is

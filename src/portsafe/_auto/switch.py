@@ -1,9 +1,11 @@
 """Auto mode's switch: race-free ports for code that was never written for portsafe.
 
 With auto mode on in a process, every Python-level ``bind`` of a TCP or UDP socket to
-port 0 gets a port that portsafe reserved (``_autosock``), and the known port pickers
-(portpicker, ephemeral-port-reserve, port-for) hand out reserved ports
-(``_autopickers``). Three ways to turn it on:
+port 0 gets a port that portsafe reserved (``_autosock``), an explicit port is leased
+to this process's family while the socket may be a scanner's probe
+(``portsafe._auto.explicit``, Linux), and the known port pickers (portpicker,
+ephemeral-port-reserve, port-for) hand out reserved ports (``_autopickers``).
+Three ways to turn it on:
 
 * ``PORTSAFE_AUTO=1`` in the environment, for this process and its children: the
   ``portsafe-auto.pth`` start-up hook that the package installs into site-packages calls
