@@ -94,6 +94,7 @@ def _excluded(exclude: Iterable[int]) -> frozenset[int]:
 # The default request's settings (lock directory, port server, candidates), by the raw
 # values of the variables they come from: one lookup per call instead of two.
 _RAW = tuple(name.encode() for name in (LOCK_DIR, PORTSERVER, RANGE, EXCLUDE))
+_RAW0, _RAW1, _RAW2, _RAW3 = _RAW  # one global each: no indexing per call
 _hot: dict[tuple[bytes | None, ...], tuple[str, str, CandidateSet]] = {}
 _DEFAULT_SPEC = ("127.0.0.1", socket.AF_INET, socket.SOCK_STREAM, False)
 
@@ -102,8 +103,8 @@ def _settings_now() -> tuple[str, str, CandidateSet]:
     """(lock directory, port server, default candidates): one lookup while unchanged."""
     data = getattr(os.environ, "_data", None)
     if type(data) is dict:
-        found = _hot.get((data.get(_RAW[0]), data.get(_RAW[1]), data.get(_RAW[2]),
-                          data.get(_RAW[3])))
+        found = _hot.get((data.get(_RAW0), data.get(_RAW1), data.get(_RAW2),
+                          data.get(_RAW3)))
         if found is not None:
             return found
     return _hot_settings(data)
@@ -206,8 +207,8 @@ def reserve_port(*, host: str | None = None, family: int = socket.AF_INET,
         _probe.targets(host, family, socktype)
     if ports is None:  # _settings_now(), inlined: every reservation asks
         data = getattr(os.environ, "_data", None)
-        hot = _hot.get((data.get(_RAW[0]), data.get(_RAW[1]), data.get(_RAW[2]),
-                        data.get(_RAW[3]))) if type(data) is dict else None
+        hot = _hot.get((data.get(_RAW0), data.get(_RAW1), data.get(_RAW2),
+                        data.get(_RAW3))) if type(data) is dict else None
         path, server, candidates = hot or _hot_settings(data)
     else:
         candidates, (path, server) = explicit_candidates(ports), reservation_settings()

@@ -88,23 +88,21 @@ class Cursor:
         cost more.
         """
         global _cursor
-        ports = self.ports
-        stride = self.stride
-        count = self.count
+        ports = self.ports  # few locals: setting them up costs more than one claim's
+        count = self.count  # Python (a bound method made is slower than a method called)
         index = self.index
-        where = self.where
-        try_claim = table.try_claim
-        claim = probes.claim
         passed = 0  # candidates of this shard not free
-        for _ in range(count):
+        left = count
+        while left:
+            left -= 1
             port = ports[index]
-            index = (index + stride) % count
+            index = (index + self.stride) % count
             if port in excluded:
                 continue
-            code = try_claim(port, where, claim)
+            code = table.try_claim(port, self.where, probes.claim)
             if code:  # nothing held: why not?
                 if search is None:
-                    search = Search(self.candidates, probes, excluded, where, table)
+                    search = Search(self.candidates, probes, excluded, self.where, table)
                     search.attempts = len(taken)
                 search.passed(code)
                 passed += 1
@@ -114,7 +112,10 @@ class Cursor:
                 search.attempts += 1
             if len(taken) == n:
                 self.index = index
-                _cursor = self if passed <= _CROWDED else None
+                if passed:
+                    _cursor = self if passed <= _CROWDED else None
+                elif _cursor is not self:
+                    _cursor = self
                 return search
         return search
 
@@ -308,18 +309,19 @@ def take(n: int, candidates: CandidateSet, probes: _probe.Probes,  # noqa: PLR09
     cursor = _cursor
     if cursor is None or cursor.candidates is not candidates or cursor.where is not directory:
         cursor = _resume(candidates, directory)
-    search = walked = None
-    if cursor is not None:
-        try:
-            search = cursor.claim(n, taken, None, table, probes, excluded)
-        except BaseException:
-            table.release_all(taken)
-            raise
-        if len(taken) == n:
-            return taken, search
-        walked = cursor.key
+        if cursor is None:  # no home shard: every shard at random
+            fresh = Search(candidates, probes, excluded, directory, table)
+            fresh.take(n, taken)
+            return taken, fresh
+    try:
+        search = cursor.claim(n, taken, None, table, probes, excluded)
+    except BaseException:
+        table.release_all(taken)
+        raise
+    if len(taken) == n:
+        return taken, search
     if search is None:
         search = Search(candidates, probes, excluded, directory, table)
         search.attempts = len(taken)
-    search.take(n, taken, walked)
+    search.take(n, taken, cursor.key)
     return taken, search
