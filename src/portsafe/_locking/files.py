@@ -38,6 +38,7 @@ from portsafe._locking.claim import HELD, LOCK_ERROR, compile_plan
 from portsafe._locking.claim import SPAN_UNLOCK as _SPAN_UNLOCK
 from portsafe._locking.claim import unlock as _unlock_port
 from portsafe._locking.fileformat import SHARD_BITS, SHARD_COUNT, shard_name
+from portsafe._locking.heldports import HeldPorts
 from portsafe._locking.lockdir import LockDir, Shard
 from portsafe._locking.lockdirs import LockDirs
 from portsafe._locking.recordlock import foreign_locks, query_shard
@@ -59,7 +60,7 @@ _SHARD_SIZE = 1 << SHARD_BITS
 MISS_LIMIT = 16
 
 
-class LockTable:
+class LockTable(HeldPorts):
     """This process's locks: open lock directories and shard files, the held ports.
 
     One instance per process (:func:`table`); it resets itself in a ``fork()`` child,
@@ -134,15 +135,6 @@ class LockTable:
                 home.lockdir is not where and home.lockdir.path != where):
             return None
         return home.index
-
-    def holds(self, port: int) -> bool:
-        """Whether this process holds *port*."""
-        return port in self.held
-
-    @property
-    def held_count(self) -> int:
-        """How many ports this process holds."""
-        return len(self.held)
 
     @property
     def open_fds(self) -> int:

@@ -39,6 +39,7 @@ import threading
 from portsafe._errors import LockUnavailableError
 from portsafe._locking import names
 from portsafe._locking.claim import LOCK_ERROR, NO_SOCKET
+from portsafe._locking.heldports import HeldPorts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class Namespace:
 NAMESPACE = Namespace()
 
 
-class NameTable:
+class NameTable(HeldPorts):
     """This process's held names: port -> the descriptor of the socket bound to its name.
 
     Example:
@@ -109,15 +110,6 @@ class NameTable:
         return None
 
     # -- ports -------------------------------------------------------------------------
-
-    def holds(self, port: int) -> bool:
-        """Whether this process holds *port*."""
-        return port in self.held
-
-    @property
-    def held_count(self) -> int:
-        """How many ports this process holds."""
-        return len(self.held)
 
     @property
     def open_fds(self) -> int:

@@ -71,12 +71,7 @@ class ReservedPortsMixin:
     def free_tcp_port(self) -> int:
         """Reserve a TCP port on 127.0.0.1 for this test (released by ``addCleanup``).
 
-        Returns:
-            The reserved port number.
-
-        Raises:
-            TypeError: If the mixin is not part of a ``unittest.TestCase``.
-            NoFreePortError: If no candidate port could be reserved.
+        Returns and raises as :meth:`free_port`.
 
         Example:
             >>> # inside a test method:  server = start_server(port=self.free_tcp_port())
@@ -87,12 +82,7 @@ class ReservedPortsMixin:
     def free_udp_port(self) -> int:
         """Reserve a UDP port on 127.0.0.1 for this test (released by ``addCleanup``).
 
-        Returns:
-            The reserved port number.
-
-        Raises:
-            TypeError: If the mixin is not part of a ``unittest.TestCase``.
-            NoFreePortError: If no candidate port could be reserved.
+        Returns and raises as :meth:`free_port`.
 
         Example:
             >>> # inside a test method:  sock.bind(("127.0.0.1", self.free_udp_port()))

@@ -130,15 +130,7 @@ def requires_unix_socket(obj: _T) -> _T:
     """Skip a test function or ``TestCase`` class when ``AF_UNIX`` sockets cannot be bound.
 
     Decided when the test (or ``setUpClass``) runs, using :func:`unix_sockets_available`.
-
-    Args:
-        obj: A test function or method (sync or async) or a ``unittest.TestCase`` class.
-
-    Returns:
-        The wrapped function, or the class with a guarded ``setUpClass``.
-
-    Raises:
-        TypeError: If ``obj`` is neither callable nor a ``TestCase`` class.
+    Arguments, result and errors as :func:`requires_ipv6`.
 
     Example:
         >>> import socket
