@@ -34,7 +34,8 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from portsafe._core.ranges import COMMON_DEV_PORTS, ephemeral_port_range
-    from portsafe._core.reserve import Reservation, ReservationGroup, reserve_port, reserve_ports
+    from portsafe._core.reservation import Reservation, ReservationGroup
+    from portsafe._core.reserve import reserve_port, reserve_ports
     from portsafe._errors import (
         AddressInUseError,
         AddressNotAvailableError,
@@ -84,8 +85,8 @@ _LAZY = {
     "LockUnavailableError": "portsafe._errors",
     "NoFreePortError": "portsafe._errors",
     "PortsafeError": "portsafe._errors",
-    "Reservation": "portsafe._core.reserve",
-    "ReservationGroup": "portsafe._core.reserve",
+    "Reservation": "portsafe._core.reservation",
+    "ReservationGroup": "portsafe._core.reservation",
     "reserve_port": "portsafe._core.reserve",
     "reserve_ports": "portsafe._core.reserve",
     "ephemeral_port_range": "portsafe._core.ranges",

@@ -26,12 +26,12 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTO",
     "AUTO_LEASE",
-    "AUTO_LEASE_DEFAULT",
     "AUTO_MAX_LEASES",
     "AUTO_MAX_LEASES_DEFAULT",
     "EXCLUDE",
     "INTERNET",
     "KEEPER_IDLE",
+    "LEASE_DEFAULT",
     "LOCK_DIR",
     "PORTSERVER",
     "PURE_PYTHON",
@@ -314,7 +314,9 @@ def auto_mode() -> bool | None:
 
 #: Defaults of auto mode's leases: long enough for a slow server to start, few enough
 #: that one busy process cannot exhaust the machine's range.
-AUTO_LEASE_DEFAULT = 60.0
+#: How long a reservation handed out for a while is held by default (seconds): the
+#: keeper's leases, auto mode's and find_unused_port's.
+LEASE_DEFAULT = 60.0
 AUTO_MAX_LEASES_DEFAULT = 256
 
 _auto_cache: dict[tuple[str, str], float | int] = {}
@@ -343,7 +345,7 @@ def auto_lease() -> float:
         True
     """
     return float(_per_raw_value(AUTO_LEASE, lambda _raw: seconds(AUTO_LEASE,
-                                                                 AUTO_LEASE_DEFAULT)))
+                                                                 LEASE_DEFAULT)))
 
 
 def auto_max_leases() -> int:

@@ -47,7 +47,7 @@ import sys
 
 from portsafe._errors import InvalidSettingError, PortsafeError
 
-TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from typing import Any, NamedTuple, TypeAlias

@@ -42,12 +42,14 @@ import threading
 import time
 import unittest
 
-TYPE_CHECKING = False  # typing is not imported at run time: keep imports cheap
+from portsafe._settings import LEASE_DEFAULT
+
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Callable, Container, Iterable, Iterator
     from typing import Any, TypeVar
 
-    from portsafe._core.reserve import Reservation
+    from portsafe._core.reservation import Reservation
 
     _T = TypeVar("_T", bound=Callable[..., Any])
 
@@ -83,7 +85,7 @@ HOSTv6 = "::1"
 # WASI does not provide gethostname(); its stub raises OSError(ENOTSUP).
 has_gethostname = sys.platform != "wasi"
 
-FIND_UNUSED_PORT_HOLD = 60.0
+FIND_UNUSED_PORT_HOLD = LEASE_DEFAULT
 """Seconds a port returned by :func:`find_unused_port` stays reserved, at least."""
 
 # CPython's support.INTERNET_TIMEOUT; used when test.support is not loaded.

@@ -9,6 +9,7 @@ import pytest
 import portsafe
 from portsafe._core import ranges as _ranges
 from portsafe._locking import recordlock as _locks
+from portsafe._locking.fileformat import SHARD_BITS
 
 
 class TestParsers:
@@ -124,7 +125,7 @@ class TestCandidates:
         """The process keeps using the lock file it has open."""
         candidates = _ranges.CandidateSet(range(1000, 30000), "test")
         order = list(candidates.order(random.Random(2), home=50))
-        first_shard = {p >> _ranges.SHARD_BITS for p in order[:256]}
+        first_shard = {p >> SHARD_BITS for p in order[:256]}
         assert first_shard == {50}
 
     def test_describe_ranges_is_json_ready(self):
@@ -167,7 +168,7 @@ class TestLazyCandidates:
         """G5: PORTSAFE_RANGE items that overlap or share a shard give each port once."""
         monkeypatch.setenv("PORTSAFE_RANGE", "20000-20300,20100-20400,20401,20450-20460")
         candidates = _ranges._build_default_candidates()
-        walked = list(candidates.order(random.Random(5), home=20100 >> _ranges.SHARD_BITS))
+        walked = list(candidates.order(random.Random(5), home=20100 >> SHARD_BITS))
         expected = (set(range(20000, 20402)) | set(range(20450, 20461))) \
             - _ranges._services_ports() - _ranges.COMMON_DEV_PORTS
         assert sorted(walked) == sorted(expected)

@@ -35,12 +35,12 @@ import random
 
 from portsafe import _settings
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
-    from portsafe._core.reserve import Reservation
+    from portsafe._core.reservation import Reservation
 
 __all__ = ["FRESH_EVERY", "MAX_POOL", "recycle", "release_all", "take"]
 

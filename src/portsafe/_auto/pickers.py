@@ -30,7 +30,7 @@ import socket
 
 from portsafe._auto.sockets import lease_port, release_lease
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from types import ModuleType

@@ -62,13 +62,15 @@ from collections import deque
 from portsafe import _platform, _settings
 from portsafe._auto import explicit as _explicit
 from portsafe._auto import harvest as _autoharvest
-from portsafe._core.reserve import Reservation, reserve_port
+from portsafe._core.reserve import reserve_port
 from portsafe._errors import InvalidSettingError
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
+
+    from portsafe._core.reservation import Reservation
 
 __all__ = ["install", "lease_port", "release_lease", "reset_stats", "stats", "uninstall"]
 
@@ -150,7 +152,7 @@ def _finish(entry: _Entry) -> None:
 
 
 _LEASE_NAMES = (_settings.AUTO_LEASE, _settings.AUTO_MAX_LEASES)
-_lease_conf: list[object] = [None, _settings.AUTO_LEASE_DEFAULT,
+_lease_conf: list[object] = [None, _settings.LEASE_DEFAULT,
                              _settings.AUTO_MAX_LEASES_DEFAULT]
 
 
@@ -162,7 +164,7 @@ def _lease_settings() -> tuple[float, int]:
             parsed: list[object] = [raw, _settings.auto_lease(), _settings.auto_max_leases()]
         except InvalidSettingError as exc:  # a close must not fail: the defaults, and say so
             _note_problem(exc, "auto mode uses its default lease settings")
-            parsed = [raw, _settings.AUTO_LEASE_DEFAULT, _settings.AUTO_MAX_LEASES_DEFAULT]
+            parsed = [raw, _settings.LEASE_DEFAULT, _settings.AUTO_MAX_LEASES_DEFAULT]
         parsed[2] = min(parsed[2], _descriptor_budget())  # type: ignore[call-overload]
         _lease_conf[:] = parsed
     return _lease_conf[1], _lease_conf[2]  # type: ignore[return-value]

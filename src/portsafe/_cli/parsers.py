@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from portsafe._settings import LEASE_DEFAULT
+
 __all__ = ["build_parser", "verb_parser"]
 
 EXIT_CODES = """\
@@ -109,7 +111,7 @@ def _reserve(p: argparse.ArgumentParser) -> None:
         "returns, so `PORT=$(portsafe)` is protected until your server binds. If no "
         "keeper can hold them, nothing is printed and the exit code is 4.")
     _reserve_options(p)
-    p.add_argument("--lease", type=_seconds, default=60.0, metavar="SECONDS",
+    p.add_argument("--lease", type=_seconds, default=LEASE_DEFAULT, metavar="SECONDS",
                    help="hold for this long after returning (default 60; 0 = not at all: "
                    "free now, but not held)")
     p.add_argument("--json", action="store_true", help="print JSON")

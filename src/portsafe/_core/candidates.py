@@ -14,7 +14,7 @@ from bisect import bisect_right
 
 from portsafe._locking.fileformat import SHARD_BITS
 
-TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     import random
     from collections.abc import Callable, Iterable, Iterator

@@ -23,7 +23,7 @@ from portsafe._settings import shown
 if NAMES:
     from portsafe._locking.names import compile_claim
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from typing import Any
 

@@ -13,7 +13,6 @@ import sys
 
 from portsafe._core.candidates import CandidateSet, collapse, describe, spans_of, subtract
 from portsafe._errors import InvalidSettingError
-from portsafe._locking.fileformat import SHARD_BITS
 from portsafe._settings import (
     EXCLUDE,
     RANGE,
@@ -25,14 +24,14 @@ from portsafe._settings import (
     range_ranges,
     shown,
 )
+from portsafe._system import read_proc
 
-TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
     "COMMON_DEV_PORTS",
-    "SHARD_BITS",
     "CandidateSet",
     "default_candidates",
     "describe_ranges",
@@ -133,21 +132,8 @@ def parse_services(text: str) -> frozenset[int]:
 
 
 def _read(path: str) -> str | None:
-    # os.read and a bytes decode: open() in text mode looks up (imports) its codec, and
-    # its buffered layers cost the first reservation of every process more than the read.
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode("ascii", "replace")
+    data = read_proc(path)
+    return None if data is None else data.decode("ascii", "replace")
 
 
 def _run(args: list[str]) -> str | None:
@@ -238,17 +224,6 @@ def _services_ports() -> frozenset[int]:
     if cached is None:
         cached = _cache["services"] = parse_services(_read(_services_file()) or "")
     return cached  # type: ignore[return-value]
-
-
-_collapse = collapse  # the name tests and older callers use
-
-
-def clear_caches() -> None:
-    """Forget what was read from the OS and the environment (for tests; ``_reserve``
-    keeps the default request's candidates too: ``portsafe._core.reserve._hot``)."""
-    _cache.clear()
-    _candidates.clear()
-    _explicit.clear()
 
 
 # -- the candidate set -----------------------------------------------------------------

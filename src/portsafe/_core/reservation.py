@@ -14,9 +14,10 @@ import os
 import warnings
 from collections.abc import Sequence
 
+from portsafe._errors import public
 from portsafe._locking import files as _locks
 
-TYPE_CHECKING = False  # typing is not imported at run time: importing portsafe stays cheap
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from types import TracebackType
@@ -68,6 +69,7 @@ class _Releasable:
         self.release()
 
 
+@public
 class Reservation(_Releasable):
     """A port number held for this process until :meth:`release`.
 
@@ -170,6 +172,7 @@ class Reservation(_Releasable):
             deferred.append(self.port)
 
 
+@public
 class ReservationGroup(_Releasable, Sequence[Reservation]):
     """Several reservations taken together (all or nothing), released together.
 

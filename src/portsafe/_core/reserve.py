@@ -72,7 +72,7 @@ if TYPE_CHECKING:
         ports: Iterable[int] | None
         exclude: Iterable[int]
 
-__all__ = ["Reservation", "ReservationGroup", "reserve_port", "reserve_ports"]
+__all__ = ["reserve_port", "reserve_ports"]
 
 _NOTHING: frozenset[int] = frozenset()
 _AF_INET, _STREAM = socket.AF_INET, socket.SOCK_STREAM

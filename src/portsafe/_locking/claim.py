@@ -30,7 +30,7 @@ from portsafe._locking.recordlock import unlock as _unlock
 from portsafe._platform import FILES_ON_LINUX
 from portsafe._settings import PURE_PYTHON, flag
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Callable
 

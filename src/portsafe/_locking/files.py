@@ -45,7 +45,7 @@ from portsafe._locking.recordlock import foreign_locks, query_shard
 from portsafe._platform import NAMES
 from portsafe._settings import LOCK_DIR, getenv, lock_dir
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from portsafe._locking.claim import Claim, Plan
     from portsafe._locking.nametable import NameTable

@@ -28,7 +28,7 @@ import os
 from portsafe._locking.claim import HELD, IMPLEMENTATION, LOCK_ERROR, claim_py
 from portsafe._locking.claim import compile_name_plan as compile_plan
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Callable
 

@@ -41,7 +41,7 @@ from portsafe._locking import names
 from portsafe._locking.claim import LOCK_ERROR, NO_SOCKET
 from portsafe._locking.heldports import HeldPorts
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from portsafe._locking.claim import Plan
     from portsafe._locking.names import NameClaim

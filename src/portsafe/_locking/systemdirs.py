@@ -21,7 +21,7 @@ import sys
 from portsafe._errors import LockDirError
 from portsafe._locking.fileformat import SHARD_COUNT
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 

@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from typing import Any
 
-    from portsafe._core.reserve import Reservation
+    from portsafe._core.reservation import Reservation
 
 __all__ = ["ATTEMPTS", "bind_reserved", "reserve_for"]
 

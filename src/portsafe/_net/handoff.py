@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from typing import Any
 
-    from portsafe._core.reserve import Reservation
+    from portsafe._core.reservation import Reservation
 
 __all__ = ["listen", "listen_fds", "spawn"]
 

@@ -34,7 +34,7 @@ TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
     from typing import Any, Protocol
 
-    from portsafe._core.reserve import Reservation
+    from portsafe._core.reservation import Reservation
 
     class _Pollable(Protocol):
         @property

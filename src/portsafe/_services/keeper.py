@@ -46,7 +46,7 @@ from portsafe._unixsock import bind_unix, peer_credentials
 
 TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
-    from portsafe._core.reserve import Reservation
+    from portsafe._core.reservation import Reservation
 
 __all__ = ["Keeper", "main"]
 

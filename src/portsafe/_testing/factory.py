@@ -10,7 +10,8 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
-    from portsafe._core.reserve import Reservation, ReserveOptions
+    from portsafe._core.reservation import Reservation
+    from portsafe._core.reserve import ReserveOptions
 
 __all__ = ["PortFactory"]
 
