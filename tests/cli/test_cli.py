@@ -91,14 +91,14 @@ class TestHelp:
 
     def test_help_imports_no_machinery(self) -> None:
         """--help loads neither the reservation core nor the server (fast, and works
-        even if they are broken)."""
+        even if they are broken): the command line's own modules and the settings."""
         code = ("import sys; from portsafe._cli.main import main; main(['--help']); "
                 "print(sorted(m for m in sys.modules if m.startswith('portsafe.')))")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=60, check=True)
         assert done.stdout.strip().endswith(
             "['portsafe._cli', 'portsafe._cli.exits', 'portsafe._cli.main', "
-            "'portsafe._cli.parsers']")
+            "'portsafe._cli.parsers', 'portsafe._errors', 'portsafe._settings']")
 
     def test_bare_call_imports_only_the_keeper_client(self, env) -> None:
         """`portsafe` alone (the `PORT=$(portsafe)` case) loads no argparse, json, socket

@@ -29,7 +29,7 @@ CLIENTS = 120
 
 CLIENT = textwrap.dedent("""
     import json, os, sys
-    from portsafe._services.portserver import request_port
+    from portsafe._core.serverclient import request_port
     go = int(sys.argv[2])
     print("ready", flush=True)
     os.read(go, 1)  # all clients wake on one write

@@ -19,7 +19,8 @@ def serve_verb(args: argparse.Namespace) -> int:
     Example:
         >>> import argparse  # see tests/cli/test_cli.py::TestServeVerb
     """
-    from portsafe._services.portserver import ServerAddressInUseError, serve
+    from portsafe._services.portserver import serve
+    from portsafe._unixsock import ServerAddressInUseError
 
     ports = range(args.range[0], args.range[1] + 1) if args.range else None
     try:

@@ -68,13 +68,11 @@ from portsafe import _platform as backend
 from portsafe import _settings
 from portsafe._core import probe as _probe
 from portsafe._core import ranges as _ranges
-from portsafe._core.serverclient import request_port
 from portsafe._errors import PortsafeError
 from portsafe._locking import files as _locks
 from portsafe._services.requestloop import Reply, RequestLoop
 from portsafe._system import command_line, process_identity, resolve_owner
 from portsafe._unixsock import (
-    ServerAddressInUseError,
     bind_unix,
     owned_directory,
     unix_address,
@@ -87,9 +85,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ADDRESS",
     "PortServer",
-    "ServerAddressInUseError",
     "default_address",
-    "request_port",
     "serve",
 ]
 
