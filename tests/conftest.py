@@ -54,23 +54,18 @@ def private_lock_dir(
 
 
 @pytest.fixture
-def no_reservations(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-                    ) -> None:
-    """Reservations impossible in this process: on Linux every name is refused, as a
-    sandbox refuses them (``tests/children/seccomp.py`` does it for real to a subprocess);
-    elsewhere the lock directory cannot be made."""
-    if NAMES:
-        import errno
+def no_reservations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reservations impossible in this process: every claim is refused, as a sandbox
+    refuses names on Linux (``tests/children/seccomp.py`` does that for real to a
+    subprocess) or as an unusable lock directory does elsewhere."""
+    import errno
 
-        from portsafe import LockUnavailableError
-        from portsafe._locking import files as _locks
+    from portsafe import LockDirError, LockUnavailableError
+    from portsafe._locking import files as _locks
 
-        def refuse(*_: object) -> int:
-            raise LockUnavailableError(errno.EPERM, "cannot bind the abstract unix-socket "
-                                       "name (a sandbox, simulated)")
+    error = LockUnavailableError if NAMES else LockDirError
 
-        monkeypatch.setattr(type(_locks.table()), "try_claim", refuse)
-        return
-    blocker = tmp_path_factory.mktemp("locks") / "file"
-    blocker.write_text("")
-    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(blocker / "locks"))
+    def refuse(*_: object) -> int:
+        raise error(errno.EPERM, "nothing can be reserved here (simulated)")
+
+    monkeypatch.setattr(type(_locks.table()), "try_claim", refuse)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support import CHILDREN
 
 import portsafe
 from portsafe._auto import harvest as _autoharvest
@@ -25,6 +26,7 @@ from portsafe._auto import sockets as _autosock
 from portsafe._auto import switch as _auto
 from portsafe._core import probe as _probe
 from portsafe._locking import files as _locks
+from portsafe._platform import NAMES
 
 needs_ipv6 = pytest.mark.skipif(not _probe.ipv6_available(), reason="no IPv6 on this host")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
@@ -33,7 +35,8 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 @pytest.fixture
 def auto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Auto mode on for one test, with a private lock directory; off again after."""
-    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
+    if not NAMES:  # names have no lock directory
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.delenv("PORTSAFE_AUTO_LEASE", raising=False)
     monkeypatch.delenv("PORTSAFE_AUTO_MAX_LEASES", raising=False)
     _auto.enable()
@@ -327,14 +330,24 @@ class TestFallback:
         assert _auto.stats()["fallbacks"] == 1
 
     def test_under_w_error(self, tmp_path: Path) -> None:
-        """python -W error: a fallback still binds, and warnings never fail a bind."""
-        blocker = tmp_path / "file"
-        blocker.write_text("")
+        """python -W error: a fallback still binds, and warnings never fail a bind.
+        Nothing can be reserved: on Linux a seccomp filter refuses the names (as a
+        sandbox may), elsewhere the lock directory cannot be made."""
         code = ("import socket; from portsafe._auto import switch as _auto; _auto.enable();"
                 "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.close();"
                 "print(_auto.stats()['fallbacks'])")
-        env = {**os.environ, "PORTSAFE_LOCK_DIR": str(blocker / "locks")}
-        done = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env,
+        env = dict(os.environ)
+        env.pop("PORTSAFE_LOCK_DIR", None)
+        prefix: list[str] = []
+        if NAMES:
+            prefix = [sys.executable, str(CHILDREN / "seccomp.py")]
+            if subprocess.run([*prefix, sys.executable, "-c", "pass"], check=False).returncode:
+                pytest.skip("seccomp filters cannot be installed here")
+        else:
+            blocker = tmp_path / "file"
+            blocker.write_text("")
+            env["PORTSAFE_LOCK_DIR"] = str(blocker / "locks")
+        done = subprocess.run([*prefix, sys.executable, "-W", "error", "-c", code], env=env,
                               capture_output=True, text=True, check=True)
         assert done.stdout.strip() == "1"
 

@@ -13,6 +13,7 @@ import pytest
 import portsafe
 from portsafe._auto import switch as _auto
 from portsafe._locking import files as _locks
+from portsafe._platform import NAMES
 
 ephemeral_port_reserve = pytest.importorskip("ephemeral_port_reserve")
 port_for = pytest.importorskip("port_for")
@@ -22,7 +23,8 @@ portpicker = pytest.importorskip("portpicker")
 @pytest.fixture
 def auto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Auto mode on, a private lock directory, no port server."""
-    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
+    if not NAMES:  # names have no lock directory
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.delenv("PORTSERVER_ADDRESS", raising=False)
     _auto.enable()
     try:
@@ -100,7 +102,8 @@ class TestPatchedPickers:
 
     def test_patched_on_import(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A picker imported after enable() is patched by the import watcher."""
-        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
+        if not NAMES:  # names have no lock directory
+            monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(tmp_path / "locks"))
         monkeypatch.delitem(sys.modules, "ephemeral_port_reserve")
         _auto.enable()
         try:

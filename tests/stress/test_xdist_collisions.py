@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import portsafe
+from portsafe._platform import NAMES
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -145,7 +146,8 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
     """
     records = pytester.path / "records"
     records.mkdir()
-    monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(pytester.path / "locks"))
+    if not NAMES:  # names have no lock directory
+        monkeypatch.setenv("PORTSAFE_LOCK_DIR", str(pytester.path / "locks"))
     monkeypatch.setenv("STRESS_RECORDS", str(records))
     monkeypatch.setenv("STRESS_POOL_START", str(pick_pool()))
     monkeypatch.setenv("STRESS_POOL_SIZE", str(POOL_SIZE))

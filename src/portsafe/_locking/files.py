@@ -43,7 +43,7 @@ from portsafe._locking.lockdir import LockDir, Shard
 from portsafe._locking.lockdirs import LockDirs
 from portsafe._locking.recordlock import foreign_locks, query_shard
 from portsafe._platform import NAMES
-from portsafe._settings import LOCK_DIR, getenv, lock_dir
+from portsafe._settings import lock_dir
 
 TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
@@ -444,7 +444,6 @@ def _make_table() -> Table:
         from portsafe._locking.nametable import NameTable
 
         made = NameTable()
-        _warn_lock_dir_ignored()
     else:
         made = LockTable()
     if hasattr(os, "register_at_fork"):
@@ -461,16 +460,6 @@ def table() -> Table:
         True
     """
     return _table
-
-
-def _warn_lock_dir_ignored() -> None:
-    if getenv(LOCK_DIR):
-        import warnings
-
-        warnings.warn(f"portsafe: {LOCK_DIR} is ignored on Linux: reservations are held by "
-                      f"names in the network namespace, which every process that could "
-                      f"use the same ports sees (containers sharing a network namespace "
-                      f"need nothing); unset it", RuntimeWarning, stacklevel=4)
 
 
 def holders() -> list[tuple[int, int]]:

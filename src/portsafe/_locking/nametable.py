@@ -40,6 +40,7 @@ from portsafe._errors import LockUnavailableError
 from portsafe._locking import names
 from portsafe._locking.claim import LOCK_ERROR, NO_SOCKET
 from portsafe._locking.heldports import HeldPorts
+from portsafe._settings import LOCK_DIR, getenv
 
 TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
@@ -96,13 +97,27 @@ class NameTable(HeldPorts):
         #: set when the first such name is claimed
         self.high = 0
         self._looked = False
+        self._path: str | None = None  # the lock-directory setting last seen (ignored)
+        self._warned = False
         self.pid = os.getpid()
 
     # -- where -------------------------------------------------------------------------
 
     def current(self, path: str | None = None) -> Namespace:
-        """Where reservations are held now: the network namespace (*path* is ignored:
-        lock directories are the file backend's)."""
+        """Where reservations are held now: the network namespace. *path*, the lock
+        directory setting, is ignored (lock directories are the file backend's): the
+        first time ``PORTSAFE_LOCK_DIR`` is seen set, a ``RuntimeWarning`` says so."""
+        if path is not self._path and path is not None:
+            self._path = path
+            if not self._warned and getenv(LOCK_DIR):
+                self._warned = True
+                import warnings
+
+                warnings.warn(f"portsafe: {LOCK_DIR} is ignored on Linux: reservations are "
+                              f"held by names in the network namespace, which every process "
+                              f"that could use the same ports sees (containers sharing a "
+                              f"network namespace need nothing); unset it", RuntimeWarning,
+                              stacklevel=3)
         return NAMESPACE
 
     def home(self, where: object) -> int | None:
