@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEEDUPS = "portsafe/_speedups.cpython-311-x86_64-linux-gnu.so"
+SPEEDUPS = "portsafe/_locking/_speedups.cpython-311-x86_64-linux-gnu.so"
 
 
 def load_checker():
@@ -54,7 +54,7 @@ class TestWheelCheck:
                            version, ["portsafe/__init__.py", "portsafe/py.typed",
                                      "portsafe-auto.pth", "portsafe/_locking/_speedups.c"])
         problems = checker.check_wheel(wheel, version)
-        assert any("no compiled portsafe/_speedups" in p for p in problems)
+        assert any("no compiled portsafe/_locking/_speedups" in p for p in problems)
         assert any("_speedups.pyi" in p for p in problems)
         assert any("C source" in p for p in problems)
 

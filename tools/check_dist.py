@@ -65,8 +65,8 @@ def check_wheel(wheel: Path, version: str) -> list[str]:
                             "ignore the annotations)")
         if "-linux_" in wheel.name or ("-none-any" in wheel.name and
                                        sys.platform.startswith("linux")):
-            if not any(re.fullmatch(r"portsafe/_speedups\..*\.so", n) for n in names):
-                problems.append(f"{wheel.name}: no compiled portsafe/_speedups (did the C "
+            if not any(re.fullmatch(r"portsafe/_locking/_speedups\..*\.so", n) for n in names):
+                problems.append(f"{wheel.name}: no compiled portsafe/_locking/_speedups (did the C "
                                 "compiler fail? the build log says why)")
             if "portsafe/_locking/_speedups.pyi" not in names:
                 problems.append(f"{wheel.name}: no portsafe/_locking/_speedups.pyi")
