@@ -69,6 +69,24 @@ PRELUDE = textwrap.dedent("""
     def stop(proc):
         proc.stdin.close()
         proc.wait(timeout=30)
+
+    def fork_waiting():
+        # A child that lives until done() is called: (its pid, done). When this returns,
+        # the child runs (the fork hooks have run in it).
+        read, write = os.pipe()
+        started_read, started_write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(write)
+            os.write(started_write, b"s")
+            os.read(read, 1)
+            os._exit(0)
+        os.close(read)
+        os.read(started_read, 1)
+        def done():
+            os.write(write, b"x")
+            os.waitpid(child, 0)
+        return child, done
 """) % os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -214,21 +232,11 @@ class TestLifetime:
         result = in_namespace(textwrap.dedent("""
             import portsafe
             r = portsafe.reserve_port()
-            read, write = os.pipe()
-            started_read, started_write = os.pipe()
-            child = os.fork()
-            if child == 0:  # the fork hooks have run when os.fork() returns here
-                os.close(write)
-                os.write(started_write, b"s")
-                os.read(read, 1)  # live until the parent is done
-                os._exit(0)
-            os.close(read)
-            os.read(started_read, 1)
+            child, done = fork_waiting()
             holders = name_holders([r.port])
             r.release()
             freed = not bound(r.port)
-            os.write(write, b"x")
-            os.waitpid(child, 0)
+            done()
             print(json.dumps([holders == [os.getpid()], freed]))
         """))
         assert result == [True, True]
@@ -241,22 +249,12 @@ class TestLifetime:
             from tests.support.kernel import name_inodes
             r = portsafe.reserve_port()
             inode = name_inodes()[shown_name(r.port)]
-            read, write = os.pipe()
-            started_read, started_write = os.pipe()
-            child = os.fork()
-            if child == 0:  # the fork hooks have run when os.fork() returns here
-                os.close(write)
-                os.write(started_write, b"s")
-                os.read(read, 1)
-                os._exit(0)
-            os.close(read)
-            os.read(started_read, 1)
+            child, done = fork_waiting()
             def has(pid):
                 return any(os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]"
                            for fd in os.listdir(f"/proc/{pid}/fd"))
             answer = [has(os.getpid()), has(child)]
-            os.write(write, b"x")
-            os.waitpid(child, 0)
+            done()
             r.release()
             print(json.dumps(answer))
         """))

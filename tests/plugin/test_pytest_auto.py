@@ -89,6 +89,16 @@ def unusable_lock_system(monkeypatch: pytest.MonkeyPatch,
     return []
 
 
+def run_without_reservations(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                             tmp_path_factory: pytest.TempPathFactory,
+                             *args: str) -> pytest.RunResult:
+    """FALLBACK_TESTS with --portsafe-auto and *args*, where nothing can be reserved."""
+    prefix = unusable_lock_system(monkeypatch, tmp_path_factory)
+    pytester.makepyfile(FALLBACK_TESTS)
+    return pytester.run(*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                        "--portsafe-auto", *args)
+
+
 def read_result(pytester: pytest.Pytester) -> tuple[int, bool, bool, str]:
     port, outside, held, child = (pytester.path / "result.txt").read_text().split()
     return int(port), outside == "True", held == "True", child
@@ -245,10 +255,8 @@ class TestAutoSummary:
         """With no way to reserve (names refused by a sandbox on Linux, an unusable lock
         directory elsewhere) every bind falls back (-W error or not): the tests pass and
         the summary counts the fallbacks and names the reason."""
-        prefix = unusable_lock_system(monkeypatch, tmp_path_factory)
-        pytester.makepyfile(FALLBACK_TESTS)
-        result = pytester.run(*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                              "--portsafe-auto", "-W", "error")
+        result = run_without_reservations(pytester, monkeypatch, tmp_path_factory,
+                                          "-W", "error")
         result.assert_outcomes(passed=4)
         result.stdout.fnmatch_lines([
             "auto mode was on (--portsafe-auto): 0 ports reserved; 4 fallbacks",
@@ -279,10 +287,8 @@ class TestAutoSummary:
     ) -> None:
         """Under -n 2, fallbacks in the workers reach the controller's summary."""
         pytest.importorskip("xdist")
-        prefix = unusable_lock_system(monkeypatch, tmp_path_factory)
-        pytester.makepyfile(FALLBACK_TESTS)
-        result = pytester.run(*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                              "--portsafe-auto", "-n", "2")
+        result = run_without_reservations(pytester, monkeypatch, tmp_path_factory,
+                                          "-n", "2")
         result.assert_outcomes(passed=4)
         result.stdout.fnmatch_lines([
             "*0 ports reserved, summed over 2 xdist workers; 4 fallbacks",

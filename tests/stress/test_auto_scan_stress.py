@@ -18,13 +18,10 @@ Linux only; skipped with the reason where a network namespace cannot be made.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from tests.stress.test_auto_stress import NAMESPACE, failures, namespace_prefix
-from tests.support.auto_env import hook_env
+from tests.stress.test_auto_stress import run_suite_twice
 
 pytest.importorskip("xdist")
 
@@ -77,25 +74,8 @@ def test_scan_wait_serve(i: int) -> None:
 
 
 def run_twice(tmp_path: Path, *, auto: bool) -> tuple[int, int]:
-    """Both inner runs at once in one fresh namespace; (failed, run)."""
-    prefix = namespace_prefix()
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    suite = tmp_path / f"suite-{'auto' if auto else 'plain'}"
-    suite.mkdir()
-    (suite / "test_scan.py").write_text(INNER)
-    (suite / "pytest.ini").write_text("[pytest]\n")
-    env = hook_env(tmp_path, AUTO_STRESS_DIR=str(suite), AUTO_STRESS_TESTS=str(TESTS))
-    if auto:
-        env["PORTSAFE_AUTO"] = "1"
-    for name in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PORTSERVER_ADDRESS"):
-        env.pop(name, None)
-    pytest_args = [sys.executable, "-m", "pytest", "-q", "-n", "4", "-p", "no:cacheprovider",
-                   "-p", "no:portsafe", "-p", "no:asyncio", "-p", "no:anyio", "-p",
-                   "no:randomly", "-c", str(suite / "pytest.ini"), "--rootdir", str(suite),
-                   str(suite)]
-    subprocess.run([*prefix, "sh", "-c", NAMESPACE, "sh", *pytest_args], env=env,
-                   cwd=suite, check=True, timeout=240)
-    return failures(suite)
+    """Both inner runs of the scanners at once in one fresh namespace; (failed, run)."""
+    return run_suite_twice(tmp_path, {"test_scan.py": INNER}, TESTS, auto=auto)
 
 
 class TestAutoScanStress:

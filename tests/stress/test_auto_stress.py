@@ -81,21 +81,22 @@ def failures(directory: Path) -> tuple[int, int]:
     return failed, run
 
 
-def run_twice(tmp_path: Path, *, auto: bool, **settings: str) -> tuple[int, int]:
-    """Both inner runs at once in one fresh namespace; (failed, run)."""
+def run_suite_twice(tmp_path: Path, files: dict[str, str], tests: int, *, auto: bool,
+                    **settings: str) -> tuple[int, int]:
+    """Write an inner suite of *files* (name -> text) and run it twice at once, with
+    ``-n 4``, in one fresh private network namespace; (failed, run)."""
     prefix = namespace_prefix()
     tmp_path.mkdir(parents=True, exist_ok=True)
     suite = tmp_path / f"suite-{'auto' if auto else 'plain'}"
     suite.mkdir()
-    shutil.copy(INNER / "inner_conftest_helper.py", suite / "conftest.py")
-    shutil.copy(INNER / "inner_ports.py", suite / "test_ports.py")
-    (suite / "pytest.ini").write_text("[pytest]\n")
-    env = hook_env(tmp_path, PORTSAFE_LOCK_DIR=str(tmp_path / "locks"),
-                   AUTO_STRESS_DIR=str(suite), AUTO_STRESS_TESTS=str(TESTS))
+    for name, text in {**files, "pytest.ini": "[pytest]\n"}.items():
+        (suite / name).write_text(text)
+    env = hook_env(tmp_path, AUTO_STRESS_DIR=str(suite), AUTO_STRESS_TESTS=str(tests))
     if auto:
         env["PORTSAFE_AUTO"] = "1"
     env.update(settings)
-    for name in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PORTSERVER_ADDRESS"):
+    for name in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PORTSERVER_ADDRESS",
+                 "PORTSAFE_LOCK_DIR"):
         env.pop(name, None)
     pytest_args = [sys.executable, "-m", "pytest", "-q", "-n", "4", "-p", "no:cacheprovider",
                    "-p", "no:portsafe", "-p", "no:asyncio", "-p", "no:anyio", "-p",
@@ -104,6 +105,13 @@ def run_twice(tmp_path: Path, *, auto: bool, **settings: str) -> tuple[int, int]
     subprocess.run([*prefix, "sh", "-c", NAMESPACE, "sh", *pytest_args], env=env,
                    cwd=suite, check=True, timeout=240)
     return failures(suite)
+
+
+def run_twice(tmp_path: Path, *, auto: bool, **settings: str) -> tuple[int, int]:
+    """The bind-close suite, both inner runs at once in one fresh namespace."""
+    files = {"conftest.py": (INNER / "inner_conftest_helper.py").read_text(),
+             "test_ports.py": (INNER / "inner_ports.py").read_text()}
+    return run_suite_twice(tmp_path, files, TESTS, auto=auto, **settings)
 
 
 class TestAutoStress:
