@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.stress.test_auto_stress import run_suite_twice
+from tests.stress.test_auto_stress import assert_harness_sees_collisions, run_suite_twice
 
 pytest.importorskip("xdist")
 
@@ -81,15 +81,7 @@ def run_twice(tmp_path: Path, *, auto: bool) -> tuple[int, int]:
 class TestAutoScanStress:
     def test_harness_sees_collisions_without_auto_mode(self, tmp_path: Path) -> None:
         """Plain scanners collide under this load (up to three tries)."""
-        seen = []
-        for attempt in range(3):
-            failed, run = run_twice(tmp_path / str(attempt), auto=False)
-            assert run == 2 * TESTS
-            seen.append(failed)
-            if failed:
-                break
-        print(f"scanners without auto mode: {seen} failed of {2 * TESTS} per attempt")
-        assert seen[-1] > 0, f"no collision in {len(seen)} attempts: the harness is blind"
+        assert_harness_sees_collisions(run_twice, tmp_path, TESTS, "scanners")
 
     def test_no_collision_with_auto_mode(self, tmp_path: Path) -> None:
         """PORTSAFE_AUTO=1: every scanner gets a port no other family's scanner gets."""

@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -114,18 +115,25 @@ def run_twice(tmp_path: Path, *, auto: bool, **settings: str) -> tuple[int, int]
     return run_suite_twice(tmp_path, files, TESTS, auto=auto, **settings)
 
 
+def assert_harness_sees_collisions(run: Callable[..., tuple[int, int]], tmp_path: Path,
+                                   tests: int, what: str) -> None:
+    """A harness without auto mode must see collisions (up to three tries), or it could
+    not show that auto mode prevents them."""
+    seen = []
+    for attempt in range(3):
+        failed, ran = run(tmp_path / str(attempt), auto=False)
+        assert ran == 2 * tests
+        seen.append(failed)
+        if failed:
+            break
+    print(f"{what} without auto mode: {seen} failed of {2 * tests} per attempt")
+    assert seen[-1] > 0, f"no collision in {len(seen)} attempts: the harness is blind"
+
+
 class TestAutoStress:
     def test_harness_sees_collisions_without_auto_mode(self, tmp_path: Path) -> None:
         """Plain bind-close picking collides under this load (up to three tries)."""
-        seen = []
-        for attempt in range(3):
-            failed, run = run_twice(tmp_path / str(attempt), auto=False)
-            assert run == 2 * TESTS
-            seen.append(failed)
-            if failed:
-                break
-        print(f"without auto mode: {seen} failed of {2 * TESTS} per attempt")
-        assert seen[-1] > 0, f"no collision in {len(seen)} attempts: the harness is blind"
+        assert_harness_sees_collisions(run_twice, tmp_path, TESTS, "bind-close")
 
     @pytest.mark.parametrize("max_leases", ["256", "4"])
     def test_no_collision_with_auto_mode(self, tmp_path: Path, max_leases: str) -> None:

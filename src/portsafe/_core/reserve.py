@@ -11,28 +11,32 @@ port itself stays free for the caller's server to bind, with or without SO_REUSE
 The invariants, each tested in ``tests/core/test_reserve.py`` and ``tests/stress/``:
 
 1. **The lock is the claim (G1).** Port ``p`` is reserved exactly while some process
-   holds the one-byte record lock at offset ``p`` of its shard file in the shared lock
-   directory (``_locks``). Taking it is atomic (``F_SETLK``); nobody else gets it until
-   it is unlocked. Threads of one process are kept apart by the in-process held set.
+   holds its lock: on Linux a socket bound to ``p``'s abstract name
+   (``_locking/names.py``), which the kernel gives one socket of the network namespace;
+   elsewhere the one-byte record lock at offset ``p`` of its shard file in the shared
+   lock directory (``_locking/files.py``). Taking either is atomic; nobody else gets it
+   until it is released.
 2. **Candidates avoid the kernel (G2).** Ports come from outside the ephemeral range
    and ``ip_local_reserved_ports``, so neither ``bind(0)`` nor an outgoing
    ``connect()`` anywhere on the machine picks a reserved port behind our back. The
    order is random (shard by shard), never first-fit.
-3. **Verified at hand-out (G3).** After the lock is taken, the port is bound for each
-   requested (family, type, address) and closed at once (``_probe``). A port some
-   non-portsafe program is using is unlocked again and skipped.
+3. **Verified at hand-out (G3).** With the lock taken, the port is bound for each
+   requested (family, type, address) and closed at once (``_probe``), in the same call
+   (``_locking/claim.py``). A port some non-portsafe program is using is let go again
+   and skipped.
 4. **The kernel releases (G4).** ``release()``, context exit and garbage collection
-   (with a ResourceWarning) unlock; process death, even SIGKILL, unlocks too, because
-   record locks die with their process. There is no daemon and no state to clean up.
+   (with a ResourceWarning) release; process death, even SIGKILL, releases too, because
+   a name dies with its last descriptor and a record lock with its process. There is no
+   daemon and no state to clean up.
 5. **Bounded (G5).** Each usable candidate is tried at most once per call, so a call
    makes at most as many attempts as there are candidates, then raises NoFreePortError
-   naming the range and what was found. A candidate whose lock file is unusable (a FIFO,
-   a link, a foreign or flooded file: ``_locks``) is skipped without a lock call, and a
-   call raises LockDirError only when no candidate's file is usable.
-6. **fork and exec.** A fork child holds none of its parent's reservations (record
-   locks are not inherited); its copies of Reservation objects are inert. ``exec()``
-   closes the lock files (O_CLOEXEC), which releases the reservations: a port outlives
-   its process only through a holder that stays alive (``portsafe run``).
+   naming the range and what was found. Where lock files are used, a candidate whose
+   file is unusable (a FIFO, a link, a foreign or flooded file) is skipped without a
+   lock call, and a call raises LockDirError only when no candidate's file is usable.
+6. **fork and exec.** A fork child holds none of its parent's reservations (it closes
+   its copies of the names; record locks are not inherited); its copies of Reservation
+   objects are inert. ``exec()`` releases them (close-on-exec): a port outlives its
+   process only through a holder that stays alive (``portsafe run``).
 """
 
 from __future__ import annotations

@@ -25,8 +25,7 @@ import _socket
 import errno
 import os
 
-from portsafe._locking.claim import HELD, IMPLEMENTATION, LOCK_ERROR, claim_py
-from portsafe._locking.claim import compile_name_plan as compile_plan
+from portsafe._locking.claim import HELD, LOCK_ERROR, claim_py, compile_name_plan
 
 TYPE_CHECKING = False  # see portsafe/__init__.py
 if TYPE_CHECKING:
@@ -134,7 +133,8 @@ def claim_name_py(port: int, plan: Plan, high: int) -> int:
 
 
 def compile_claim(steps: tuple[Step, ...]) -> tuple[NameClaim, Plan]:
-    """(claim function, plan) for *steps*: the C version's where it takes them.
+    """(claim function, plan) for *steps*: the compiled ``claim_name`` where the C module
+    takes them (``claim.compile_name_plan`` decides), else :func:`claim_name_py`.
 
     Example:
         >>> import socket
@@ -143,14 +143,5 @@ def compile_claim(steps: tuple[Step, ...]) -> tuple[NameClaim, Plan]:
         >>> callable(run)
         True
     """
-    run, plan = compile_plan(steps)
-    if run is claim_py or _claim_name_c is None:
-        return claim_name_py, steps
-    return _claim_name_c, plan
-
-
-_claim_name_c: NameClaim | None = None
-if IMPLEMENTATION == "c":
-    from portsafe._locking import _speedups
-
-    _claim_name_c = _speedups.claim_name
+    run, plan = compile_name_plan(steps)
+    return (claim_name_py, steps) if run is claim_py else (run, plan)

@@ -64,7 +64,6 @@ class Namespace:
 
     __slots__ = ()
     path = "the network namespace"
-    poisoned: dict[int, str] = {}  # noqa: RUF012 - never written: no lock files to skip
 
     def __repr__(self) -> str:
         return "<portsafe names: the network namespace>"
